@@ -1,0 +1,654 @@
+//! Safetensors checkpoints in the official DeepSeek-V4 layout.
+//!
+//! Reading accepts: one `model.safetensors`, a sharded set described by
+//! `model.safetensors.index.json`, or every `*.safetensors` of a directory; official names
+//! (`layers.N.attn.wq_a.weight`) or the Hugging Face ones (`model.layers.N.self_attn.q_a_proj.weight`,
+//! `weight_scale_inv`, `e_score_correction_bias`, ...). Dtypes: F32/BF16/F16; F8_E4M3 with a
+//! `.scale` (F8_E8M0 or F32) of 128×128 blocks; packed FP4 (I8/U8 `[out, in/2]`) with a
+//! F8_E8M0 `.scale` `[out, in/32]`; `tid2eid` as I64/I32. Every problem names the file and
+//! tensor: missing, unexpected, wrongly shaped or typed, truncated or corrupt.
+//!
+//! Writing offers [`SaveFormat::F32`] (exact training state), [`SaveFormat::Rollout`] (f32 plus
+//! packed FP4 routed experts — what the sampler runs) and [`SaveFormat::Official`] (the
+//! released dtypes: FP8 projections, FP4 experts, BF16 norms/embeddings, F32 mHC).
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::formats::{e8m0_to_f32, fp8, fp8::e4m3_to_f32, mxfp4, mxfp4::Mxfp4Matrix};
+use crate::weights::{ModelWeights, Tensor32};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// How to store a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveFormat {
+    /// Every float tensor as F32: bit-exact training state.
+    F32,
+    /// F32, except routed experts as packed MXFP4 (I8 + F8_E8M0 scales).
+    Rollout,
+    /// The released layout: FP8 E4M3 projections with 128×128 UE8M0 scales, FP4 experts,
+    /// BF16 embeddings/head/norms/gates/compressors, F32 mHC, sinks, `ape` and biases.
+    Official,
+}
+
+impl std::str::FromStr for SaveFormat {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(SaveFormat::F32),
+            "rollout" => Ok(SaveFormat::Rollout),
+            "official" => Ok(SaveFormat::Official),
+            o => Err(ModelError::Input(format!(
+                "unknown checkpoint format `{o}` (f32, rollout, official)"
+            ))),
+        }
+    }
+}
+
+const INDEX_FILE: &str = "model.safetensors.index.json";
+const SINGLE_FILE: &str = "model.safetensors";
+
+/// One stored tensor, copied out of its file.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+    file: PathBuf,
+}
+
+/// Map a Hugging Face tensor name to the official inference name (identity for official names).
+pub fn official_name(name: &str) -> String {
+    let mut n = name.strip_prefix("model.").unwrap_or(name).to_string();
+    for (from, to) in [
+        ("self_attn", "attn"),
+        ("mlp", "ffn"),
+        ("weight_scale_inv", "scale"),
+        ("e_score_correction_bias", "bias"),
+    ] {
+        n = n.replace(from, to);
+    }
+    let mut parts: Vec<String> = n.split('.').map(str::to_string).collect();
+    for p in parts.iter_mut() {
+        let mapped = match p.as_str() {
+            "embed_tokens" => "embed",
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            "q_a_proj" => "wq_a",
+            "q_a_layernorm" => "q_norm",
+            "q_b_proj" => "wq_b",
+            "kv_a_layernorm" => "kv_norm",
+            "gate_proj" => "w1",
+            "down_proj" => "w2",
+            "up_proj" => "w3",
+            "lm_head" => "head",
+            _ => continue,
+        };
+        *p = mapped.to_string();
+    }
+    parts.join(".")
+}
+
+fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    if !dir.is_dir() {
+        return Err(ModelError::Checkpoint(format!(
+            "{}: no such checkpoint directory",
+            dir.display()
+        )));
+    }
+    let index = dir.join(INDEX_FILE);
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            ModelError::Checkpoint(format!("{}: invalid JSON: {e}", index.display()))
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                ModelError::Checkpoint(format!("{}: no `weight_map` object", index.display()))
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join(SINGLE_FILE);
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ModelError::Checkpoint(format!(
+            "{}: no *.safetensors files",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+fn read_raw(files: &[PathBuf]) -> Result<BTreeMap<String, Raw>> {
+    let mut out = BTreeMap::new();
+    for file in files {
+        let f = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
+        // SAFETY: the file is only read; a concurrent writer could change the bytes under us,
+        // which would at worst give wrong values or a parse error, never memory unsafety of our own data
+        // (everything is copied out below before the map is dropped).
+        let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(file, e))?;
+        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
+            ModelError::Checkpoint(format!(
+                "{}: not a valid safetensors file ({e})",
+                file.display()
+            ))
+        })?;
+        for (name, view) in st.tensors() {
+            let off = official_name(&name);
+            if out.contains_key(&off) {
+                return Err(ModelError::Checkpoint(format!(
+                    "{}: tensor `{off}` appears twice",
+                    file.display()
+                )));
+            }
+            out.insert(
+                off,
+                Raw {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    bytes: view.data().to_vec(),
+                    file: file.clone(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn floats(raw: &Raw, name: &str) -> Result<Vec<f32>> {
+    let b = &raw.bytes;
+    Ok(match raw.dtype {
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        Dtype::F8_E8M0 => b.iter().map(|&x| e8m0_to_f32(x)).collect(),
+        other => {
+            return Err(ModelError::Checkpoint(format!(
+                "{}: tensor `{name}` has dtype {other:?}, expected a float type",
+                raw.file.display()
+            )))
+        }
+    })
+}
+
+fn ints(raw: &Raw, name: &str) -> Result<Vec<i64>> {
+    let b = &raw.bytes;
+    Ok(match raw.dtype {
+        Dtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        Dtype::U32 => b
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        other => {
+            return Err(ModelError::Checkpoint(format!(
+                "{}: tensor `{name}` has dtype {other:?}, expected I64/I32",
+                raw.file.display()
+            )))
+        }
+    })
+}
+
+fn scale_name(weight_name: &str) -> String {
+    match weight_name.strip_suffix(".weight") {
+        Some(stem) => format!("{stem}.scale"),
+        None => format!("{weight_name}.scale"),
+    }
+}
+
+/// Decode one logical weight, consuming its scale if it is quantised.
+fn decode_weight(
+    name: &str,
+    shape: &[usize],
+    raws: &mut BTreeMap<String, Raw>,
+) -> Result<(Vec<f32>, Option<Mxfp4Matrix>)> {
+    let raw = raws
+        .remove(name)
+        .ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
+    let file = raw.file.display().to_string();
+    match raw.dtype {
+        Dtype::F8_E4M3 => {
+            let sname = scale_name(name);
+            let scale = raws.remove(&sname).ok_or_else(|| {
+                ModelError::Checkpoint(format!("{file}: FP8 tensor `{name}` has no `{sname}`"))
+            })?;
+            if raw.shape != shape {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: tensor `{name}` has shape {:?}, expected {:?}",
+                    raw.shape, shape
+                )));
+            }
+            let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+            let s = floats(&scale, &sname)?;
+            if scale.shape.len() != 2 || scale.shape[0] == 0 || scale.shape[1] == 0 {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: scale `{sname}` has shape {:?}",
+                    scale.shape
+                )));
+            }
+            let (br, bc) = (rows.div_ceil(scale.shape[0]), cols.div_ceil(scale.shape[1]));
+            if rows.div_ceil(br) != scale.shape[0] || cols.div_ceil(bc) != scale.shape[1] {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: scale `{sname}` shape {:?} does not tile `{name}` {:?}",
+                    scale.shape, shape
+                )));
+            }
+            let mut out = Vec::with_capacity(rows * cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    out.push(
+                        e4m3_to_f32(raw.bytes[r * cols + c])
+                            * s[(r / br) * scale.shape[1] + c / bc],
+                    );
+                }
+            }
+            Ok((out, None))
+        }
+        Dtype::I8 | Dtype::U8 => {
+            // Packed FP4: [out, in/2] bytes + UE8M0 [out, in/32].
+            let sname = scale_name(name);
+            let scale = raws.remove(&sname).ok_or_else(|| {
+                ModelError::Checkpoint(format!("{file}: FP4 tensor `{name}` has no `{sname}`"))
+            })?;
+            if shape.len() != 2 || raw.shape != [shape[0], shape[1] / 2] {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: packed FP4 tensor `{name}` has shape {:?}, expected {:?} (logical {:?})",
+                    raw.shape,
+                    [shape[0], shape[1] / 2],
+                    shape
+                )));
+            }
+            if scale.dtype != Dtype::F8_E8M0 && scale.dtype != Dtype::U8 {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: FP4 scale `{sname}` has dtype {:?}, expected F8_E8M0",
+                    scale.dtype
+                )));
+            }
+            if scale.shape != [shape[0], shape[1] / mxfp4::BLOCK] {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: FP4 scale `{sname}` has shape {:?}, expected {:?}",
+                    scale.shape,
+                    [shape[0], shape[1] / 32]
+                )));
+            }
+            let m = Mxfp4Matrix {
+                rows: shape[0],
+                cols: shape[1],
+                packed: raw.bytes,
+                scales: scale.bytes,
+            };
+            Ok((m.dequantize(), Some(m)))
+        }
+        _ => {
+            if raw.shape != shape {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: tensor `{name}` has shape {:?}, expected {:?}",
+                    raw.shape, shape
+                )));
+            }
+            Ok((floats(&raw, name)?, None))
+        }
+    }
+}
+
+/// Load `config.json` and the weights of a checkpoint directory (or one safetensors file
+/// together with a config).
+pub fn load(dir: &Path) -> Result<ModelWeights> {
+    let cfg_path = if dir.is_file() {
+        dir.with_file_name("config.json")
+    } else {
+        dir.join("config.json")
+    };
+    if !cfg_path.exists() {
+        return Err(ModelError::Checkpoint(format!(
+            "{}: missing config.json",
+            cfg_path.parent().unwrap_or(dir).display()
+        )));
+    }
+    let config = Config::from_file(&cfg_path)?;
+    load_with_config(dir, config)
+}
+
+pub fn load_with_config(dir: &Path, config: Config) -> Result<ModelWeights> {
+    let files = checkpoint_files(dir)?;
+    let mut raws = read_raw(&files)?;
+    let mut tensors = BTreeMap::new();
+    let mut fp4 = BTreeMap::new();
+    for (name, shape) in config.param_shapes() {
+        let (data, packed) = decode_weight(&name, &shape, &mut raws)?;
+        if let Some(m) = packed {
+            fp4.insert(name.clone(), m);
+        }
+        tensors.insert(name, Tensor32::new(shape, data));
+    }
+    let mut tid2eid = BTreeMap::new();
+    for l in 0..config.n_hash_layers.min(config.n_layers) {
+        let name = format!("layers.{l}.ffn.gate.tid2eid");
+        let raw = raws
+            .remove(&name)
+            .ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
+        let want = [config.vocab_size, config.n_activated_experts];
+        if raw.shape != want {
+            return Err(ModelError::Checkpoint(format!(
+                "{}: tensor `{name}` has shape {:?}, expected {:?}",
+                raw.file.display(),
+                raw.shape,
+                want
+            )));
+        }
+        let v = ints(&raw, &name)?;
+        if let Some(bad) = v
+            .iter()
+            .find(|&&e| e < 0 || e as usize >= config.n_routed_experts)
+        {
+            return Err(ModelError::Checkpoint(format!(
+                "`{name}` names expert {bad}, but there are {}",
+                config.n_routed_experts
+            )));
+        }
+        tid2eid.insert(l, v.into_iter().map(|e| e as u32).collect());
+    }
+    // The converter drops MTP copies of the shared embedding/head; tolerate them here too.
+    raws.retain(|k, _| {
+        !(k.starts_with("mtp.") && (k.contains("emb") || k.ends_with("head.weight")))
+    });
+    if let Some((extra, raw)) = raws.iter().next() {
+        return Err(ModelError::Checkpoint(format!(
+            "{}: unexpected tensor `{extra}` (not part of this config)",
+            raw.file.display()
+        )));
+    }
+    let w = ModelWeights {
+        config,
+        tensors,
+        tid2eid,
+        fp4,
+    };
+    w.validate()?;
+    Ok(w)
+}
+
+/// An owned tensor ready to be written.
+struct Out {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+/// Which stored dtype a parameter gets in the official layout.
+fn official_kind(name: &str) -> &'static str {
+    if ModelWeights::is_routed_expert(name) {
+        "fp4"
+    } else if name.ends_with("wq_a.weight")
+        || name.ends_with("wq_b.weight")
+        || name.ends_with("attn.wkv.weight")
+        || name.ends_with("wo_a.weight")
+        || name.ends_with("wo_b.weight")
+        || name.contains("shared_experts.")
+        || name.ends_with("e_proj.weight")
+        || name.ends_with("h_proj.weight")
+    {
+        "fp8"
+    } else if name.contains("hc_")
+        || name.ends_with("attn_sink")
+        || name.ends_with(".ape")
+        || name.ends_with("gate.bias")
+    {
+        "f32"
+    } else {
+        "bf16"
+    }
+}
+
+fn encode(w: &ModelWeights, format: SaveFormat) -> Result<BTreeMap<String, Out>> {
+    let mut out = BTreeMap::new();
+    for (name, t) in &w.tensors {
+        let kind = match format {
+            SaveFormat::F32 => "f32",
+            SaveFormat::Rollout => {
+                if ModelWeights::is_routed_expert(name) {
+                    "fp4"
+                } else {
+                    "f32"
+                }
+            }
+            SaveFormat::Official => official_kind(name),
+        };
+        match kind {
+            "fp4" => {
+                let (rows, cols) = (t.shape[0], t.shape[1]);
+                let m = match w.fp4.get(name) {
+                    // Keep the exact bytes we loaded when the values did not change.
+                    Some(m) if m.dequantize() == t.data => m.clone(),
+                    _ => Mxfp4Matrix::quantize(&t.data, rows, cols, mxfp4::ScaleRule::DeepSeekCeil),
+                };
+                out.insert(
+                    name.clone(),
+                    Out {
+                        dtype: Dtype::I8,
+                        shape: vec![rows, cols / 2],
+                        bytes: m.packed,
+                    },
+                );
+                out.insert(
+                    scale_name(name),
+                    Out {
+                        dtype: Dtype::F8_E8M0,
+                        shape: vec![rows, cols / mxfp4::BLOCK],
+                        bytes: m.scales,
+                    },
+                );
+            }
+            "fp8" => {
+                let (rows, cols) = (t.shape[0], t.shape[1]);
+                let q = fp8::quantize_blocks(&t.data, rows, cols, 128, 128, 0.0);
+                let sshape = vec![rows.div_ceil(128), cols.div_ceil(128)];
+                out.insert(
+                    name.clone(),
+                    Out {
+                        dtype: Dtype::F8_E4M3,
+                        shape: t.shape.clone(),
+                        bytes: q.data,
+                    },
+                );
+                out.insert(
+                    scale_name(name),
+                    Out {
+                        dtype: Dtype::F8_E8M0,
+                        shape: sshape,
+                        bytes: q.scales,
+                    },
+                );
+            }
+            "bf16" => {
+                out.insert(
+                    name.clone(),
+                    Out {
+                        dtype: Dtype::BF16,
+                        shape: t.shape.clone(),
+                        bytes: bf16_bytes(&t.data),
+                    },
+                );
+            }
+            _ => {
+                out.insert(
+                    name.clone(),
+                    Out {
+                        dtype: Dtype::F32,
+                        shape: t.shape.clone(),
+                        bytes: f32_bytes(&t.data),
+                    },
+                );
+            }
+        }
+    }
+    for (l, table) in &w.tid2eid {
+        let bytes = table
+            .iter()
+            .flat_map(|&e| (e as i64).to_le_bytes())
+            .collect();
+        out.insert(
+            format!("layers.{l}.ffn.gate.tid2eid"),
+            Out {
+                dtype: Dtype::I64,
+                shape: vec![w.config.vocab_size, w.config.n_activated_experts],
+                bytes,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Write `config.json` and the weights into `dir` (created if needed). Files are written
+/// under temporary names and renamed, so a reader never sees a half-written checkpoint file.
+/// With `max_shard_bytes`, tensors are split over `model-0000i-of-0000n.safetensors` plus an index.
+pub fn save(
+    w: &ModelWeights,
+    dir: &Path,
+    format: SaveFormat,
+    max_shard_bytes: Option<usize>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let tensors = encode(w, format)?;
+    let mut shards: Vec<Vec<(&String, &Out)>> = vec![vec![]];
+    let mut size = 0usize;
+    for (name, t) in &tensors {
+        if let Some(max) = max_shard_bytes {
+            if size > 0 && size + t.bytes.len() > max {
+                shards.push(vec![]);
+                size = 0;
+            }
+        }
+        size += t.bytes.len();
+        if let Some(last) = shards.last_mut() {
+            last.push((name, t));
+        }
+    }
+    let n = shards.len();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let fname = if n == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+        };
+        let views: Vec<(String, TensorView)> = shard
+            .iter()
+            .map(|(name, t)| {
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                    .map(|v| ((*name).clone(), v))
+                    .map_err(|e| ModelError::Checkpoint(format!("tensor `{name}`: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        for (name, _) in shard {
+            weight_map.insert((*name).clone(), serde_json::Value::String(fname.clone()));
+        }
+        let path = dir.join(&fname);
+        let tmp = dir.join(format!(".{fname}.tmp"));
+        safetensors::serialize_to_file(views, Some(meta.clone()), &tmp)
+            .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
+    }
+    if n > 1 {
+        let total: usize = tensors.values().map(|t| t.bytes.len()).sum();
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(
+            &dir.join(INDEX_FILE),
+            serde_json::to_string_pretty(&index)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+    } else {
+        let _ = std::fs::remove_file(dir.join(INDEX_FILE));
+    }
+    let mut cfg = w.config.clone();
+    if format == SaveFormat::Official {
+        cfg.dtype = "fp8".into();
+        cfg.expert_dtype = "fp4".into();
+    }
+    write_atomic(&dir.join("config.json"), cfg.to_json_pretty().as_bytes())
+}
+
+/// Write a file through a temporary name and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_names_map_to_official() {
+        assert_eq!(
+            official_name("model.layers.3.self_attn.q_a_proj.weight_scale_inv"),
+            "layers.3.attn.wq_a.scale"
+        );
+        assert_eq!(
+            official_name("model.layers.0.mlp.experts.5.gate_proj.weight"),
+            "layers.0.ffn.experts.5.w1.weight"
+        );
+        assert_eq!(
+            official_name("model.layers.4.mlp.gate.e_score_correction_bias"),
+            "layers.4.ffn.gate.bias"
+        );
+        assert_eq!(official_name("model.embed_tokens.weight"), "embed.weight");
+        assert_eq!(official_name("lm_head.weight"), "head.weight");
+        assert_eq!(
+            official_name("layers.1.attn.wkv.weight"),
+            "layers.1.attn.wkv.weight"
+        );
+    }
+}

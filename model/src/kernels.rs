@@ -1,0 +1,470 @@
+//! CPU matrix kernels of the decode engine: `out[r, n] = Σ_k x[r, k] · W[n, k]` for f32
+//! weights and for packed MXFP4 weights decoded on the fly.
+//!
+//! * Many rows (prefill): the `gemm` crate (f32) — FP4 weights are decoded to f32 once.
+//! * Few rows (decode): our own kernels, which stream each weight row once for all rows,
+//!   accumulate in f32 and split the output dimension over rayon threads. The FP4 kernel
+//!   decodes 32 codes per block with a 256-entry byte→pair table and applies the
+//!   power-of-two block scale once per block, so its result equals decode-then-multiply up
+//!   to f32 summation order.
+//! * x86-64 gets AVX2+FMA / AVX-512 versions chosen at run time; other targets use the
+//!   portable loops.
+
+use crate::formats::{e8m0_to_f32, mxfp4::Mxfp4Matrix, mxfp4::E2M1_LUT};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Below this many rows the hand-written small-batch kernels beat a general GEMM.
+pub const GEMM_MIN_ROWS: usize = 16;
+/// Work (multiply-adds) under which a call stays on the current thread.
+const PAR_MIN_WORK: usize = 1 << 17;
+
+/// Byte → (low-nibble value, high-nibble value).
+fn pair_lut() -> &'static [[f32; 2]; 256] {
+    static LUT: OnceLock<[[f32; 2]; 256]> = OnceLock::new();
+    LUT.get_or_init(|| {
+        let mut t = [[0f32; 2]; 256];
+        for (b, e) in t.iter_mut().enumerate() {
+            *e = [E2M1_LUT[b & 0x0F], E2M1_LUT[b >> 4]];
+        }
+        t
+    })
+}
+
+/// Which instruction set the kernels run with (for benchmarks and logs).
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
+/// f32 dot product with several independent accumulators.
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16)),
+                _mm512_loadu_ps(pb.add(i + 16)),
+                acc1,
+            );
+            i += 32;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
+type DotFn = fn(&[f32], &[f32]) -> f32;
+
+fn dot_fn() -> DotFn {
+    static F: OnceLock<DotFn> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected at run time.
+                return |a, b| unsafe { x86::dot_avx512(a, b) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected at run time.
+                return |a, b| unsafe { x86::dot_avx2(a, b) };
+            }
+        }
+        dot_portable
+    })
+}
+
+/// f32 dot product (SIMD when available).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    dot_fn()(a, b)
+}
+
+/// `out[rows, n] = x[rows, k] · w[n, k]ᵀ` for f32 weights.
+pub fn matmul_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(
+        x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n,
+        "matmul_f32: buffer too small"
+    );
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if rows >= GEMM_MIN_ROWS {
+        let threads = if rows * n * k >= PAR_MIN_WORK {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: shapes and strides describe the slices checked above (row-major x and out,
+        // w read as its transpose).
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        return;
+    }
+    let d = dot_fn();
+    // Transposed output blocks: each task owns a range of output neurons for all rows.
+    let kernel = |n0: usize, n1: usize, dst: &mut [f32]| {
+        for j in n0..n1 {
+            let wr = &w[j * k..(j + 1) * k];
+            for r in 0..rows {
+                dst[(j - n0) * rows + r] = d(&x[r * k..(r + 1) * k], wr);
+            }
+        }
+    };
+    let mut tmp = vec![0f32; n * rows];
+    if rows * n * k >= PAR_MIN_WORK && n >= 64 {
+        let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+        tmp.par_chunks_mut(block * rows)
+            .enumerate()
+            .for_each(|(bi, dst)| {
+                let n0 = bi * block;
+                kernel(n0, (n0 + block).min(n), dst);
+            });
+    } else {
+        kernel(0, n, &mut tmp);
+    }
+    for j in 0..n {
+        for r in 0..rows {
+            out[r * n + j] = tmp[j * rows + r];
+        }
+    }
+}
+
+/// Dot products of one packed FP4 weight row with `rows` input rows.
+#[inline(always)]
+fn fp4_row(x: &[f32], rows: usize, k: usize, packed: &[u8], scales: &[u8], acc: &mut [f32]) {
+    let lut = pair_lut();
+    let mut wblk = [0f32; 32];
+    for (bi, &sb) in scales.iter().enumerate() {
+        let bytes = &packed[bi * 16..bi * 16 + 16];
+        for (i, &b) in bytes.iter().enumerate() {
+            let p = lut[b as usize];
+            wblk[2 * i] = p[0];
+            wblk[2 * i + 1] = p[1];
+        }
+        let s = e8m0_to_f32(sb);
+        for r in 0..rows {
+            let xs = &x[r * k + bi * 32..r * k + bi * 32 + 32];
+            acc[r] += dot_portable(&wblk, xs) * s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_fp4 {
+    use std::arch::x86_64::*;
+
+    /// AVX-512: nibbles → int8 doubled-E2M1 values with one byte shuffle, → f32, FMA with x.
+    /// The doubled table (0,1,2,3,4,6,8,12) is exact in int8; the factor 1/2 folds into the scale.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn fp4_rows_avx512(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        packed: &[u8],
+        scales: &[u8],
+        acc: &mut [f32],
+    ) {
+        let lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+        let mask = _mm_set1_epi8(0x0F);
+        for (bi, &sb) in scales.iter().enumerate() {
+            let raw = _mm_loadu_si128(packed.as_ptr().add(bi * 16) as *const __m128i);
+            let lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, mask));
+            let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+            // interleave: element 2i = lo[i], 2i+1 = hi[i]
+            let v0 = _mm_unpacklo_epi8(lo, hi); // elements 0..16
+            let v1 = _mm_unpackhi_epi8(lo, hi); // elements 16..32
+            let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v0));
+            let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
+            let s = super::e8m0_to_f32(sb) * 0.5;
+            let base = bi * 32;
+            for r in 0..rows {
+                let px = x.as_ptr().add(r * k + base);
+                let p = _mm512_fmadd_ps(
+                    w0,
+                    _mm512_loadu_ps(px),
+                    _mm512_mul_ps(w1, _mm512_loadu_ps(px.add(16))),
+                );
+                acc[r] += _mm512_reduce_add_ps(p) * s;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fp4_rows_avx2(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        packed: &[u8],
+        scales: &[u8],
+        acc: &mut [f32],
+    ) {
+        let lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+        let mask = _mm_set1_epi8(0x0F);
+        for (bi, &sb) in scales.iter().enumerate() {
+            let raw = _mm_loadu_si128(packed.as_ptr().add(bi * 16) as *const __m128i);
+            let lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, mask));
+            let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+            let v0 = _mm_unpacklo_epi8(lo, hi);
+            let v1 = _mm_unpackhi_epi8(lo, hi);
+            let w = [
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))),
+            ];
+            let s = super::e8m0_to_f32(sb) * 0.5;
+            let base = bi * 32;
+            for r in 0..rows {
+                let px = x.as_ptr().add(r * k + base);
+                let mut p = _mm256_mul_ps(w[0], _mm256_loadu_ps(px));
+                p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(px.add(8)), p);
+                p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(px.add(16)), p);
+                p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(px.add(24)), p);
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), p);
+                acc[r] += lanes.iter().sum::<f32>() * s;
+            }
+        }
+    }
+}
+
+type Fp4RowFn = fn(&[f32], usize, usize, &[u8], &[u8], &mut [f32]);
+
+fn fp4_fn() -> Fp4RowFn {
+    static F: OnceLock<Fp4RowFn> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: features detected at run time.
+                return |x, r, k, p, s, a| unsafe { x86_fp4::fp4_rows_avx512(x, r, k, p, s, a) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: features detected at run time.
+                return |x, r, k, p, s, a| unsafe { x86_fp4::fp4_rows_avx2(x, r, k, p, s, a) };
+            }
+        }
+        fp4_row
+    })
+}
+
+/// Force the portable FP4 kernel (tests compare every implementation).
+pub fn matmul_fp4_portable(x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
+    matmul_fp4_with(fp4_row, x, rows, m, out)
+}
+
+/// `out[rows, m.rows] = x[rows, m.cols] · Wᵀ` with W packed MXFP4.
+pub fn matmul_fp4(x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
+    if rows >= GEMM_MIN_ROWS {
+        // Prefill: decode once, then a real GEMM.
+        let w = m.dequantize();
+        return matmul_f32(x, rows, m.cols, &w, m.rows, out);
+    }
+    matmul_fp4_with(fp4_fn(), x, rows, m, out)
+}
+
+fn matmul_fp4_with(f: Fp4RowFn, x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
+    let (n, k) = (m.rows, m.cols);
+    assert!(
+        x.len() >= rows * k && out.len() >= rows * n,
+        "matmul_fp4: buffer too small"
+    );
+    let (bpr, spr) = (k / 2, k / 32);
+    let kernel = |n0: usize, n1: usize, dst: &mut [f32]| {
+        for j in n0..n1 {
+            let acc = &mut dst[(j - n0) * rows..(j - n0 + 1) * rows];
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            f(
+                x,
+                rows,
+                k,
+                &m.packed[j * bpr..(j + 1) * bpr],
+                &m.scales[j * spr..(j + 1) * spr],
+                acc,
+            );
+        }
+    };
+    let mut tmp = vec![0f32; n * rows];
+    if rows * n * k >= PAR_MIN_WORK && n >= 64 {
+        let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+        tmp.par_chunks_mut(block * rows)
+            .enumerate()
+            .for_each(|(bi, dst)| {
+                let n0 = bi * block;
+                kernel(n0, (n0 + block).min(n), dst);
+            });
+    } else {
+        kernel(0, n, &mut tmp);
+    }
+    for j in 0..n {
+        for r in 0..rows {
+            out[r * n + j] = tmp[j * rows + r];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::mxfp4::ScaleRule;
+    use crate::weights::SeededNormal;
+
+    fn randv(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = SeededNormal::new(seed);
+        (0..n).map(|_| r.normal() as f32).collect()
+    }
+
+    fn naive(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut o = vec![0f32; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                o[r * n + j] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        o
+    }
+
+    fn close(a: &[f32], b: &[f32], k: usize) {
+        let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "[{i}] {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn f32_kernels_match_naive_on_odd_shapes() {
+        for &(rows, k, n) in &[
+            (1, 7, 3),
+            (3, 33, 65),
+            (5, 130, 17),
+            (17, 64, 70),
+            (40, 97, 129),
+            (2, 1000, 300),
+        ] {
+            let x = randv(rows * k, 1);
+            let w = randv(n * k, 2);
+            let mut out = vec![0f32; rows * n];
+            matmul_f32(&x, rows, k, &w, n, &mut out);
+            close(&out, &naive(&x, rows, k, &w, n), k);
+        }
+    }
+
+    #[test]
+    fn fp4_kernels_equal_decode_then_multiply() {
+        for &(rows, k, n) in &[
+            (1, 32, 1),
+            (3, 96, 7),
+            (8, 64, 65),
+            (15, 160, 33),
+            (20, 64, 40),
+            (1, 512, 300),
+        ] {
+            let x = randv(rows * k, 3);
+            let w = randv(n * k, 4);
+            let m = Mxfp4Matrix::quantize(&w, n, k, ScaleRule::DeepSeekCeil);
+            let want = naive(&x, rows, k, &m.dequantize(), n);
+            let mut out = vec![0f32; rows * n];
+            matmul_fp4(&x, rows, &m, &mut out);
+            close(&out, &want, k);
+            matmul_fp4_portable(&x, rows, &m, &mut out);
+            close(&out, &want, k);
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! DeepSeek-V4 architecture for v4post.
+//!
+//! * [`config`]: hyper-parameters (official and HF key names), presets, parameter counts.
+//! * [`formats`]: FP8 E4M3 / MXFP4 encode, decode and fake quantisation.
+//! * [`weights`] / [`checkpoint`]: parameters by official name; safetensors I/O.
+//! * [`engine`]: the incremental decode engine (rollout, teachers, conformance).
+//! * [`kernels`]: f32 and packed-FP4 matrix kernels used by the engine.
+//!
+//! The forward pass lives twice, on purpose: a trainable candle graph for the trainers and
+//! a hand-written incremental decode engine for rollout, both checked against the golden
+//! logits of the public reference implementation.
+
+pub mod checkpoint;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod formats;
+pub mod hadamard;
+pub mod kernels;
+pub mod rope;
+pub mod weights;
+
+pub use config::{Config, LayerKind, ParamCounts};
+pub use engine::{Decisions, DecodeState, Engine, EngineOptions, Numerics, Row, Want};
+pub use error::{ModelError, Result};
+pub use weights::{ModelWeights, Tensor32};
