@@ -262,13 +262,13 @@ impl Config {
                 self.score_func
             ));
         }
-        if self.head_dim <= self.rope_head_dim || self.rope_head_dim % 2 != 0 {
+        if self.head_dim <= self.rope_head_dim || !self.rope_head_dim.is_multiple_of(2) {
             return bad(format!(
                 "rope_head_dim {} must be even and smaller than head_dim {}",
                 self.rope_head_dim, self.head_dim
             ));
         }
-        if self.n_heads % self.o_groups != 0 {
+        if !self.n_heads.is_multiple_of(self.o_groups) {
             return bad(format!(
                 "n_heads {} must be divisible by o_groups {}",
                 self.n_heads, self.o_groups
@@ -296,7 +296,9 @@ impl Config {
                 return bad("index_head_dim must exceed rope_head_dim".into());
             }
         }
-        if self.expert_dtype == "fp4" && (self.dim % 32 != 0 || self.moe_inter_dim % 32 != 0) {
+        if self.expert_dtype == "fp4"
+            && (!self.dim.is_multiple_of(32) || !self.moe_inter_dim.is_multiple_of(32))
+        {
             return bad("FP4 experts need dim and moe_inter_dim to be multiples of 32".into());
         }
         if self.vocab_size == 0 || self.dim == 0 || self.n_layers == 0 {
@@ -477,8 +479,8 @@ impl Config {
             let kind = self.layer_kind(l);
             let window = self.window_size.min(context) * self.head_dim;
             let mut values = window as f64;
-            if ratio > 0 {
-                values += (context / ratio) as f64 * self.head_dim as f64;
+            if let Some(n) = context.checked_div(ratio) {
+                values += n as f64 * self.head_dim as f64;
             }
             if kind == LayerKind::Csa {
                 values += (context / 4) as f64 * self.index_head_dim as f64;

@@ -26,7 +26,7 @@ pub fn rotate(x: &mut [f32]) {
 pub fn matrix(n: usize) -> Vec<f32> {
     (0..n * n)
         .map(|k| {
-            if ((k / n) & (k % n)).count_ones() % 2 == 0 {
+            if ((k / n) & (k % n)).count_ones().is_multiple_of(2) {
                 1.0
             } else {
                 -1.0

@@ -18,6 +18,7 @@ pub mod formats;
 pub mod hadamard;
 pub mod kernels;
 pub mod rope;
+pub mod train;
 pub mod weights;
 
 pub use config::{Config, LayerKind, ParamCounts};

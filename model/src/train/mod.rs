@@ -1,0 +1,868 @@
+//! The trainable V4 forward pass in candle: the same mathematics as [`crate::engine`],
+//! written over whole padded batches `[B, S]` with ops that carry gradients.
+//!
+//! * every float parameter is a candle `Var` under its official name;
+//! * routing and indexer top-k are discrete: they are chosen on detached values (or replayed
+//!   from the sampler — Keep Routing) and the gradient flows through the selected gate scores;
+//! * QAT: FP4 fake quantisation of routed-expert weights and of the indexer QK path, FP8 of the
+//!   KV non-RoPE dims, all with a straight-through estimator;
+//! * the Lightning Indexer learns from an auxiliary KL loss towards the main attention's
+//!   distribution over compressed entries (its inputs are detached, as in DeepSeek-V3.2).
+//!
+//! Right padding is harmless: a query never attends a later key, compressed entries only pool
+//! complete windows, and MoE is per token, so padded positions never leak into real ones.
+
+pub mod ops;
+
+use crate::config::{Config, LayerKind};
+use crate::engine::{Decisions, Numerics};
+use crate::error::{ModelError, Result};
+use crate::hadamard;
+use crate::rope::RopeFreqs;
+use crate::weights::{ModelWeights, Tensor32};
+use candle_core::{DType, Device, Tensor, Var};
+use ops::{fake_quant, rms_norm, rope, sigmoid, softmax_dim, softmax_last, FakeQuant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Options of the training forward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainOptions {
+    /// KV FP8 and indexer FP4 simulations (`act_fp8` is inference-only and rejected).
+    pub numerics: Numerics,
+    /// FP4 fake quantisation of routed-expert weights (QAT), so an FP4 export samples what
+    /// was trained.
+    pub qat_experts: bool,
+    /// Compute the Lightning Indexer's auxiliary KL loss.
+    pub indexer_loss: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            numerics: Numerics::QAT,
+            qat_experts: true,
+            indexer_loss: true,
+        }
+    }
+}
+
+/// One sequence of a training batch.
+#[derive(Debug, Clone, Default)]
+pub struct SeqInput {
+    pub tokens: Vec<u32>,
+    /// Decisions to replay (Keep Routing / forced indexer selections), by absolute position.
+    pub forced: Option<Arc<Decisions>>,
+}
+
+/// Result of [`TrainModel::forward`].
+pub struct TrainOutput {
+    /// Head inputs `[B, S, D]` (after `hc_head` and the final norm).
+    pub hidden: Tensor,
+    pub lengths: Vec<usize>,
+    /// Mean indexer KL over queries that see at least one compressed entry.
+    pub indexer_loss: Option<Tensor>,
+    /// Decisions actually used, per sequence.
+    pub decisions: Vec<Decisions>,
+}
+
+/// Trainable V4 model.
+pub struct TrainModel {
+    pub config: Config,
+    pub options: TrainOptions,
+    dtype: DType,
+    device: Device,
+    vars: BTreeMap<String, Var>,
+    tid2eid: BTreeMap<usize, Vec<u32>>,
+    hadamard: Option<Tensor>,
+}
+
+const NEG: f64 = -1e30;
+
+impl TrainModel {
+    /// Turn weights into `Var`s of `dtype` (f32 for training, f64 for gradient checks).
+    pub fn from_weights(w: &ModelWeights, dtype: DType, options: TrainOptions) -> Result<Self> {
+        w.validate()?;
+        if options.numerics.act_fp8 {
+            return Err(ModelError::Input("FP8 activation quantisation is an inference simulation; the trainer does not support it".into()));
+        }
+        let device = Device::Cpu;
+        let mut vars = BTreeMap::new();
+        for (name, t) in &w.tensors {
+            let tensor =
+                Tensor::from_slice(&t.data, t.shape.as_slice(), &device)?.to_dtype(dtype)?;
+            vars.insert(name.clone(), Var::from_tensor(&tensor)?);
+        }
+        let cfg = &w.config;
+        let hadamard = if cfg.compress_ratios.contains(&4) {
+            let n = cfg.index_head_dim;
+            let s = (n as f32).powf(-0.5);
+            let m: Vec<f32> = hadamard::matrix(n).into_iter().map(|v| v * s).collect();
+            Some(Tensor::from_vec(m, (n, n), &device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        Ok(TrainModel {
+            config: cfg.clone(),
+            options,
+            dtype,
+            device,
+            vars,
+            tid2eid: w.tid2eid.clone(),
+            hadamard,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All trainable variables by name.
+    pub fn vars(&self) -> &BTreeMap<String, Var> {
+        &self.vars
+    }
+
+    pub fn var(&self, name: &str) -> Result<&Tensor> {
+        self.vars
+            .get(name)
+            .map(Var::as_tensor)
+            .ok_or_else(|| ModelError::Checkpoint(format!("missing parameter `{name}`")))
+    }
+
+    /// Current parameters as plain f32 weights (for checkpoints and the decode engine).
+    pub fn to_weights(&self) -> Result<ModelWeights> {
+        let mut tensors = BTreeMap::new();
+        for (name, v) in &self.vars {
+            let t = v.as_tensor();
+            let data = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            tensors.insert(name.clone(), Tensor32::new(t.dims().to_vec(), data));
+        }
+        Ok(ModelWeights {
+            config: self.config.clone(),
+            tensors,
+            tid2eid: self.tid2eid.clone(),
+            fp4: BTreeMap::new(),
+        })
+    }
+
+    /// Overwrite parameters from weights with the same names and shapes.
+    pub fn load_weights(&self, w: &ModelWeights) -> Result<()> {
+        for (name, v) in &self.vars {
+            let t = w.get_shaped(name, v.as_tensor().dims())?;
+            v.set(
+                &Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?
+                    .to_dtype(self.dtype)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn cos_sin(
+        &self,
+        freqs: &RopeFreqs,
+        positions: impl Iterator<Item = usize>,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut c = Vec::new();
+        let mut s = Vec::new();
+        let mut n = 0;
+        for p in positions {
+            let (cc, ss) = freqs.cos_sin(p);
+            c.extend(cc);
+            s.extend(ss);
+            n += 1;
+        }
+        let half = freqs.freqs.len();
+        Ok((
+            Tensor::from_vec(c, (n, half), &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(s, (n, half), &self.device)?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Forward a batch of sequences (right-padded internally).
+    pub fn forward(&self, batch: &[SeqInput]) -> Result<TrainOutput> {
+        let cfg = &self.config;
+        let b = batch.len();
+        if b == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let lengths: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
+        let s = *lengths.iter().max().unwrap_or(&0);
+        if s == 0 {
+            return Err(ModelError::Input(
+                "every sequence in the batch is empty".into(),
+            ));
+        }
+        if s > cfg.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "sequence of {s} tokens exceeds max_seq_len {}",
+                cfg.max_seq_len
+            )));
+        }
+        let (d, hc) = (cfg.dim, cfg.hc_mult);
+        let mut ids = Vec::with_capacity(b * s);
+        for seq in batch {
+            if let Some(t) = seq.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    cfg.vocab_size
+                )));
+            }
+            ids.extend_from_slice(&seq.tokens);
+            ids.extend(std::iter::repeat_n(0u32, s - seq.tokens.len()));
+        }
+        let ids_t = Tensor::from_slice(&ids, b * s, &self.device)?;
+        let n = b * s;
+        let emb = self.var("embed.weight")?.index_select(&ids_t, 0)?; // [N, D]
+        let mut h = emb.unsqueeze(1)?.broadcast_as((n, hc, d))?.contiguous()?;
+        let mut decisions = vec![Decisions::default(); b];
+        let mut aux: Vec<Tensor> = Vec::new();
+        let rope_plain = RopeFreqs::new(cfg.rope_head_dim, cfg.rope_theta, None);
+        let rope_yarn = RopeFreqs::new(
+            cfg.rope_head_dim,
+            cfg.compress_rope_theta,
+            Some((
+                cfg.original_seq_len,
+                cfg.rope_factor,
+                cfg.beta_fast,
+                cfg.beta_slow,
+            )),
+        );
+        let tables = [
+            self.cos_sin(&rope_plain, 0..s)?,
+            self.cos_sin(&rope_yarn, 0..s)?,
+        ];
+        for l in 0..cfg.n_layers {
+            let p = format!("layers.{l}.");
+            let (x, post, comb) = self.hc_pre(&h, &format!("{p}hc_attn"))?;
+            let x = rms_norm(
+                &x,
+                Some(self.var(&format!("{p}attn_norm.weight"))?),
+                cfg.norm_eps as f64,
+            )?;
+            let table = if cfg.ratio(l) > 0 {
+                &tables[1]
+            } else {
+                &tables[0]
+            };
+            let y = self.attention(
+                l,
+                &x,
+                b,
+                s,
+                &lengths,
+                batch,
+                table,
+                &rope_yarn,
+                &mut decisions,
+                &mut aux,
+            )?;
+            h = hc_post(&h, &y, &post, &comb)?;
+            let (x, post, comb) = self.hc_pre(&h, &format!("{p}hc_ffn"))?;
+            let x = rms_norm(
+                &x,
+                Some(self.var(&format!("{p}ffn_norm.weight"))?),
+                cfg.norm_eps as f64,
+            )?;
+            let y = self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions)?;
+            h = hc_post(&h, &y, &post, &comb)?;
+        }
+        // hc_head + final norm
+        let flat = h.reshape((n, hc * d))?;
+        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let mixes = flat
+            .matmul(&self.var("hc_head_fn")?.t()?)?
+            .broadcast_mul(&rs)?;
+        let pre = (sigmoid(
+            &mixes
+                .broadcast_mul(self.var("hc_head_scale")?)?
+                .broadcast_add(self.var("hc_head_base")?)?,
+        )? + cfg.hc_eps as f64)?;
+        let x = pre.unsqueeze(2)?.broadcast_mul(&h)?.sum(1)?;
+        let hidden = rms_norm(&x, Some(self.var("norm.weight")?), cfg.norm_eps as f64)?
+            .reshape((b, s, d))?;
+        let indexer_loss = if aux.is_empty() {
+            None
+        } else {
+            Some((Tensor::stack(&aux, 0)?.sum_all()? / aux.len() as f64)?)
+        };
+        Ok(TrainOutput {
+            hidden,
+            lengths,
+            indexer_loss,
+            decisions,
+        })
+    }
+
+    /// Logits `[.., V]` of head inputs.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.var("head.weight")?;
+        let dims = hidden.dims().to_vec();
+        let d = *dims.last().unwrap_or(&0);
+        let flat = hidden.reshape(((), d))?;
+        let mut out_dims = dims.clone();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.config.vocab_size;
+        }
+        Ok(flat.matmul(&head.t()?)?.reshape(out_dims)?)
+    }
+
+    /// mHC `hc_pre` over `h [N, hc, D]` → (`x [N, D]`, `post [N, hc]`, `comb [N, hc, hc]`).
+    fn hc_pre(&self, h: &Tensor, site: &str) -> Result<(Tensor, Tensor, Tensor)> {
+        let cfg = &self.config;
+        let (n, hc, d) = h.dims3()?;
+        let eps = cfg.hc_eps as f64;
+        let flat = h.reshape((n, hc * d))?;
+        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let mixes = flat
+            .matmul(&self.var(&format!("{site}_fn"))?.t()?)?
+            .broadcast_mul(&rs)?;
+        let scale = self.var(&format!("{site}_scale"))?;
+        let base = self.var(&format!("{site}_base"))?;
+        let part = |i: usize, w: usize| -> Result<Tensor> {
+            Ok(mixes
+                .narrow(1, i * hc, w)?
+                .broadcast_mul(&scale.narrow(0, i.min(2), 1)?)?
+                .broadcast_add(&base.narrow(0, i * hc, w)?)?)
+        };
+        let pre = (sigmoid(&part(0, hc)?)? + eps)?;
+        let post = (sigmoid(&part(1, hc)?)? * 2.0)?;
+        let logits = mixes
+            .narrow(1, 2 * hc, hc * hc)?
+            .broadcast_mul(&scale.narrow(0, 2, 1)?)?
+            .broadcast_add(&base.narrow(0, 2 * hc, hc * hc)?)?
+            .reshape((n, hc, hc))?;
+        let mut comb = (softmax_last(&logits)? + eps)?;
+        comb = comb.broadcast_div(&(comb.sum_keepdim(1)? + eps)?)?;
+        for _ in 1..cfg.hc_sinkhorn_iters {
+            comb = comb.broadcast_div(&(comb.sum_keepdim(2)? + eps)?)?;
+            comb = comb.broadcast_div(&(comb.sum_keepdim(1)? + eps)?)?;
+        }
+        let x = pre.unsqueeze(2)?.broadcast_mul(h)?.sum(1)?;
+        Ok((x, post, comb))
+    }
+
+    /// `x · Wᵀ` over the last dim of `x` (any rank).
+    fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let w = self.var(name)?;
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        let y = x.reshape(((), k))?.matmul(&w.t()?)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = w.dim(0)?;
+        }
+        Ok(y.reshape(out)?)
+    }
+
+    /// Compressed entries `[B, n_e, d]` of one compressor, or `None` before the first window closes.
+    #[allow(clippy::too_many_arguments)]
+    fn compress(
+        &self,
+        x: &Tensor,
+        b: usize,
+        s: usize,
+        prefix: &str,
+        ratio: usize,
+        d: usize,
+        freqs: &RopeFreqs,
+        indexer: bool,
+    ) -> Result<Option<Tensor>> {
+        let cfg = &self.config;
+        let ne = s / ratio;
+        if ne == 0 {
+            return Ok(None);
+        }
+        let coff = if ratio == 4 { 2 } else { 1 };
+        let c = self
+            .linear(x, &format!("{prefix}wkv.weight"))?
+            .reshape((b, s, coff * d))?
+            .narrow(1, 0, ne * ratio)?
+            .reshape((b, ne, ratio, coff * d))?;
+        let z = self
+            .linear(x, &format!("{prefix}wgate.weight"))?
+            .reshape((b, s, coff * d))?
+            .narrow(1, 0, ne * ratio)?
+            .reshape((b, ne, ratio, coff * d))?
+            .broadcast_add(self.var(&format!("{prefix}ape"))?)?;
+        let (cand_c, cand_z) = if coff == 1 {
+            (c, z)
+        } else {
+            let zeros = Tensor::zeros((b, 1, ratio, d), self.dtype, &self.device)?;
+            let negs =
+                Tensor::full(NEG as f32, (b, 1, ratio, d), &self.device)?.to_dtype(self.dtype)?;
+            let (prev_c, prev_z) = if ne > 1 {
+                (
+                    Tensor::cat(&[zeros, c.narrow(1, 0, ne - 1)?.narrow(3, 0, d)?], 1)?,
+                    Tensor::cat(&[negs, z.narrow(1, 0, ne - 1)?.narrow(3, 0, d)?], 1)?,
+                )
+            } else {
+                (zeros, negs)
+            };
+            (
+                Tensor::cat(&[prev_c, c.narrow(3, d, d)?], 2)?,
+                Tensor::cat(&[prev_z, z.narrow(3, d, d)?], 2)?,
+            )
+        };
+        let p = softmax_dim(&cand_z, 2)?;
+        let entry = (p * cand_c)?.sum(2)?; // [B, ne, d]
+        let entry = rms_norm(
+            &entry,
+            Some(self.var(&format!("{prefix}norm.weight"))?),
+            cfg.norm_eps as f64,
+        )?;
+        let (cos, sin) = self.cos_sin(freqs, (0..ne).map(|i| i * ratio))?;
+        let entry = rope(&entry, &cos.unsqueeze(0)?, &sin.unsqueeze(0)?, false)?;
+        let num = self.options.numerics;
+        Ok(Some(if indexer {
+            let hm = self
+                .hadamard
+                .as_ref()
+                .ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
+            let r = entry
+                .reshape((b * ne, d))?
+                .matmul(hm)?
+                .reshape((b, ne, d))?;
+            if num.indexer_fp4 {
+                fake_quant(&r, FakeQuant::Fp4)?
+            } else {
+                r
+            }
+        } else if num.kv_fp8 {
+            fake_quant(
+                &entry,
+                FakeQuant::KvFp8 {
+                    width: d,
+                    rope: cfg.rope_head_dim,
+                },
+            )?
+        } else {
+            entry
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        l: usize,
+        x: &Tensor,
+        b: usize,
+        s: usize,
+        lengths: &[usize],
+        batch: &[SeqInput],
+        table: &(Tensor, Tensor),
+        rope_yarn: &RopeFreqs,
+        decisions: &mut [Decisions],
+        aux: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let num = self.options.numerics;
+        let (h, hd, rd) = (cfg.n_heads, cfg.head_dim, cfg.rope_head_dim);
+        let a = format!("layers.{l}.attn.");
+        let ratio = cfg.ratio(l);
+        let kind = cfg.layer_kind(l);
+        let (cos, sin) = table;
+        // queries [B, H, S, hd]
+        let qr = rms_norm(
+            &self.linear(x, &format!("{a}wq_a.weight"))?,
+            Some(self.var(&format!("{a}q_norm.weight"))?),
+            cfg.norm_eps as f64,
+        )?;
+        let q = self
+            .linear(&qr, &format!("{a}wq_b.weight"))?
+            .reshape((b, s, h, hd))?;
+        let q = rms_norm(&q, None, cfg.norm_eps as f64)?;
+        let q = rope(
+            &q,
+            &cos.unsqueeze(0)?.unsqueeze(2)?,
+            &sin.unsqueeze(0)?.unsqueeze(2)?,
+            false,
+        )?;
+        let q = q.transpose(1, 2)?.contiguous()?; // [B, H, S, hd]
+                                                  // keys = values [B, S, hd]
+        let kv = rms_norm(
+            &self.linear(x, &format!("{a}wkv.weight"))?,
+            Some(self.var(&format!("{a}kv_norm.weight"))?),
+            cfg.norm_eps as f64,
+        )?
+        .reshape((b, s, hd))?;
+        let kv = rope(&kv, &cos.unsqueeze(0)?, &sin.unsqueeze(0)?, false)?;
+        let kv = if num.kv_fp8 {
+            fake_quant(
+                &kv,
+                FakeQuant::KvFp8 {
+                    width: hd,
+                    rope: rd,
+                },
+            )?
+        } else {
+            kv
+        };
+        let scale = (hd as f64).powf(-0.5);
+        let qf = q.reshape((b, h * s, hd))?;
+        let sw = (qf.matmul(&kv.transpose(1, 2)?)? * scale)?.reshape((b, h, s, s))?;
+        let win = cfg.window_size;
+        let mut mask_w = vec![NEG as f32; s * s];
+        for t in 0..s {
+            for p in (t + 1).saturating_sub(win)..=t {
+                mask_w[t * s + p] = 0.0;
+            }
+        }
+        let mask_w = Tensor::from_vec(mask_w, (s, s), &self.device)?.to_dtype(self.dtype)?;
+        let mut parts = vec![sw.broadcast_add(&mask_w)?];
+        let mut entries: Option<Tensor> = None;
+        if ratio > 0 {
+            let x3 = x.reshape((b, s, cfg.dim))?;
+            entries = self.compress(
+                &x3,
+                b,
+                s,
+                &format!("{a}compressor."),
+                ratio,
+                hd,
+                rope_yarn,
+                false,
+            )?;
+        }
+        let ne = entries.as_ref().map_or(0, |e| e.dim(1).unwrap_or(0));
+        if let Some(e) = &entries {
+            let sc = (qf.matmul(&e.transpose(1, 2)?)? * scale)?.reshape((b, h, s, ne))?;
+            // visibility (and, for CSA, indexer selection) per batch row and query
+            let mut mask_c = vec![NEG as f32; b * s * ne];
+            if kind == LayerKind::Csa {
+                let selected = self.indexer(
+                    l, x, &qr, b, s, lengths, batch, table, rope_yarn, &sc, decisions, aux,
+                )?;
+                for (bi, rows) in selected.iter().enumerate() {
+                    for (t, sel) in rows.iter().enumerate() {
+                        for &e in sel {
+                            mask_c[(bi * s + t) * ne + e] = 0.0;
+                        }
+                    }
+                }
+            } else {
+                for bi in 0..b {
+                    for t in 0..s {
+                        for e in 0..((t + 1) / ratio).min(ne) {
+                            mask_c[(bi * s + t) * ne + e] = 0.0;
+                        }
+                    }
+                }
+            }
+            let mask_c =
+                Tensor::from_vec(mask_c, (b, 1, s, ne), &self.device)?.to_dtype(self.dtype)?;
+            parts.push(sc.broadcast_add(&mask_c)?);
+        }
+        let sink = self
+            .var(&format!("{a}attn_sink"))?
+            .reshape((1, h, 1, 1))?
+            .broadcast_as((b, h, s, 1))?;
+        parts.push(sink);
+        let pr = softmax_last(&Tensor::cat(&parts, 3)?)?;
+        let pw = pr.narrow(3, 0, s)?.reshape((b, h * s, s))?;
+        let mut o = pw.matmul(&kv)?;
+        if let Some(e) = &entries {
+            let pc = pr.narrow(3, s, ne)?.reshape((b, h * s, ne))?;
+            o = (o + pc.matmul(e)?)?;
+        }
+        let o = o.reshape((b, h, s, hd))?;
+        let o = rope(
+            &o,
+            &cos.unsqueeze(0)?.unsqueeze(0)?,
+            &sin.unsqueeze(0)?.unsqueeze(0)?,
+            true,
+        )?;
+        let o = o.transpose(1, 2)?.contiguous()?.reshape((b * s, h * hd))?;
+        // grouped low-rank output projection
+        let (g, lora) = (cfg.o_groups, cfg.o_lora_rank);
+        let gw = h * hd / g;
+        let og = o.reshape((b * s, g, gw))?.transpose(0, 1)?.contiguous()?; // [g, N, gw]
+        let wa = self
+            .var(&format!("{a}wo_a.weight"))?
+            .reshape((g, lora, gw))?
+            .transpose(1, 2)?; // [g, gw, lora]
+        let oa = og
+            .matmul(&wa.contiguous()?)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((b * s, g * lora))?;
+        self.linear(&oa, &format!("{a}wo_b.weight"))
+    }
+
+    /// Lightning Indexer of CSA layer `l`: per batch row and query the selected entries.
+    /// Adds the auxiliary KL loss to `aux` when enabled.
+    #[allow(clippy::too_many_arguments)]
+    fn indexer(
+        &self,
+        l: usize,
+        x: &Tensor,
+        qr: &Tensor,
+        b: usize,
+        s: usize,
+        lengths: &[usize],
+        batch: &[SeqInput],
+        table: &(Tensor, Tensor),
+        rope_yarn: &RopeFreqs,
+        main_scores: &Tensor,
+        decisions: &mut [Decisions],
+        aux: &mut Vec<Tensor>,
+    ) -> Result<Vec<Vec<Vec<usize>>>> {
+        let cfg = &self.config;
+        let a = format!("layers.{l}.attn.indexer.");
+        let (ih, ihd) = (cfg.index_n_heads, cfg.index_head_dim);
+        let (cos, sin) = table;
+        // Detached inputs: the indexer learns only from its own loss.
+        let xd = x.detach();
+        let qrd = qr.detach();
+        let keys = self.compress(
+            &xd.reshape((b, s, cfg.dim))?,
+            b,
+            s,
+            &format!("{a}compressor."),
+            4,
+            ihd,
+            rope_yarn,
+            true,
+        )?;
+        let keys = match keys {
+            Some(k) => k,
+            None => return Ok(vec![vec![vec![]; s]; b]),
+        };
+        let ne = keys.dim(1)?;
+        let qi = self
+            .linear(&qrd, &format!("{a}wq_b.weight"))?
+            .reshape((b, s, ih, ihd))?;
+        let qi = rope(
+            &qi,
+            &cos.unsqueeze(0)?.unsqueeze(2)?,
+            &sin.unsqueeze(0)?.unsqueeze(2)?,
+            false,
+        )?;
+        let hm = self
+            .hadamard
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
+        let qi = qi.reshape((b * s * ih, ihd))?.matmul(hm)?;
+        let qi = if self.options.numerics.indexer_fp4 {
+            fake_quant(&qi, FakeQuant::Fp4)?
+        } else {
+            qi
+        };
+        let qi = qi.reshape((b, s * ih, ihd))?;
+        let wscale = (ihd as f64).powf(-0.5) * (ih as f64).powf(-0.5);
+        let w = (self.linear(&xd, &format!("{a}weights_proj.weight"))? * wscale)?
+            .reshape((b, s, ih, 1))?;
+        let scores = qi
+            .matmul(&keys.transpose(1, 2)?)?
+            .reshape((b, s, ih, ne))?
+            .relu()?
+            .broadcast_mul(&w)?
+            .sum(2)?; // [B, S, ne]
+        let vals: Vec<f32> = scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut selected = vec![vec![Vec::new(); s]; b];
+        for bi in 0..b {
+            for t in 0..s {
+                let visible = ((t + 1) / 4).min(ne);
+                if visible == 0 {
+                    continue;
+                }
+                let forced = batch[bi].forced.as_ref().and_then(|f| f.topk.get(&(l, t)));
+                let sel: Vec<usize> = match forced {
+                    Some(f) => f.iter().copied().filter(|&e| e < visible).collect(),
+                    None => {
+                        let row = &vals[(bi * s + t) * ne..(bi * s + t) * ne + visible];
+                        let mut order: Vec<(f32, usize)> = row.iter().copied().zip(0..).collect();
+                        order.sort_by(|p, q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
+                        order.truncate(cfg.index_topk.min(visible));
+                        order.into_iter().map(|(_, e)| e).collect()
+                    }
+                };
+                if t < lengths[bi] {
+                    decisions[bi].topk.insert((l, t), sel.clone());
+                }
+                selected[bi][t] = sel;
+            }
+        }
+        if self.options.indexer_loss {
+            // Target: main attention (detached) over visible entries, summed over heads, L1-normalised.
+            let mut vis = vec![NEG as f32; b * s * ne];
+            let mut rows = vec![0f32; b * s];
+            for bi in 0..b {
+                for t in 0..lengths[bi].min(s) {
+                    let visible = ((t + 1) / 4).min(ne);
+                    for e in 0..visible {
+                        vis[(bi * s + t) * ne + e] = 0.0;
+                    }
+                    if visible > 0 {
+                        rows[bi * s + t] = 1.0;
+                    }
+                }
+            }
+            let n_rows: f32 = rows.iter().sum();
+            if n_rows > 0.0 {
+                let vis = Tensor::from_vec(vis, (b, s, ne), &self.device)?.to_dtype(self.dtype)?;
+                let rows = Tensor::from_vec(rows, (b, s, 1), &self.device)?.to_dtype(self.dtype)?;
+                let h = cfg.n_heads;
+                let target =
+                    softmax_last(&main_scores.detach().broadcast_add(&vis.unsqueeze(1)?)?)?
+                        .sum(1)?; // [B, S, ne]
+                let target = (target / h as f64)?.broadcast_mul(&rows)?;
+                let logp = ops::log_softmax_last(&scores.broadcast_add(&vis)?)?;
+                // KL(target ‖ p_indexer); target·log(target) is a constant.
+                let tl = target.clamp(1e-30, 1.0)?.log()?;
+                let kl = (target.clone() * (tl - logp)?)?
+                    .broadcast_mul(&rows)?
+                    .sum_all()?;
+                aux.push((kl / n_rows as f64)?);
+            }
+        }
+        Ok(selected)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        l: usize,
+        x: &Tensor,
+        ids: &[u32],
+        b: usize,
+        s: usize,
+        lengths: &[usize],
+        batch: &[SeqInput],
+        decisions: &mut [Decisions],
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let f = format!("layers.{l}.ffn.");
+        let (n, k, ne) = (b * s, cfg.n_activated_experts, cfg.n_routed_experts);
+        let logits = self.linear(x, &format!("{f}gate.weight"))?; // [N, E]
+        let lv: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let bias = if cfg.is_hash_layer(l) {
+            None
+        } else {
+            Some(
+                self.var(&format!("{f}gate.bias"))?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?,
+            )
+        };
+        let mut sel = vec![0u32; n * k];
+        for i in 0..n {
+            let (bi, t) = (i / s, i % s);
+            let forced = batch[bi]
+                .forced
+                .as_ref()
+                .and_then(|fd| fd.routes.get(&t))
+                .filter(|r| r.len() >= (l + 1) * k);
+            let chosen: Vec<u32> = if let Some(r) = forced {
+                r[l * k..(l + 1) * k].to_vec()
+            } else if cfg.is_hash_layer(l) {
+                let table = self.tid2eid.get(&l).ok_or_else(|| {
+                    ModelError::Checkpoint(format!("missing tid2eid of layer {l}"))
+                })?;
+                table[ids[i] as usize * k..(ids[i] as usize + 1) * k].to_vec()
+            } else {
+                let bias = bias.as_deref().unwrap_or(&[]);
+                let mut order: Vec<(f32, u32)> = (0..ne)
+                    .map(|e| {
+                        let sp = {
+                            let z = lv[i * ne + e];
+                            if z > 20.0 {
+                                z
+                            } else {
+                                z.exp().ln_1p()
+                            }
+                        };
+                        (sp.sqrt() + bias.get(e).copied().unwrap_or(0.0), e as u32)
+                    })
+                    .collect();
+                order.sort_by(|p, q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
+                order[..k].iter().map(|(_, e)| *e).collect()
+            };
+            if t < lengths[bi] {
+                let rec = decisions[bi]
+                    .routes
+                    .entry(t)
+                    .or_insert_with(|| vec![0; cfg.n_layers * k]);
+                rec[l * k..(l + 1) * k].copy_from_slice(&chosen);
+            }
+            sel[i * k..(i + 1) * k].copy_from_slice(&chosen);
+        }
+        let sel_t = Tensor::from_slice(&sel, (n, k), &self.device)?;
+        let gathered = logits.gather(&sel_t, 1)?;
+        let sc = (ops::softplus(&gathered)? + 1e-30)?.sqrt()?;
+        let wts =
+            (sc.broadcast_div(&sc.sum_keepdim(1)?)? * cfg.route_scale as f64)?.flatten_all()?; // [N·k]
+        let mut y = Tensor::zeros((n, cfg.dim), self.dtype, &self.device)?;
+        let mut rows_of: Vec<Vec<(u32, u32)>> = vec![Vec::new(); ne];
+        for i in 0..n {
+            for j in 0..k {
+                rows_of[sel[i * k + j] as usize].push((i as u32, (i * k + j) as u32));
+            }
+        }
+        for (e, rows) in rows_of.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let m = rows.len();
+            let ri = Tensor::from_vec(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                m,
+                &self.device,
+            )?;
+            let fi = Tensor::from_vec(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                m,
+                &self.device,
+            )?;
+            let xe = x.index_select(&ri, 0)?;
+            let we = wts.index_select(&fi, 0)?.unsqueeze(1)?;
+            let ye = self.expert(
+                &xe,
+                &format!("{f}experts.{e}."),
+                Some(&we),
+                self.options.qat_experts,
+            )?;
+            y = y.index_add(&ri, &ye, 0)?;
+        }
+        if cfg.n_shared_experts > 0 {
+            y = (y + self.expert(x, &format!("{f}shared_experts."), None, false)?)?;
+        }
+        Ok(y)
+    }
+
+    fn expert(&self, x: &Tensor, p: &str, route_w: Option<&Tensor>, qat: bool) -> Result<Tensor> {
+        let w = |n: &str| -> Result<Tensor> {
+            let t = self.var(&format!("{p}{n}.weight"))?;
+            Ok(if qat {
+                fake_quant(t, FakeQuant::Fp4)?
+            } else {
+                t.clone()
+            })
+        };
+        let limit = self.config.swiglu_limit as f64;
+        let mut g = x.matmul(&w("w1")?.t()?)?;
+        let mut u = x.matmul(&w("w3")?.t()?)?;
+        if limit > 0.0 {
+            u = u.clamp(-limit, limit)?;
+            g = g.minimum(limit)?;
+        }
+        let mut hdn = (g.silu()? * u)?;
+        if let Some(rw) = route_w {
+            hdn = hdn.broadcast_mul(rw)?;
+        }
+        Ok(hdn.matmul(&w("w2")?.t()?)?)
+    }
+}
+
+/// `y_j = post_j · f + Σ_i comb[i, j] · h_i` over `h [N, hc, D]`.
+fn hc_post(h: &Tensor, f: &Tensor, post: &Tensor, comb: &Tensor) -> Result<Tensor> {
+    let a = post.unsqueeze(2)?.broadcast_mul(&f.unsqueeze(1)?)?;
+    let b = comb.transpose(1, 2)?.contiguous()?.matmul(h)?;
+    Ok((a + b)?)
+}
