@@ -1,1 +1,20 @@
-//! v4post datasets
+//! The v4post data plane: everything between text and tensors, and everything stored.
+//!
+//! * [`tokenizer`]: built-in byte tokenizer with the V4 special tokens; HF `tokenizer.json`.
+//! * [`chat`]: the V4 chat encoding (Non-think / Think High / Think Max, DSML tool calls) and
+//!   its parser back to reasoning, content and tool calls.
+//! * [`tasks`]: the built-in procedural task suite (13 domains in 4 families).
+//! * [`prompts`]: prompt sources — the suite, user Parquet/JSONL datasets.
+//! * [`store`]: trajectories as Arrow/Parquet shards; teacher-state shards; the metrics store.
+
+pub mod chat;
+pub mod error;
+pub mod prompts;
+pub mod store;
+pub mod tasks;
+pub mod tokenizer;
+
+pub use chat::{Message, Mode, ParsedReply, ToolCall};
+pub use error::{DataError, Result};
+pub use tasks::{Split, Task};
+pub use tokenizer::{ByteTokenizer, Tokenizer};

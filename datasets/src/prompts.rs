@@ -1,0 +1,431 @@
+//! Prompt sources: the built-in suite, and user datasets in Parquet or JSONL with
+//! Hugging Face-style columns:
+//!
+//! * `prompt` (string) **or** `messages` (list of `{role, content}`, or that list as a JSON string);
+//! * `answer` (string or number);
+//! * optional `domain` (default `user`; its prefix — `math.`, `code.`, `agent.`, `if.` — picks the verifier);
+//! * optional `verifier` (JSON object of verifier kwargs, e.g. `{"kind": "code", "tests": ...}`),
+//!   or kwargs as their own columns (`tests`, `input`, `checks`, `tools`, `env`).
+//!
+//! A missing or mistyped column is an error naming the file, the row (1 = first record) and the column.
+
+use crate::chat::Message;
+use crate::error::{DataError, Result};
+use crate::tasks::{self, Reference, Split, Task};
+use arrow::array::*;
+use arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+const KWARG_COLUMNS: [&str; 5] = ["tests", "input", "checks", "tools", "env"];
+
+fn family_of(domain: &str) -> String {
+    match domain.split('.').next() {
+        Some(f @ ("math" | "code" | "agent" | "if")) if domain.contains('.') => f.to_string(),
+        _ => "user".to_string(),
+    }
+}
+
+fn default_kind(domain: &str, answer: &str) -> &'static str {
+    match family_of(domain).as_str() {
+        "math" => "math",
+        "code" => "code",
+        "agent" => "agent",
+        "if" => "if",
+        _ if answer.trim().parse::<f64>().is_ok() => "math",
+        _ => "exact",
+    }
+}
+
+/// Build a task from one record's fields (already converted to JSON values).
+fn task_from_record(
+    file: &Path,
+    row: usize,
+    rec: &Map<String, Value>,
+    index: usize,
+) -> Result<Task> {
+    let err = |col: &str, msg: &str| DataError::column(file, row, col, msg);
+    let messages: Vec<Message> = match (rec.get("messages"), rec.get("prompt")) {
+        (Some(m), _) if !m.is_null() => {
+            let v = match m {
+                Value::String(s) => serde_json::from_str::<Value>(s)
+                    .map_err(|e| err("messages", &format!("not valid JSON ({e})")))?,
+                other => other.clone(),
+            };
+            let list: Vec<Message> = serde_json::from_value(v).map_err(|e| {
+                err(
+                    "messages",
+                    &format!("expected a list of {{role, content}} objects ({e})"),
+                )
+            })?;
+            if list.is_empty() {
+                return Err(err("messages", "empty message list"));
+            }
+            if let Some(bad) = list.iter().find(|m| {
+                ![
+                    "system",
+                    "user",
+                    "assistant",
+                    "tool",
+                    "developer",
+                    "latest_reminder",
+                ]
+                .contains(&m.role.as_str())
+            }) {
+                return Err(err("messages", &format!("unknown role `{}`", bad.role)));
+            }
+            list
+        }
+        (_, Some(Value::String(p))) => vec![Message::user(p.clone())],
+        (_, Some(Value::Array(a))) => {
+            serde_json::from_value(Value::Array(a.clone())).map_err(|e| {
+                err(
+                    "prompt",
+                    &format!("expected a string or a message list ({e})"),
+                )
+            })?
+        }
+        (_, Some(other)) if !other.is_null() => {
+            return Err(err(
+                "prompt",
+                &format!("expected a string, got {}", type_name(other)),
+            ))
+        }
+        _ => {
+            return Err(err(
+                "prompt",
+                "missing: a record needs `prompt` or `messages`",
+            ))
+        }
+    };
+    let answer = match rec.get("answer") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Null) | None => return Err(err("answer", "missing")),
+        Some(other) => {
+            return Err(err(
+                "answer",
+                &format!("expected a string or number, got {}", type_name(other)),
+            ))
+        }
+    };
+    let domain = match rec.get("domain") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Null) | None => "user".to_string(),
+        Some(Value::String(_)) => "user".to_string(),
+        Some(other) => {
+            return Err(err(
+                "domain",
+                &format!("expected a string, got {}", type_name(other)),
+            ))
+        }
+    };
+    let mut verifier = match rec.get("verifier") {
+        Some(Value::Object(o)) => o.clone(),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => o,
+            _ => return Err(err("verifier", "expected a JSON object")),
+        },
+        Some(Value::Null) | None => Map::new(),
+        Some(other) => {
+            return Err(err(
+                "verifier",
+                &format!("expected a JSON object, got {}", type_name(other)),
+            ))
+        }
+    };
+    for k in KWARG_COLUMNS {
+        if let Some(v) = rec.get(k).filter(|v| !v.is_null()) {
+            let v = match v {
+                Value::String(s) if k != "input" => {
+                    serde_json::from_str(s).unwrap_or_else(|_| v.clone())
+                }
+                _ => v.clone(),
+            };
+            verifier.entry(k.to_string()).or_insert(v);
+        }
+    }
+    if !verifier.contains_key("kind") {
+        verifier.insert(
+            "kind".into(),
+            Value::String(default_kind(&domain, &answer).into()),
+        );
+    }
+    Ok(Task {
+        prompt_id: format!(
+            "{}#{}",
+            file.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
+            index
+        ),
+        family: family_of(&domain),
+        domain,
+        split: Split::Train,
+        difficulty: 0,
+        messages,
+        answer,
+        verifier: Value::Object(verifier),
+        reference: Reference::default(),
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Convert one Arrow cell to JSON (the types a prompt dataset uses).
+fn cell(a: &dyn Array, i: usize) -> Option<Value> {
+    if a.is_null(i) {
+        return Some(Value::Null);
+    }
+    Some(match a.data_type() {
+        DataType::Utf8 => Value::String(
+            a.as_any()
+                .downcast_ref::<StringArray>()?
+                .value(i)
+                .to_string(),
+        ),
+        DataType::LargeUtf8 => Value::String(
+            a.as_any()
+                .downcast_ref::<LargeStringArray>()?
+                .value(i)
+                .to_string(),
+        ),
+        DataType::Int64 => json!(a.as_any().downcast_ref::<Int64Array>()?.value(i)),
+        DataType::Int32 => json!(a.as_any().downcast_ref::<Int32Array>()?.value(i)),
+        DataType::UInt32 => json!(a.as_any().downcast_ref::<UInt32Array>()?.value(i)),
+        DataType::UInt64 => json!(a.as_any().downcast_ref::<UInt64Array>()?.value(i)),
+        DataType::Float64 => json!(a.as_any().downcast_ref::<Float64Array>()?.value(i)),
+        DataType::Float32 => json!(a.as_any().downcast_ref::<Float32Array>()?.value(i)),
+        DataType::Boolean => json!(a.as_any().downcast_ref::<BooleanArray>()?.value(i)),
+        DataType::List(_) => {
+            let l = a.as_any().downcast_ref::<ListArray>()?;
+            let inner = l.value(i);
+            Value::Array(
+                (0..inner.len())
+                    .map(|j| cell(inner.as_ref(), j))
+                    .collect::<Option<Vec<_>>>()?,
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_any().downcast_ref::<LargeListArray>()?;
+            let inner = l.value(i);
+            Value::Array(
+                (0..inner.len())
+                    .map(|j| cell(inner.as_ref(), j))
+                    .collect::<Option<Vec<_>>>()?,
+            )
+        }
+        DataType::Struct(fields) => {
+            let s = a.as_any().downcast_ref::<StructArray>()?;
+            let mut m = Map::new();
+            for (f, c) in fields.iter().zip(s.columns()) {
+                m.insert(f.name().clone(), cell(c.as_ref(), i)?);
+            }
+            Value::Object(m)
+        }
+        _ => return None,
+    })
+}
+
+/// Read a user prompt dataset (`.parquet`, `.jsonl` or `.json` lines).
+pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut tasks = Vec::new();
+    match ext {
+        "parquet" => {
+            let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| {
+                    DataError::Format(format!(
+                        "{}: not a readable Parquet file ({e})",
+                        path.display()
+                    ))
+                })?
+                .build()
+                .map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
+            let mut row = 0usize;
+            for batch in reader {
+                let b = batch.map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
+                let schema = b.schema();
+                for i in 0..b.num_rows() {
+                    row += 1;
+                    let mut rec = Map::new();
+                    for (f, c) in schema.fields().iter().zip(b.columns()) {
+                        match cell(c.as_ref(), i) {
+                            Some(v) => {
+                                rec.insert(f.name().clone(), v);
+                            }
+                            None if ["prompt", "messages", "answer", "domain", "verifier"]
+                                .contains(&f.name().as_str()) =>
+                            {
+                                return Err(DataError::column(
+                                    path,
+                                    row,
+                                    f.name(),
+                                    format!("unsupported type {}", c.data_type()),
+                                ));
+                            }
+                            None => {}
+                        }
+                    }
+                    tasks.push(task_from_record(path, row, &rec, row - 1)?);
+                }
+            }
+        }
+        "jsonl" | "json" | "ndjson" => {
+            let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+            for (ln, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(line).map_err(|e| {
+                    DataError::Format(format!(
+                        "{}: row {}: invalid JSON ({e})",
+                        path.display(),
+                        ln + 1
+                    ))
+                })?;
+                let rec = v.as_object().ok_or_else(|| {
+                    DataError::Format(format!(
+                        "{}: row {}: expected a JSON object",
+                        path.display(),
+                        ln + 1
+                    ))
+                })?;
+                tasks.push(task_from_record(path, ln + 1, rec, tasks.len())?);
+            }
+        }
+        other => {
+            return Err(DataError::Format(format!(
+                "{}: unknown dataset format `.{other}` (use .parquet or .jsonl)",
+                path.display()
+            )))
+        }
+    }
+    if tasks.is_empty() {
+        return Err(DataError::Format(format!("{}: no records", path.display())));
+    }
+    Ok(tasks)
+}
+
+/// Write tasks (with their rendered first prompt) as Parquet or JSONL, by extension.
+pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    let tmp = path.with_extension(format!("{ext}.tmp"));
+    match ext {
+        "jsonl" | "json" | "ndjson" => {
+            let mut s = String::new();
+            for t in tasks {
+                s.push_str(&serde_json::to_string(t)?);
+                s.push('\n');
+            }
+            std::fs::write(&tmp, s).map_err(|e| DataError::io(&tmp, e))?;
+        }
+        "parquet" => {
+            use arrow::datatypes::{Field, Schema};
+            use std::sync::Arc;
+            let s = |f: &dyn Fn(&Task) -> String| -> ArrayRef {
+                Arc::new(StringArray::from_iter_values(tasks.iter().map(f)))
+            };
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("prompt_id", DataType::Utf8, false),
+                Field::new("domain", DataType::Utf8, false),
+                Field::new("family", DataType::Utf8, false),
+                Field::new("split", DataType::Utf8, false),
+                Field::new("difficulty", DataType::UInt32, false),
+                Field::new("messages", DataType::Utf8, false),
+                Field::new("prompt", DataType::Utf8, false),
+                Field::new("answer", DataType::Utf8, false),
+                Field::new("verifier", DataType::Utf8, false),
+                Field::new("reference", DataType::Utf8, false),
+            ]));
+            let cols: Vec<ArrayRef> = vec![
+                s(&|t| t.prompt_id.clone()),
+                s(&|t| t.domain.clone()),
+                s(&|t| t.family.clone()),
+                s(&|t| t.split.as_str().to_string()),
+                Arc::new(UInt32Array::from_iter_values(
+                    tasks.iter().map(|t| t.difficulty),
+                )),
+                s(&|t| serde_json::to_string(&t.messages).unwrap_or_default()),
+                s(&|t| {
+                    t.messages
+                        .iter()
+                        .rev()
+                        .find(|m| m.role == "user")
+                        .map(|m| m.content.clone())
+                        .unwrap_or_default()
+                }),
+                s(&|t| t.answer.clone()),
+                s(&|t| t.verifier.to_string()),
+                s(&|t| serde_json::to_string(&t.reference).unwrap_or_default()),
+            ];
+            let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)?;
+            let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
+            w.write(&batch)?;
+            w.close()?;
+        }
+        other => {
+            return Err(DataError::Format(format!(
+                "{}: unknown output format `.{other}` (use .parquet or .jsonl)",
+                path.display()
+            )))
+        }
+    }
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Where prompts come from.
+#[derive(Debug, Clone)]
+pub enum PromptSource {
+    /// The built-in suite: a domain pattern (`math.*,if.*`), split, seed, difficulty.
+    Builtin {
+        domains: String,
+        split: Split,
+        seed: u64,
+        difficulty: Option<u32>,
+    },
+    /// A user dataset file.
+    File(std::path::PathBuf),
+}
+
+impl PromptSource {
+    /// `n` prompts, cycling over the matched domains (built-in) or the file's records.
+    pub fn take(&self, n: usize, offset: u64) -> Result<Vec<Task>> {
+        match self {
+            PromptSource::Builtin {
+                domains,
+                split,
+                seed,
+                difficulty,
+            } => {
+                let ds = tasks::match_domains(domains)?;
+                (0..n)
+                    .map(|i| {
+                        let k = offset as usize + i;
+                        let d = ds[k % ds.len()];
+                        tasks::generate(d.domain, *split, *seed, (k / ds.len()) as u64, *difficulty)
+                    })
+                    .collect()
+            }
+            PromptSource::File(p) => {
+                let all = load_dataset(p)?;
+                Ok((0..n)
+                    .map(|i| all[(offset as usize + i) % all.len()].clone())
+                    .collect())
+            }
+        }
+    }
+}

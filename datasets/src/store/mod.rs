@@ -1,0 +1,122 @@
+//! Parquet shard storage shared by trajectories, teacher states and metrics.
+//!
+//! A shard is written completely under a hidden temporary name (`.part-*.tmp`), flushed to
+//! disk and only then renamed to `part-*.parquet` — rename is atomic on POSIX filesystems,
+//! so a reader lists either the whole shard or nothing, even if the writer is killed midway.
+
+pub mod metrics;
+pub mod teacher_states;
+pub mod trajectories;
+
+pub use metrics::{read_metrics, MetricRow, MetricsWriter};
+pub use teacher_states::{TeacherState, TeacherStateStore};
+pub use trajectories::{ReadFilter, Trajectory, TrajectoryStore, WriteReport};
+
+use crate::error::{DataError, Result};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::{ArrowPredicate, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static SHARD_SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Write one record batch as a complete shard in `dir`; returns its final path.
+pub(crate) fn write_shard(dir: &Path, batch: &RecordBatch) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let name = format!(
+        "part-{:013}-{:08x}-{:06}.parquet",
+        now_ms(),
+        std::process::id(),
+        SHARD_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(8192))
+        .build();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    let file = w.into_inner()?;
+    file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
+    Ok(path)
+}
+
+/// Complete shards of `dir`, oldest first (temporary files are never listed).
+pub fn list_shards(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(vec![]);
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| DataError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Read one shard, keeping only `columns` (all when `None`) and rows passing `predicate`.
+pub(crate) fn read_shard(
+    path: &Path,
+    columns: Option<&[&str]>,
+    predicate: Option<(Vec<&str>, PredicateFn)>,
+) -> Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let wrap =
+        |e: parquet::errors::ParquetError| DataError::Format(format!("{}: {e}", path.display()));
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(wrap)?
+        .with_batch_size(4096);
+    let schema = builder.parquet_schema().clone();
+    let arrow_schema = builder.schema().clone();
+    let index_of = |names: &[&str]| -> Result<Vec<usize>> {
+        names
+            .iter()
+            .map(|n| {
+                arrow_schema
+                    .index_of(n)
+                    .map_err(|_| DataError::Format(format!("{}: no column `{n}`", path.display())))
+            })
+            .collect()
+    };
+    if let Some(cols) = columns {
+        builder = builder.with_projection(ProjectionMask::roots(&schema, index_of(cols)?));
+    }
+    if let Some((cols, mut f)) = predicate {
+        let mask = ProjectionMask::roots(&schema, index_of(&cols)?);
+        let pred =
+            parquet::arrow::arrow_reader::ArrowPredicateFn::new(mask, move |b: RecordBatch| f(&b));
+        builder = builder.with_row_filter(RowFilter::new(vec![
+            Box::new(pred) as Box<dyn ArrowPredicate>
+        ]));
+    }
+    let reader = builder.build().map_err(wrap)?;
+    reader
+        .map(|b| b.map_err(|e| DataError::Format(format!("{}: {e}", path.display()))))
+        .collect()
+}
+
+/// A row predicate evaluated on the filter columns (pushed down into the Parquet reader).
+pub(crate) type PredicateFn = Box<
+    dyn FnMut(
+            &RecordBatch,
+        ) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>
+        + Send,
+>;
