@@ -55,7 +55,7 @@ fn finish(
     Instance {
         messages: vec![Message::system(AGENT_SYSTEM), Message::user(user)],
         answer: answer.to_string(),
-        verifier: json!({"kind": "agent", "tools": tools, "env": env}),
+        verifier: json!({"kind": "agent", "tools": tools, "env": {"table": env}}),
         reference: Reference {
             short_reasoning: short,
             long_reasoning: long,
