@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod progress;
 pub mod prompts;
 pub mod store;
 pub mod tasks;

@@ -38,8 +38,9 @@ fn default_kind(domain: &str, answer: &str) -> &'static str {
     }
 }
 
-/// Build a task from one record's fields (already converted to JSON values).
-fn task_from_record(
+/// Build a task from one record's fields (already converted to JSON values); `row` is
+/// 1-based and only used in error messages.
+pub fn task_from_record(
     file: &Path,
     row: usize,
     rec: &Map<String, Value>,
@@ -235,10 +236,10 @@ fn cell(a: &dyn Array, i: usize) -> Option<Value> {
     })
 }
 
-/// Read a user prompt dataset (`.parquet`, `.jsonl` or `.json` lines).
-pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
+/// Every record of a `.parquet` or `.jsonl` file as a JSON object (row numbers are 1-based).
+pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let mut tasks = Vec::new();
+    let mut out = Vec::new();
     match ext {
         "parquet" => {
             let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -251,20 +252,22 @@ pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
                 })?
                 .build()
                 .map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
-            let mut row = 0usize;
             for batch in reader {
                 let b = batch.map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
                 let schema = b.schema();
                 for i in 0..b.num_rows() {
-                    row += 1;
+                    let row = out.len() + 1;
                     let mut rec = Map::new();
                     for (f, c) in schema.fields().iter().zip(b.columns()) {
                         match cell(c.as_ref(), i) {
                             Some(v) => {
                                 rec.insert(f.name().clone(), v);
                             }
-                            None if ["prompt", "messages", "answer", "domain", "verifier"]
-                                .contains(&f.name().as_str()) =>
+                            None if [
+                                "prompt", "messages", "answer", "domain", "verifier", "response",
+                                "mode",
+                            ]
+                            .contains(&f.name().as_str()) =>
                             {
                                 return Err(DataError::column(
                                     path,
@@ -276,7 +279,7 @@ pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
                             None => {}
                         }
                     }
-                    tasks.push(task_from_record(path, row, &rec, row - 1)?);
+                    out.push(rec);
                 }
             }
         }
@@ -293,14 +296,16 @@ pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
                         ln + 1
                     ))
                 })?;
-                let rec = v.as_object().ok_or_else(|| {
-                    DataError::Format(format!(
-                        "{}: row {}: expected a JSON object",
-                        path.display(),
-                        ln + 1
-                    ))
-                })?;
-                tasks.push(task_from_record(path, ln + 1, rec, tasks.len())?);
+                match v {
+                    Value::Object(o) => out.push(o),
+                    _ => {
+                        return Err(DataError::Format(format!(
+                            "{}: row {}: expected a JSON object",
+                            path.display(),
+                            ln + 1
+                        )))
+                    }
+                }
             }
         }
         other => {
@@ -310,10 +315,19 @@ pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
             )))
         }
     }
-    if tasks.is_empty() {
+    if out.is_empty() {
         return Err(DataError::Format(format!("{}: no records", path.display())));
     }
-    Ok(tasks)
+    Ok(out)
+}
+
+/// Read a user prompt dataset (`.parquet`, `.jsonl` or `.json` lines).
+pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
+    read_records(path)?
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| task_from_record(path, i + 1, rec, i))
+        .collect()
 }
 
 /// Write tasks (with their rendered first prompt) as Parquet or JSONL, by extension.

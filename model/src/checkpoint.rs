@@ -332,6 +332,12 @@ fn decode_weight(
 /// Load `config.json` and the weights of a checkpoint directory (or one safetensors file
 /// together with a config).
 pub fn load(dir: &Path) -> Result<ModelWeights> {
+    if !dir.exists() {
+        return Err(ModelError::Checkpoint(format!(
+            "{}: no such checkpoint directory",
+            dir.display()
+        )));
+    }
     let cfg_path = if dir.is_file() {
         dir.with_file_name("config.json")
     } else {

@@ -1,1 +1,5 @@
-//! v4post orchestrator
+//! The `v4post` orchestrator: CLI, queues, workers and staged pipelines.
+
+pub mod cli;
+pub mod commands;
+pub mod ui;

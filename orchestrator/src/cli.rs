@@ -1,0 +1,193 @@
+//! Command-line interface of `v4post` (clap derive). Every verb here works; `--json` gives
+//! machine-readable output where a verb produces data.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "v4post",
+    version,
+    about = "Post-training for DeepSeek-V4-architecture models: GRPO experts, multi-teacher on-policy distillation, Think Max",
+    long_about = "v4post post-trains DeepSeek-V4-architecture models: per-domain experts by SFT + GRPO, one student by \
+multi-teacher full-vocabulary on-policy distillation (OPD), and Think Max variants. Everything runs on one machine \
+with an embedded queue, or across machines with Redis.\n\nStart with `v4post run` (the built-in demo pipeline).",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The built-in task suite: list domains, sample prompts.
+    #[command(subcommand)]
+    Tasks(TasksCmd),
+    /// Score a file of completions with the verifiers; per-domain accuracy.
+    Score(ScoreArgs),
+    /// Inspect and summarise trajectory shards.
+    #[command(subcommand)]
+    Trajectories(TrajCmd),
+    /// Model configs and checkpoints: info, conformance forward, quantisation.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Benchmarks that print measured numbers (medians and ratios from one run).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCmd {
+    /// List the built-in domains.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write N prompts of one domain (deterministic in domain, seed, split, index).
+    Sample(SampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Domain name, e.g. math.add (see `v4post tasks list`).
+    #[arg(long)]
+    pub domain: String,
+    /// Number of prompts.
+    #[arg(long, default_value_t = 10)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// train or eval (disjoint by construction).
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// 1 (easy) .. 5 (hard); default: the domain's own.
+    #[arg(long)]
+    pub difficulty: Option<u32>,
+    /// Output file: .parquet or .jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// JSONL (or Parquet) rows with `domain` (or `verifier`), `prompt`, `answer`, `response`, optional `mode`.
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrajCmd {
+    /// Print the first rows of a trajectory store readably.
+    Inspect {
+        /// A shard, a shard directory, or a run directory.
+        path: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rows, tokens and reward mean by domain.
+    Stats {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCmd {
+    /// Layer schedule, parameter counts and KV-cache sizes of a config.
+    Info(InfoArgs),
+    /// Conformance forward: logits of token sequences, as safetensors.
+    Forward(ForwardArgs),
+    /// Write the official FP8/FP4 layout from f32/bf16 weights.
+    Quantize {
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// official (FP8 + FP4), rollout (f32 + FP4 experts) or f32.
+        #[arg(long, default_value = "official")]
+        format: String,
+        /// Split into shards of at most this many MiB (with an index file).
+        #[arg(long)]
+        shard_mib: Option<usize>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false, id = "source")]
+pub struct ConfigSource {
+    /// tiny, small, flash or pro.
+    #[arg(long, group = "source")]
+    pub preset: Option<String>,
+    /// A config.json (official or HF keys).
+    #[arg(long, group = "source")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub source: ConfigSource,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JSON file with a list of token-id lists.
+    #[arg(long)]
+    pub tokens: PathBuf,
+    /// Output safetensors with `logits.{i}` = f32 [len, vocab].
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prefill the first K tokens, then decode one token at a time.
+    #[arg(long)]
+    pub decode_from: Option<usize>,
+    /// qat (KV FP8 + indexer FP4, default), dense (no fake-quant) or act-fp8 (plus FP8 activations).
+    #[arg(long, default_value = "qat")]
+    pub numerics: String,
+    /// Run routed experts in f32 instead of packed FP4.
+    #[arg(long)]
+    pub f32_experts: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Write and read trajectories; tokens/s and bytes on disk.
+    Store {
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill and training throughput of a preset or checkpoint.
+    Forward(BenchModelArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchModelArgs {
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
