@@ -13,6 +13,7 @@
 //! complete windows, and MoE is per token, so padded positions never leak into real ones.
 
 pub mod ops;
+pub mod prof;
 
 use crate::config::{Config, LayerKind};
 use crate::engine::{Decisions, Numerics};
@@ -236,7 +237,7 @@ impl TrainModel {
         ];
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}.");
-            let (x, post, comb) = self.hc_pre(&h, &format!("{p}hc_attn"))?;
+            let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_attn")))?;
             let x = rms_norm(
                 &x,
                 Some(self.var(&format!("{p}attn_norm.weight"))?),
@@ -247,27 +248,31 @@ impl TrainModel {
             } else {
                 &tables[0]
             };
-            let y = self.attention(
-                l,
-                &x,
-                b,
-                s,
-                &lengths,
-                batch,
-                table,
-                &rope_yarn,
-                &mut decisions,
-                &mut aux,
-            )?;
-            h = hc_post(&h, &y, &post, &comb)?;
-            let (x, post, comb) = self.hc_pre(&h, &format!("{p}hc_ffn"))?;
+            let y = prof::time("attention", || {
+                self.attention(
+                    l,
+                    &x,
+                    b,
+                    s,
+                    &lengths,
+                    batch,
+                    table,
+                    &rope_yarn,
+                    &mut decisions,
+                    &mut aux,
+                )
+            })?;
+            h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
+            let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_ffn")))?;
             let x = rms_norm(
                 &x,
                 Some(self.var(&format!("{p}ffn_norm.weight"))?),
                 cfg.norm_eps as f64,
             )?;
-            let y = self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions)?;
-            h = hc_post(&h, &y, &post, &comb)?;
+            let y = prof::time("moe", || {
+                self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions)
+            })?;
+            h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
         }
         // hc_head + final norm
         let flat = h.reshape((n, hc * d))?;
@@ -519,16 +524,18 @@ impl TrainModel {
         let mut entries: Option<Tensor> = None;
         if ratio > 0 {
             let x3 = x.reshape((b, s, cfg.dim))?;
-            entries = self.compress(
-                &x3,
-                b,
-                s,
-                &format!("{a}compressor."),
-                ratio,
-                hd,
-                rope_yarn,
-                false,
-            )?;
+            entries = prof::time("compress", || {
+                self.compress(
+                    &x3,
+                    b,
+                    s,
+                    &format!("{a}compressor."),
+                    ratio,
+                    hd,
+                    rope_yarn,
+                    false,
+                )
+            })?;
         }
         let ne = entries.as_ref().map_or(0, |e| e.dim(1).unwrap_or(0));
         if let Some(e) = &entries {
@@ -536,9 +543,11 @@ impl TrainModel {
             // visibility (and, for CSA, indexer selection) per batch row and query
             let mut mask_c = vec![NEG as f32; b * s * ne];
             if kind == LayerKind::Csa {
-                let selected = self.indexer(
-                    l, x, &qr, b, s, lengths, batch, table, rope_yarn, &sc, decisions, aux,
-                )?;
+                let selected = prof::time("indexer", || {
+                    self.indexer(
+                        l, x, &qr, b, s, lengths, batch, table, rope_yarn, &sc, decisions, aux,
+                    )
+                })?;
                 for (bi, rows) in selected.iter().enumerate() {
                     for (t, sel) in rows.iter().enumerate() {
                         for &e in sel {
