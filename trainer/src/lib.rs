@@ -1,8 +1,16 @@
 //! Trainers: SFT, the GRPO family and full-vocabulary multi-teacher OPD, with Muon + AdamW,
 //! FP4 QAT of the experts, and exact checkpoint/resume.
+//!
+//! * [`optim`]: Muon (V4 hybrid Newton–Schulz) and AdamW, parameter groups by name;
+//! * [`losses`]: fused log-prob gather (Keep Sampling Mask), SFT and GRPO-family losses;
+//! * [`session`]: model + optimizer + counters, checkpoints that resume bit-identically;
+//! * [`sft`]: supervised fine-tuning / pre-training on the suite's reference solutions.
 
 pub mod error;
 pub mod losses;
 pub mod optim;
+pub mod session;
+pub mod sft;
 
 pub use error::{Result, TrainError};
+pub use session::Session;
