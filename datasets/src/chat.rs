@@ -44,9 +44,7 @@ impl std::str::FromStr for Mode {
             "non_think" | "chat" => Ok(Mode::NonThink),
             "think_high" | "thinking" | "high" => Ok(Mode::ThinkHigh),
             "think_max" | "max" => Ok(Mode::ThinkMax),
-            o => Err(format!(
-                "unknown mode `{o}` (non_think, think_high, think_max)"
-            )),
+            o => Err(format!("unknown mode `{o}` (non_think, think_high, think_max)")),
         }
     }
 }
@@ -91,11 +89,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-            ..Default::default()
-        }
+        Message { role: role.into(), content: content.into(), ..Default::default() }
     }
     pub fn system(c: impl Into<String>) -> Self {
         Self::new("system", c)
@@ -106,11 +100,7 @@ impl Message {
     pub fn tool(c: impl Into<String>) -> Self {
         Self::new("tool", c)
     }
-    pub fn assistant(
-        reasoning: Option<String>,
-        content: impl Into<String>,
-        tool_calls: Vec<ToolCall>,
-    ) -> Self {
+    pub fn assistant(reasoning: Option<String>, content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
         Message {
             role: "assistant".into(),
             content: content.into(),
@@ -122,17 +112,12 @@ impl Message {
 }
 
 const TOOLS_TEMPLATE_HEAD: &str = "## Tools\n\nYou have access to a set of tools to help answer the user's question. You can invoke tools by writing a \"<｜DSML｜tool_calls>\" block like the following:\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"$TOOL_NAME\">\n<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>\n...\n</｜DSML｜invoke>\n<｜DSML｜invoke name=\"$TOOL_NAME2\">\n...\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>\n\nString parameters should be specified as is and set `string=\"true\"`. For all other types (numbers, booleans, arrays, objects), pass the value in JSON format and set `string=\"false\"`.\n\nIf thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning inside <think>...</think> BEFORE any tool calls or final response.\n\nOtherwise, output directly after </think> with tool calls or final response.\n\n### Available Tool Schemas\n\n";
-const TOOLS_TEMPLATE_TAIL: &str = "\n\nYou MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.\n";
+const TOOLS_TEMPLATE_TAIL: &str =
+    "\n\nYou MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.\n";
 
 fn render_tools(tools: &[ToolSchema]) -> String {
-    let schemas: Vec<String> = tools
-        .iter()
-        .map(|t| serde_json::to_string(t).unwrap_or_default())
-        .collect();
-    format!(
-        "{TOOLS_TEMPLATE_HEAD}{}{TOOLS_TEMPLATE_TAIL}",
-        schemas.join("\n")
-    )
+    let schemas: Vec<String> = tools.iter().map(|t| serde_json::to_string(t).unwrap_or_default()).collect();
+    format!("{TOOLS_TEMPLATE_HEAD}{}{TOOLS_TEMPLATE_TAIL}", schemas.join("\n"))
 }
 
 /// DSML block of an assistant turn's tool calls (without the leading blank line).
@@ -152,17 +137,10 @@ pub fn render_tool_calls(calls: &[ToolCall]) -> String {
                     }
                 })
                 .collect();
-            format!(
-                "{INVOKE_START} name=\"{}\">\n{}\n{INVOKE_END}",
-                c.name,
-                params.join("\n")
-            )
+            format!("{INVOKE_START} name=\"{}\">\n{}\n{INVOKE_END}", c.name, params.join("\n"))
         })
         .collect();
-    format!(
-        "{TOOL_CALLS_START}\n{}\n{TOOL_CALLS_END}",
-        invokes.join("\n")
-    )
+    format!("{TOOL_CALLS_START}\n{}\n{TOOL_CALLS_END}", invokes.join("\n"))
 }
 
 /// Internal form: tool messages merged into user turns.
@@ -222,10 +200,7 @@ pub fn encode_messages(messages: &[Message], mode: Mode) -> String {
     let mut turns = merge_tool_messages(messages);
     let has_tools = turns.iter().any(|t| !t.tools.is_empty());
     let drop_thinking = !has_tools;
-    let last_user = |ts: &[Turn]| {
-        ts.iter()
-            .rposition(|t| t.role == "user" || t.role == "developer")
-    };
+    let last_user = |ts: &[Turn]| ts.iter().rposition(|t| t.role == "user" || t.role == "developer");
     if thinking && drop_thinking {
         let lu = last_user(&turns).unwrap_or(0);
         let mut kept = Vec::new();
@@ -263,17 +238,17 @@ pub fn encode_messages(messages: &[Message], mode: Mode) -> String {
             }
             "user" => {
                 out.push_str(USER);
-                let parts: Vec<String> = t
-                    .blocks
-                    .iter()
-                    .map(|(is_tool, text)| {
-                        if *is_tool {
-                            format!("{TOOL_RESULT_START}{text}{TOOL_RESULT_END}")
-                        } else {
-                            text.clone()
-                        }
-                    })
-                    .collect();
+                let parts: Vec<String> =
+                    t.blocks
+                        .iter()
+                        .map(|(is_tool, text)| {
+                            if *is_tool {
+                                format!("{TOOL_RESULT_START}{text}{TOOL_RESULT_END}")
+                            } else {
+                                text.clone()
+                            }
+                        })
+                        .collect();
                 out.push_str(&parts.join("\n\n"));
             }
             "latest_reminder" => {
@@ -294,9 +269,7 @@ pub fn encode_messages(messages: &[Message], mode: Mode) -> String {
             }
             _ => out.push_str(&t.blocks[0].1),
         }
-        let next_is_reply = turns
-            .get(i + 1)
-            .is_none_or(|n| n.role == "assistant" || n.role == "latest_reminder");
+        let next_is_reply = turns.get(i + 1).is_none_or(|n| n.role == "assistant" || n.role == "latest_reminder");
         if next_is_reply && (t.role == "user" || t.role == "developer") {
             out.push_str(ASSISTANT);
             let think_here = thinking && (!drop_thinking || lu.is_some_and(|lu| i >= lu));
@@ -307,12 +280,7 @@ pub fn encode_messages(messages: &[Message], mode: Mode) -> String {
 }
 
 /// The assistant reply text that follows a generation prompt in `mode`.
-pub fn render_reply(
-    reasoning: Option<&str>,
-    content: &str,
-    tool_calls: &[ToolCall],
-    mode: Mode,
-) -> String {
+pub fn render_reply(reasoning: Option<&str>, content: &str, tool_calls: &[ToolCall], mode: Mode) -> String {
     let mut s = String::new();
     if mode.thinking() {
         s.push_str(reasoning.unwrap_or(""));
@@ -330,19 +298,8 @@ pub fn render_reply(
 /// The text the environment inserts after a tool-calling turn: tool results as a user turn,
 /// then the assistant prefix again (reasoning kept, since tools are present).
 pub fn render_tool_results(results: &[String], mode: Mode) -> String {
-    let blocks: Vec<String> = results
-        .iter()
-        .map(|r| format!("{TOOL_RESULT_START}{r}{TOOL_RESULT_END}"))
-        .collect();
-    format!(
-        "{USER}{}{ASSISTANT}{}",
-        blocks.join("\n\n"),
-        if mode.thinking() {
-            THINK_START
-        } else {
-            THINK_END
-        }
-    )
+    let blocks: Vec<String> = results.iter().map(|r| format!("{TOOL_RESULT_START}{r}{TOOL_RESULT_END}")).collect();
+    format!("{USER}{}{ASSISTANT}{}", blocks.join("\n\n"), if mode.thinking() { THINK_START } else { THINK_END })
 }
 
 /// A generated reply split back into its parts.
@@ -358,11 +315,7 @@ pub struct ParsedReply {
 }
 
 fn find_first(text: &str, from: usize, stops: &[&str]) -> Option<(usize, usize)> {
-    stops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| text[from..].find(s).map(|p| (from + p, i)))
-        .min_by_key(|(p, _)| *p)
+    stops.iter().enumerate().filter_map(|(i, s)| text[from..].find(s).map(|p| (from + p, i))).min_by_key(|(p, _)| *p)
 }
 
 /// Parse generated text (everything after the generation prompt) in `mode`.
@@ -383,8 +336,7 @@ pub fn parse_reply(text: &str, mode: Mode) -> ParsedReply {
             }
             None => {
                 r.reasoning = Some(text.to_string());
-                r.errors
-                    .push("truncated inside reasoning (no </think>)".into());
+                r.errors.push("truncated inside reasoning (no </think>)".into());
                 return r;
             }
         }
@@ -454,28 +406,21 @@ fn attr<'a>(s: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn parse_invoke(body: &str) -> std::result::Result<ToolCall, String> {
-    let (name, rest) = attr(body, "name")
-        .ok_or_else(|| format!("invoke without a name: {:?}", truncate(body, 60)))?;
-    let rest = rest
-        .strip_prefix('>')
-        .ok_or_else(|| "malformed invoke header".to_string())?;
+    let (name, rest) = attr(body, "name").ok_or_else(|| format!("invoke without a name: {:?}", truncate(body, 60)))?;
+    let rest = rest.strip_prefix('>').ok_or_else(|| "malformed invoke header".to_string())?;
     let mut arguments = Map::new();
     let mut s = rest;
     while let Some(p) = s.find(PARAM_START) {
         let after = &s[p + PARAM_START.len()..];
         let (pname, after) = attr(after, "name").ok_or("parameter without a name")?;
-        let (is_str, after) =
-            attr(after, "string").ok_or("parameter without string=\"true|false\"")?;
-        let after = after
-            .strip_prefix('>')
-            .ok_or("malformed parameter header")?;
+        let (is_str, after) = attr(after, "string").ok_or("parameter without string=\"true|false\"")?;
+        let after = after.strip_prefix('>').ok_or("malformed parameter header")?;
         let end = after.find(PARAM_END).ok_or("parameter not closed")?;
         let raw = &after[..end];
         let value = if is_str == "true" {
             Value::String(raw.to_string())
         } else {
-            serde_json::from_str(raw)
-                .map_err(|e| format!("parameter `{pname}` is not valid JSON ({e})"))?
+            serde_json::from_str(raw).map_err(|e| format!("parameter `{pname}` is not valid JSON ({e})"))?
         };
         if arguments.insert(pname.to_string(), value).is_some() {
             return Err(format!("duplicate parameter `{pname}`"));
@@ -485,10 +430,7 @@ fn parse_invoke(body: &str) -> std::result::Result<ToolCall, String> {
     if name.is_empty() {
         return Err("empty tool name".into());
     }
-    Ok(ToolCall {
-        name: name.to_string(),
-        arguments,
-    })
+    Ok(ToolCall { name: name.to_string(), arguments })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -500,30 +442,21 @@ mod tests {
     use super::*;
 
     fn call(name: &str, args: Value) -> ToolCall {
-        ToolCall {
-            name: name.into(),
-            arguments: args.as_object().cloned().unwrap_or_default(),
-        }
+        ToolCall { name: name.into(), arguments: args.as_object().cloned().unwrap_or_default() }
     }
 
     #[test]
     fn generation_prompt_per_mode() {
         let msgs = [Message::system("Be brief."), Message::user("2+2?")];
-        assert_eq!(
-            encode_messages(&msgs, Mode::NonThink),
-            format!("{BOS}Be brief.{USER}2+2?{ASSISTANT}</think>")
-        );
-        assert_eq!(
-            encode_messages(&msgs, Mode::ThinkHigh),
-            format!("{BOS}Be brief.{USER}2+2?{ASSISTANT}<think>")
-        );
+        assert_eq!(encode_messages(&msgs, Mode::NonThink), format!("{BOS}Be brief.{USER}2+2?{ASSISTANT}</think>"));
+        assert_eq!(encode_messages(&msgs, Mode::ThinkHigh), format!("{BOS}Be brief.{USER}2+2?{ASSISTANT}<think>"));
         assert_eq!(
             encode_messages(&msgs, Mode::ThinkMax),
             format!("{BOS}{THINK_MAX_PREFIX}Be brief.{USER}2+2?{ASSISTANT}<think>")
         );
-        assert!(THINK_MAX_PREFIX.starts_with(
-            "Reasoning Effort: Absolute maximum with no shortcuts permitted.\nYou MUST"
-        ));
+        assert!(
+            THINK_MAX_PREFIX.starts_with("Reasoning Effort: Absolute maximum with no shortcuts permitted.\nYou MUST")
+        );
         assert!(THINK_MAX_PREFIX.ends_with("left unchecked.\n\n"));
     }
 
@@ -536,17 +469,9 @@ mod tests {
             Message::assistant(Some("r2".into()), "B", vec![]),
         ];
         let t = encode_messages(&msgs, Mode::ThinkHigh);
-        assert_eq!(
-            t,
-            format!(
-                "{BOS}{USER}a{ASSISTANT}</think>A{EOS}{USER}b{ASSISTANT}<think>r2</think>B{EOS}"
-            )
-        );
+        assert_eq!(t, format!("{BOS}{USER}a{ASSISTANT}</think>A{EOS}{USER}b{ASSISTANT}<think>r2</think>B{EOS}"));
         let t = encode_messages(&msgs, Mode::NonThink);
-        assert_eq!(
-            t,
-            format!("{BOS}{USER}a{ASSISTANT}</think>A{EOS}{USER}b{ASSISTANT}</think>B{EOS}")
-        );
+        assert_eq!(t, format!("{BOS}{USER}a{ASSISTANT}</think>A{EOS}{USER}b{ASSISTANT}</think>B{EOS}"));
     }
 
     #[test]
@@ -573,7 +498,9 @@ mod tests {
         let t = encode_messages(&msgs, Mode::ThinkHigh);
         assert!(t.contains("## Tools"));
         // tools present → reasoning kept everywhere, <think> after every user turn
-        assert!(t.contains(&format!("{ASSISTANT}<think>need calc</think>\n\n{TOOL_CALLS_START}\n{INVOKE_START} name=\"calculator\">")));
+        assert!(t.contains(&format!(
+            "{ASSISTANT}<think>need calc</think>\n\n{TOOL_CALLS_START}\n{INVOKE_START} name=\"calculator\">"
+        )));
         assert!(t.contains(&format!("{USER}{TOOL_RESULT_START}36{TOOL_RESULT_END}\n\n{TOOL_RESULT_START}7{TOOL_RESULT_END}{ASSISTANT}<think>got it</think>")));
         // the first reply parses back
         let reply = render_reply(Some("need calc"), "", &calls, Mode::ThinkHigh);
@@ -609,11 +536,8 @@ mod tests {
     fn encode_then_tokenize_round_trips() {
         let tok = ByteTokenizer;
         for mode in Mode::ALL {
-            let msgs = [
-                Message::system("sys"),
-                Message::user("hello é"),
-                Message::assistant(Some("r".into()), "c", vec![]),
-            ];
+            let msgs =
+                [Message::system("sys"), Message::user("hello é"), Message::assistant(Some("r".into()), "c", vec![])];
             let t = encode_messages(&msgs, mode);
             assert_eq!(tok.decode(&tok.encode(&t)), t);
         }

@@ -5,20 +5,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// A dataset problem naming the file, row and column.
     #[error("{file}: row {row}: column `{column}`: {msg}")]
-    Column {
-        file: String,
-        row: usize,
-        column: String,
-        msg: String,
-    },
+    Column { file: String, row: usize, column: String, msg: String },
     #[error("{0}")]
     Format(String),
     #[error("unknown domain `{0}` (see `v4post tasks list`)")]
@@ -33,18 +25,10 @@ pub enum DataError {
 
 impl DataError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        DataError::Io { path: path.to_path_buf(), source }
     }
     pub fn column(file: &Path, row: usize, column: &str, msg: impl Into<String>) -> Self {
-        DataError::Column {
-            file: file.display().to_string(),
-            row,
-            column: column.to_string(),
-            msg: msg.into(),
-        }
+        DataError::Column { file: file.display().to_string(), row, column: column.to_string(), msg: msg.into() }
     }
 }
 

@@ -40,87 +40,47 @@ fn default_kind(domain: &str, answer: &str) -> &'static str {
 
 /// Build a task from one record's fields (already converted to JSON values); `row` is
 /// 1-based and only used in error messages.
-pub fn task_from_record(
-    file: &Path,
-    row: usize,
-    rec: &Map<String, Value>,
-    index: usize,
-) -> Result<Task> {
+pub fn task_from_record(file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Result<Task> {
     let err = |col: &str, msg: &str| DataError::column(file, row, col, msg);
     let messages: Vec<Message> = match (rec.get("messages"), rec.get("prompt")) {
         (Some(m), _) if !m.is_null() => {
             let v = match m {
-                Value::String(s) => serde_json::from_str::<Value>(s)
-                    .map_err(|e| err("messages", &format!("not valid JSON ({e})")))?,
+                Value::String(s) => {
+                    serde_json::from_str::<Value>(s).map_err(|e| err("messages", &format!("not valid JSON ({e})")))?
+                }
                 other => other.clone(),
             };
-            let list: Vec<Message> = serde_json::from_value(v).map_err(|e| {
-                err(
-                    "messages",
-                    &format!("expected a list of {{role, content}} objects ({e})"),
-                )
-            })?;
+            let list: Vec<Message> = serde_json::from_value(v)
+                .map_err(|e| err("messages", &format!("expected a list of {{role, content}} objects ({e})")))?;
             if list.is_empty() {
                 return Err(err("messages", "empty message list"));
             }
             if let Some(bad) = list.iter().find(|m| {
-                ![
-                    "system",
-                    "user",
-                    "assistant",
-                    "tool",
-                    "developer",
-                    "latest_reminder",
-                ]
-                .contains(&m.role.as_str())
+                !["system", "user", "assistant", "tool", "developer", "latest_reminder"].contains(&m.role.as_str())
             }) {
                 return Err(err("messages", &format!("unknown role `{}`", bad.role)));
             }
             list
         }
         (_, Some(Value::String(p))) => vec![Message::user(p.clone())],
-        (_, Some(Value::Array(a))) => {
-            serde_json::from_value(Value::Array(a.clone())).map_err(|e| {
-                err(
-                    "prompt",
-                    &format!("expected a string or a message list ({e})"),
-                )
-            })?
-        }
+        (_, Some(Value::Array(a))) => serde_json::from_value(Value::Array(a.clone()))
+            .map_err(|e| err("prompt", &format!("expected a string or a message list ({e})")))?,
         (_, Some(other)) if !other.is_null() => {
-            return Err(err(
-                "prompt",
-                &format!("expected a string, got {}", type_name(other)),
-            ))
+            return Err(err("prompt", &format!("expected a string, got {}", type_name(other))))
         }
-        _ => {
-            return Err(err(
-                "prompt",
-                "missing: a record needs `prompt` or `messages`",
-            ))
-        }
+        _ => return Err(err("prompt", "missing: a record needs `prompt` or `messages`")),
     };
     let answer = match rec.get("answer") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Null) | None => return Err(err("answer", "missing")),
-        Some(other) => {
-            return Err(err(
-                "answer",
-                &format!("expected a string or number, got {}", type_name(other)),
-            ))
-        }
+        Some(other) => return Err(err("answer", &format!("expected a string or number, got {}", type_name(other)))),
     };
     let domain = match rec.get("domain") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Null) | None => "user".to_string(),
         Some(Value::String(_)) => "user".to_string(),
-        Some(other) => {
-            return Err(err(
-                "domain",
-                &format!("expected a string, got {}", type_name(other)),
-            ))
-        }
+        Some(other) => return Err(err("domain", &format!("expected a string, got {}", type_name(other)))),
     };
     let mut verifier = match rec.get("verifier") {
         Some(Value::Object(o)) => o.clone(),
@@ -129,36 +89,22 @@ pub fn task_from_record(
             _ => return Err(err("verifier", "expected a JSON object")),
         },
         Some(Value::Null) | None => Map::new(),
-        Some(other) => {
-            return Err(err(
-                "verifier",
-                &format!("expected a JSON object, got {}", type_name(other)),
-            ))
-        }
+        Some(other) => return Err(err("verifier", &format!("expected a JSON object, got {}", type_name(other)))),
     };
     for k in KWARG_COLUMNS {
         if let Some(v) = rec.get(k).filter(|v| !v.is_null()) {
             let v = match v {
-                Value::String(s) if k != "input" => {
-                    serde_json::from_str(s).unwrap_or_else(|_| v.clone())
-                }
+                Value::String(s) if k != "input" => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
                 _ => v.clone(),
             };
             verifier.entry(k.to_string()).or_insert(v);
         }
     }
     if !verifier.contains_key("kind") {
-        verifier.insert(
-            "kind".into(),
-            Value::String(default_kind(&domain, &answer).into()),
-        );
+        verifier.insert("kind".into(), Value::String(default_kind(&domain, &answer).into()));
     }
     Ok(Task {
-        prompt_id: format!(
-            "{}#{}",
-            file.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
-            index
-        ),
+        prompt_id: format!("{}#{}", file.file_name().and_then(|n| n.to_str()).unwrap_or("data"), index),
         family: family_of(&domain),
         domain,
         split: Split::Train,
@@ -187,18 +133,8 @@ fn cell(a: &dyn Array, i: usize) -> Option<Value> {
         return Some(Value::Null);
     }
     Some(match a.data_type() {
-        DataType::Utf8 => Value::String(
-            a.as_any()
-                .downcast_ref::<StringArray>()?
-                .value(i)
-                .to_string(),
-        ),
-        DataType::LargeUtf8 => Value::String(
-            a.as_any()
-                .downcast_ref::<LargeStringArray>()?
-                .value(i)
-                .to_string(),
-        ),
+        DataType::Utf8 => Value::String(a.as_any().downcast_ref::<StringArray>()?.value(i).to_string()),
+        DataType::LargeUtf8 => Value::String(a.as_any().downcast_ref::<LargeStringArray>()?.value(i).to_string()),
         DataType::Int64 => json!(a.as_any().downcast_ref::<Int64Array>()?.value(i)),
         DataType::Int32 => json!(a.as_any().downcast_ref::<Int32Array>()?.value(i)),
         DataType::UInt32 => json!(a.as_any().downcast_ref::<UInt32Array>()?.value(i)),
@@ -209,20 +145,12 @@ fn cell(a: &dyn Array, i: usize) -> Option<Value> {
         DataType::List(_) => {
             let l = a.as_any().downcast_ref::<ListArray>()?;
             let inner = l.value(i);
-            Value::Array(
-                (0..inner.len())
-                    .map(|j| cell(inner.as_ref(), j))
-                    .collect::<Option<Vec<_>>>()?,
-            )
+            Value::Array((0..inner.len()).map(|j| cell(inner.as_ref(), j)).collect::<Option<Vec<_>>>()?)
         }
         DataType::LargeList(_) => {
             let l = a.as_any().downcast_ref::<LargeListArray>()?;
             let inner = l.value(i);
-            Value::Array(
-                (0..inner.len())
-                    .map(|j| cell(inner.as_ref(), j))
-                    .collect::<Option<Vec<_>>>()?,
-            )
+            Value::Array((0..inner.len()).map(|j| cell(inner.as_ref(), j)).collect::<Option<Vec<_>>>()?)
         }
         DataType::Struct(fields) => {
             let s = a.as_any().downcast_ref::<StructArray>()?;
@@ -244,12 +172,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
         "parquet" => {
             let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| {
-                    DataError::Format(format!(
-                        "{}: not a readable Parquet file ({e})",
-                        path.display()
-                    ))
-                })?
+                .map_err(|e| DataError::Format(format!("{}: not a readable Parquet file ({e})", path.display())))?
                 .build()
                 .map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
             for batch in reader {
@@ -263,11 +186,8 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
                             Some(v) => {
                                 rec.insert(f.name().clone(), v);
                             }
-                            None if [
-                                "prompt", "messages", "answer", "domain", "verifier", "response",
-                                "mode",
-                            ]
-                            .contains(&f.name().as_str()) =>
+                            None if ["prompt", "messages", "answer", "domain", "verifier", "response", "mode"]
+                                .contains(&f.name().as_str()) =>
                             {
                                 return Err(DataError::column(
                                     path,
@@ -290,11 +210,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
                     continue;
                 }
                 let v: Value = serde_json::from_str(line).map_err(|e| {
-                    DataError::Format(format!(
-                        "{}: row {}: invalid JSON ({e})",
-                        path.display(),
-                        ln + 1
-                    ))
+                    DataError::Format(format!("{}: row {}: invalid JSON ({e})", path.display(), ln + 1))
                 })?;
                 match v {
                     Value::Object(o) => out.push(o),
@@ -323,11 +239,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
 
 /// Read a user prompt dataset (`.parquet`, `.jsonl` or `.json` lines).
 pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
-    read_records(path)?
-        .iter()
-        .enumerate()
-        .map(|(i, rec)| task_from_record(path, i + 1, rec, i))
-        .collect()
+    read_records(path)?.iter().enumerate().map(|(i, rec)| task_from_record(path, i + 1, rec, i)).collect()
 }
 
 /// Write tasks (with their rendered first prompt) as Parquet or JSONL, by extension.
@@ -369,17 +281,10 @@ pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
                 s(&|t| t.domain.clone()),
                 s(&|t| t.family.clone()),
                 s(&|t| t.split.as_str().to_string()),
-                Arc::new(UInt32Array::from_iter_values(
-                    tasks.iter().map(|t| t.difficulty),
-                )),
+                Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.difficulty))),
                 s(&|t| serde_json::to_string(&t.messages).unwrap_or_default()),
                 s(&|t| {
-                    t.messages
-                        .iter()
-                        .rev()
-                        .find(|m| m.role == "user")
-                        .map(|m| m.content.clone())
-                        .unwrap_or_default()
+                    t.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default()
                 }),
                 s(&|t| t.answer.clone()),
                 s(&|t| t.verifier.to_string()),
@@ -405,12 +310,7 @@ pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub enum PromptSource {
     /// The built-in suite: a domain pattern (`math.*,if.*`), split, seed, difficulty.
-    Builtin {
-        domains: String,
-        split: Split,
-        seed: u64,
-        difficulty: Option<u32>,
-    },
+    Builtin { domains: String, split: Split, seed: u64, difficulty: Option<u32> },
     /// A user dataset file.
     File(std::path::PathBuf),
 }
@@ -419,12 +319,7 @@ impl PromptSource {
     /// `n` prompts, cycling over the matched domains (built-in) or the file's records.
     pub fn take(&self, n: usize, offset: u64) -> Result<Vec<Task>> {
         match self {
-            PromptSource::Builtin {
-                domains,
-                split,
-                seed,
-                difficulty,
-            } => {
+            PromptSource::Builtin { domains, split, seed, difficulty } => {
                 let ds = tasks::match_domains(domains)?;
                 (0..n)
                     .map(|i| {
@@ -436,9 +331,7 @@ impl PromptSource {
             }
             PromptSource::File(p) => {
                 let all = load_dataset(p)?;
-                Ok((0..n)
-                    .map(|i| all[(offset as usize + i) % all.len()].clone())
-                    .collect())
+                Ok((0..n).map(|i| all[(offset as usize + i) % all.len()].clone()).collect())
             }
         }
     }

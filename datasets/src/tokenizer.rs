@@ -83,11 +83,7 @@ impl ByteTokenizer {
     pub const VOCAB: usize = 320;
 
     fn special_id(s: &str) -> u32 {
-        SPECIALS
-            .iter()
-            .position(|x| *x == s)
-            .map(|i| i as u32)
-            .unwrap_or(0)
+        SPECIALS.iter().position(|x| *x == s).map(|i| i as u32).unwrap_or(0)
     }
 }
 
@@ -166,10 +162,7 @@ impl HfTokenizer {
             .map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))?;
         let id = |s: &str| -> Result<u32> {
             inner.token_to_id(s).ok_or_else(|| {
-                DataError::Tokenizer(format!(
-                    "{}: special token `{s}` is not in the vocabulary",
-                    path.display()
-                ))
+                DataError::Tokenizer(format!("{}: special token `{s}` is not in the vocabulary", path.display()))
             })
         };
         let specials = SpecialIds {
@@ -183,23 +176,14 @@ impl HfTokenizer {
         };
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
         // FNV-1a of the file: equal files give equal fingerprints.
-        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
-        Ok(HfTokenizer {
-            fingerprint: format!("hf-{}-{hash:016x}", inner.get_vocab_size(true)),
-            inner,
-            specials,
-        })
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        Ok(HfTokenizer { fingerprint: format!("hf-{}-{hash:016x}", inner.get_vocab_size(true)), inner, specials })
     }
 }
 
 impl Tokenizer for HfTokenizer {
     fn encode(&self, text: &str) -> Vec<u32> {
-        self.inner
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .unwrap_or_default()
+        self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
     }
     fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, false).unwrap_or_default()
@@ -248,10 +232,7 @@ mod tests {
         let ids = t.encode("</｜DSML｜invoke><｜DSML｜invoke name=\"x\">é");
         assert_eq!(ids[0], 10);
         assert_eq!(ids[1], 9);
-        assert_eq!(
-            t.decode(&ids),
-            "</｜DSML｜invoke><｜DSML｜invoke name=\"x\">é"
-        );
+        assert_eq!(t.decode(&ids), "</｜DSML｜invoke><｜DSML｜invoke name=\"x\">é");
         // half a UTF-8 character decodes lossily instead of failing
         let e = t.encode("é");
         assert_eq!(t.decode(&e[..1]), "\u{FFFD}");

@@ -36,29 +36,15 @@ fn err(p: &std::path::Path) -> String {
 fn errors_name_file_row_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.jsonl");
-    std::fs::write(
-        &p,
-        "{\"prompt\": \"ok\", \"answer\": \"1\"}\n{\"prompt\": \"no answer\"}\n",
-    )
-    .unwrap();
+    std::fs::write(&p, "{\"prompt\": \"ok\", \"answer\": \"1\"}\n{\"prompt\": \"no answer\"}\n").unwrap();
     let e = err(&p);
-    assert!(
-        e.contains("bad.jsonl")
-            && e.contains("row 2")
-            && e.contains("`answer`")
-            && e.contains("missing"),
-        "{e}"
-    );
+    assert!(e.contains("bad.jsonl") && e.contains("row 2") && e.contains("`answer`") && e.contains("missing"), "{e}");
     std::fs::write(&p, "{\"answer\": \"1\"}\n").unwrap();
     assert!(err(&p).contains("`prompt`"));
     std::fs::write(&p, "{\"prompt\": 5, \"answer\": \"1\"}\n").unwrap();
     let e = err(&p);
     assert!(e.contains("`prompt`") && e.contains("a number"), "{e}");
-    std::fs::write(
-        &p,
-        "{\"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}], \"answer\": \"1\"}\n",
-    )
-    .unwrap();
+    std::fs::write(&p, "{\"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}], \"answer\": \"1\"}\n").unwrap();
     assert!(err(&p).contains("unknown role"));
     std::fs::write(&p, "{\"prompt\": \"x\", \"answer\": [1]}\n").unwrap();
     assert!(err(&p).contains("`answer`"));
@@ -84,27 +70,14 @@ msgs = pa.array([[{"role": "user", "content": "Compute 1+1."}], [{"role": "user"
 pq.write_table(pa.table({"messages": msgs, "answer": ["2", "A"], "domain": ["math.add", "if.upper"]}), sys.argv[1])
 pq.write_table(pa.table({"prompt": ["a", "b"], "answer": ["1", "2"], "domain": [1, 2]}), sys.argv[2])
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&good)
-        .arg(&bad)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").arg("-c").arg(script).arg(&good).arg(&bad).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ts = load_dataset(&good).unwrap();
     assert_eq!(ts.len(), 2);
     assert_eq!(ts[0].messages[0].content, "Compute 1+1.");
     assert_eq!(ts[1].family, "if");
     let e = err(&bad);
-    assert!(
-        e.contains("bad.parquet") && e.contains("row 1") && e.contains("`domain`"),
-        "{e}"
-    );
+    assert!(e.contains("bad.parquet") && e.contains("row 1") && e.contains("`domain`"), "{e}");
 }
 
 #[test]
@@ -122,12 +95,8 @@ fn sampled_tasks_write_and_read_back() {
             assert_eq!(a.verifier, b.verifier);
         }
     }
-    let src = PromptSource::Builtin {
-        domains: "math.*,if.json".into(),
-        split: Split::Train,
-        seed: 1,
-        difficulty: None,
-    };
+    let src =
+        PromptSource::Builtin { domains: "math.*,if.json".into(), split: Split::Train, seed: 1, difficulty: None };
     let ps = src.take(10, 0).unwrap();
     assert_eq!(ps.iter().filter(|t| t.domain == "if.json").count(), 2);
 }

@@ -2,8 +2,8 @@
 //! crash safety, and an independent reader (pyarrow) seeing the same values.
 
 use datasets::store::{
-    self, teacher_states::TeacherState, trajectories, MetricsWriter, ReadFilter, TeacherStateStore,
-    Trajectory, TrajectoryStore,
+    self, teacher_states::TeacherState, trajectories, MetricsWriter, ReadFilter, TeacherStateStore, Trajectory,
+    TrajectoryStore,
 };
 use std::collections::HashSet;
 use std::process::Command;
@@ -42,16 +42,8 @@ fn traj(i: usize, stage: &str, step: u64, domain: &str) -> Trajectory {
 fn round_trip_and_idempotent_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = TrajectoryStore::open(dir.path()).unwrap();
-    let a: Vec<Trajectory> = (0..40)
-        .map(|i| {
-            traj(
-                i,
-                "grpo",
-                (i / 10) as u64,
-                if i % 2 == 0 { "math.add" } else { "if.json" },
-            )
-        })
-        .collect();
+    let a: Vec<Trajectory> =
+        (0..40).map(|i| traj(i, "grpo", (i / 10) as u64, if i % 2 == 0 { "math.add" } else { "if.json" })).collect();
     assert_eq!(st.write(&a).unwrap().written, 40);
     // a redelivery of half of them plus new ones: only the new ones are written
     let mut b: Vec<Trajectory> = a[20..].to_vec();
@@ -81,33 +73,16 @@ fn projection_and_filters() {
     st.write(
         &(0..30)
             .map(|i| {
-                traj(
-                    i,
-                    if i < 20 { "grpo" } else { "opd" },
-                    i as u64,
-                    if i % 3 == 0 { "math.add" } else { "if.json" },
-                )
+                traj(i, if i < 20 { "grpo" } else { "opd" }, i as u64, if i % 3 == 0 { "math.add" } else { "if.json" })
             })
             .collect::<Vec<_>>(),
     )
     .unwrap();
-    let f = ReadFilter {
-        stage: Some("grpo".into()),
-        steps: Some((5, 14)),
-        domain: Some("math.add".into()),
-    };
+    let f = ReadFilter { stage: Some("grpo".into()), steps: Some((5, 14)), domain: Some("math.add".into()) };
     let got = trajectories::read_all(dir.path(), &f).unwrap();
     let want: Vec<usize> = (5..=14).filter(|i| i % 3 == 0).collect();
-    assert_eq!(
-        got.iter().map(|t| t.step as usize).collect::<Vec<_>>(),
-        want
-    );
-    let batches = trajectories::read_batches(
-        dir.path(),
-        Some(&["traj_id", "reward"]),
-        &ReadFilter::default(),
-    )
-    .unwrap();
+    assert_eq!(got.iter().map(|t| t.step as usize).collect::<Vec<_>>(), want);
+    let batches = trajectories::read_batches(dir.path(), Some(&["traj_id", "reward"]), &ReadFilter::default()).unwrap();
     assert!(batches.iter().all(|b| b.num_columns() == 2));
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 30);
 }
@@ -120,19 +95,10 @@ fn a_shard_whose_writer_died_before_the_rename_is_invisible() {
     // what a killed writer leaves behind: a partial temporary file
     let good = store::list_shards(dir.path()).unwrap()[0].clone();
     let bytes = std::fs::read(&good).unwrap();
-    std::fs::write(
-        dir.path()
-            .join(".part-9999999999999-00000001-000000.parquet.tmp"),
-        &bytes[..bytes.len() / 2],
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(".part-9999999999999-00000001-000000.parquet.tmp"), &bytes[..bytes.len() / 2])
+        .unwrap();
     assert_eq!(store::list_shards(dir.path()).unwrap().len(), 1);
-    assert_eq!(
-        trajectories::read_all(dir.path(), &ReadFilter::default())
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(trajectories::read_all(dir.path(), &ReadFilter::default()).unwrap().len(), 1);
     assert_eq!(TrajectoryStore::open(dir.path()).unwrap().len(), 1);
 }
 
@@ -144,9 +110,7 @@ fn pyarrow_reads_the_same_values() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut st = TrajectoryStore::open(dir.path()).unwrap();
-    let ts: Vec<Trajectory> = (0..12)
-        .map(|i| traj(i, "grpo", i as u64, "math.add"))
-        .collect();
+    let ts: Vec<Trajectory> = (0..12).map(|i| traj(i, "grpo", i as u64, "math.add")).collect();
     st.write(&ts).unwrap();
     let script = r#"
 import sys, json, glob, pyarrow.parquet as pq
@@ -161,11 +125,7 @@ print(json.dumps(rows))
         .arg(dir.path())
         .output()
         .expect("python3 must be installed (the test command installs it)");
-    assert!(
-        out.status.success(),
-        "pyarrow failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "pyarrow failed: {}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.len(), 12);
     for (r, t) in rows.iter().zip(&ts) {
@@ -196,9 +156,7 @@ fn teacher_states_round_trip() {
         stage: "opd".into(),
         step: 3,
         dim: 8,
-        states: (0..len * 8)
-            .map(|k| half::f16::from_f32(k as f32 * 0.125 - 1.0))
-            .collect(),
+        states: (0..len * 8).map(|k| half::f16::from_f32(k as f32 * 0.125 - 1.0)).collect(),
     };
     s.write(&[mk("a", "t1", 3), mk("b", "t1", 5)]).unwrap();
     s.write(&[mk("a", "t2", 3)]).unwrap();
@@ -210,10 +168,7 @@ fn teacher_states_round_trip() {
     let only: HashSet<String> = ["b".to_string()].into();
     assert_eq!(s.read("t1", Some(&only)).unwrap().len(), 1);
     assert_eq!(s.read("t2", None).unwrap().len(), 1);
-    assert!(s
-        .keys()
-        .unwrap()
-        .contains(&("a".to_string(), "t2".to_string())));
+    assert!(s.keys().unwrap().contains(&("a".to_string(), "t2".to_string())));
 }
 
 #[test]
@@ -221,39 +176,15 @@ fn metrics_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut w = MetricsWriter::new(dir.path(), "demo").unwrap();
-        w.log(
-            "opd",
-            1,
-            "opd/reverse_kl",
-            0.5,
-            (Some("math.add"), Some("math.add"), None),
-            100,
-        );
-        w.log(
-            "opd",
-            1,
-            "opd/reverse_kl",
-            f64::NAN,
-            (Some("if.json"), None, None),
-            100,
-        );
+        w.log("opd", 1, "opd/reverse_kl", 0.5, (Some("math.add"), Some("math.add"), None), 100);
+        w.log("opd", 1, "opd/reverse_kl", f64::NAN, (Some("if.json"), None, None), 100);
         w.flush().unwrap();
-        w.log(
-            "opd",
-            2,
-            "opd/reverse_kl",
-            0.25,
-            (Some("math.add"), None, Some("think_high")),
-            200,
-        );
+        w.log("opd", 2, "opd/reverse_kl", 0.25, (Some("math.add"), None, Some("think_high")), 200);
     } // dropped: flushes
     let rows = store::read_metrics(dir.path()).unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].teacher.as_deref(), Some("math.add"));
     assert_eq!(rows[1].name, "opd/reverse_kl/non_finite");
-    assert_eq!(
-        (rows[2].step, rows[2].value, rows[2].tokens),
-        (2, 0.25, 200)
-    );
+    assert_eq!((rows[2].step, rows[2].value, rows[2].tokens), (2, 0.25, 200));
     assert_eq!(rows[2].mode.as_deref(), Some("think_high"));
 }

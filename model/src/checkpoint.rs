@@ -39,9 +39,7 @@ impl std::str::FromStr for SaveFormat {
             "f32" => Ok(SaveFormat::F32),
             "rollout" => Ok(SaveFormat::Rollout),
             "official" => Ok(SaveFormat::Official),
-            o => Err(ModelError::Input(format!(
-                "unknown checkpoint format `{o}` (f32, rollout, official)"
-            ))),
+            o => Err(ModelError::Input(format!("unknown checkpoint format `{o}` (f32, rollout, official)"))),
         }
     }
 }
@@ -60,12 +58,9 @@ struct Raw {
 /// Map a Hugging Face tensor name to the official inference name (identity for official names).
 pub fn official_name(name: &str) -> String {
     let mut n = name.strip_prefix("model.").unwrap_or(name).to_string();
-    for (from, to) in [
-        ("self_attn", "attn"),
-        ("mlp", "ffn"),
-        ("weight_scale_inv", "scale"),
-        ("e_score_correction_bias", "bias"),
-    ] {
+    for (from, to) in
+        [("self_attn", "attn"), ("mlp", "ffn"), ("weight_scale_inv", "scale"), ("e_score_correction_bias", "bias")]
+    {
         n = n.replace(from, to);
     }
     let mut parts: Vec<String> = n.split('.').map(str::to_string).collect();
@@ -94,27 +89,18 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![dir.to_path_buf()]);
     }
     if !dir.is_dir() {
-        return Err(ModelError::Checkpoint(format!(
-            "{}: no such checkpoint directory",
-            dir.display()
-        )));
+        return Err(ModelError::Checkpoint(format!("{}: no such checkpoint directory", dir.display())));
     }
     let index = dir.join(INDEX_FILE);
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            ModelError::Checkpoint(format!("{}: invalid JSON: {e}", index.display()))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Checkpoint(format!("{}: invalid JSON: {e}", index.display())))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| {
-                ModelError::Checkpoint(format!("{}: no `weight_map` object", index.display()))
-            })?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(str::to_string))
-            .collect();
+            .ok_or_else(|| ModelError::Checkpoint(format!("{}: no `weight_map` object", index.display())))?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -130,10 +116,7 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(ModelError::Checkpoint(format!(
-            "{}: no *.safetensors files",
-            dir.display()
-        )));
+        return Err(ModelError::Checkpoint(format!("{}: no *.safetensors files", dir.display())));
     }
     Ok(files)
 }
@@ -146,19 +129,12 @@ fn read_raw(files: &[PathBuf]) -> Result<BTreeMap<String, Raw>> {
         // which would at worst give wrong values or a parse error, never memory unsafety of our own data
         // (everything is copied out below before the map is dropped).
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(file, e))?;
-        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
-            ModelError::Checkpoint(format!(
-                "{}: not a valid safetensors file ({e})",
-                file.display()
-            ))
-        })?;
+        let st = safetensors::SafeTensors::deserialize(&mmap)
+            .map_err(|e| ModelError::Checkpoint(format!("{}: not a valid safetensors file ({e})", file.display())))?;
         for (name, view) in st.tensors() {
             let off = official_name(&name);
             if out.contains_key(&off) {
-                return Err(ModelError::Checkpoint(format!(
-                    "{}: tensor `{off}` appears twice",
-                    file.display()
-                )));
+                return Err(ModelError::Checkpoint(format!("{}: tensor `{off}` appears twice", file.display())));
             }
             out.insert(
                 off,
@@ -177,22 +153,10 @@ fn read_raw(files: &[PathBuf]) -> Result<BTreeMap<String, Raw>> {
 fn floats(raw: &Raw, name: &str) -> Result<Vec<f32>> {
     let b = &raw.bytes;
     Ok(match raw.dtype {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
+        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
         Dtype::F8_E8M0 => b.iter().map(|&x| e8m0_to_f32(x)).collect(),
         other => {
             return Err(ModelError::Checkpoint(format!(
@@ -206,18 +170,9 @@ fn floats(raw: &Raw, name: &str) -> Result<Vec<f32>> {
 fn ints(raw: &Raw, name: &str) -> Result<Vec<i64>> {
     let b = &raw.bytes;
     Ok(match raw.dtype {
-        Dtype::I64 => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-        Dtype::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-            .collect(),
-        Dtype::U32 => b
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-            .collect(),
+        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+        Dtype::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
         other => {
             return Err(ModelError::Checkpoint(format!(
                 "{}: tensor `{name}` has dtype {other:?}, expected I64/I32",
@@ -240,16 +195,14 @@ fn decode_weight(
     shape: &[usize],
     raws: &mut BTreeMap<String, Raw>,
 ) -> Result<(Vec<f32>, Option<Mxfp4Matrix>)> {
-    let raw = raws
-        .remove(name)
-        .ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
+    let raw = raws.remove(name).ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
     let file = raw.file.display().to_string();
     match raw.dtype {
         Dtype::F8_E4M3 => {
             let sname = scale_name(name);
-            let scale = raws.remove(&sname).ok_or_else(|| {
-                ModelError::Checkpoint(format!("{file}: FP8 tensor `{name}` has no `{sname}`"))
-            })?;
+            let scale = raws
+                .remove(&sname)
+                .ok_or_else(|| ModelError::Checkpoint(format!("{file}: FP8 tensor `{name}` has no `{sname}`")))?;
             if raw.shape != shape {
                 return Err(ModelError::Checkpoint(format!(
                     "{file}: tensor `{name}` has shape {:?}, expected {:?}",
@@ -259,10 +212,7 @@ fn decode_weight(
             let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
             let s = floats(&scale, &sname)?;
             if scale.shape.len() != 2 || scale.shape[0] == 0 || scale.shape[1] == 0 {
-                return Err(ModelError::Checkpoint(format!(
-                    "{file}: scale `{sname}` has shape {:?}",
-                    scale.shape
-                )));
+                return Err(ModelError::Checkpoint(format!("{file}: scale `{sname}` has shape {:?}", scale.shape)));
             }
             let (br, bc) = (rows.div_ceil(scale.shape[0]), cols.div_ceil(scale.shape[1]));
             if rows.div_ceil(br) != scale.shape[0] || cols.div_ceil(bc) != scale.shape[1] {
@@ -274,10 +224,7 @@ fn decode_weight(
             let mut out = Vec::with_capacity(rows * cols);
             for r in 0..rows {
                 for c in 0..cols {
-                    out.push(
-                        e4m3_to_f32(raw.bytes[r * cols + c])
-                            * s[(r / br) * scale.shape[1] + c / bc],
-                    );
+                    out.push(e4m3_to_f32(raw.bytes[r * cols + c]) * s[(r / br) * scale.shape[1] + c / bc]);
                 }
             }
             Ok((out, None))
@@ -285,9 +232,9 @@ fn decode_weight(
         Dtype::I8 | Dtype::U8 => {
             // Packed FP4: [out, in/2] bytes + UE8M0 [out, in/32].
             let sname = scale_name(name);
-            let scale = raws.remove(&sname).ok_or_else(|| {
-                ModelError::Checkpoint(format!("{file}: FP4 tensor `{name}` has no `{sname}`"))
-            })?;
+            let scale = raws
+                .remove(&sname)
+                .ok_or_else(|| ModelError::Checkpoint(format!("{file}: FP4 tensor `{name}` has no `{sname}`")))?;
             if shape.len() != 2 || raw.shape != [shape[0], shape[1] / 2] {
                 return Err(ModelError::Checkpoint(format!(
                     "{file}: packed FP4 tensor `{name}` has shape {:?}, expected {:?} (logical {:?})",
@@ -309,12 +256,7 @@ fn decode_weight(
                     [shape[0], shape[1] / 32]
                 )));
             }
-            let m = Mxfp4Matrix {
-                rows: shape[0],
-                cols: shape[1],
-                packed: raw.bytes,
-                scales: scale.bytes,
-            };
+            let m = Mxfp4Matrix { rows: shape[0], cols: shape[1], packed: raw.bytes, scales: scale.bytes };
             Ok((m.dequantize(), Some(m)))
         }
         _ => {
@@ -333,16 +275,9 @@ fn decode_weight(
 /// together with a config).
 pub fn load(dir: &Path) -> Result<ModelWeights> {
     if !dir.exists() {
-        return Err(ModelError::Checkpoint(format!(
-            "{}: no such checkpoint directory",
-            dir.display()
-        )));
+        return Err(ModelError::Checkpoint(format!("{}: no such checkpoint directory", dir.display())));
     }
-    let cfg_path = if dir.is_file() {
-        dir.with_file_name("config.json")
-    } else {
-        dir.join("config.json")
-    };
+    let cfg_path = if dir.is_file() { dir.with_file_name("config.json") } else { dir.join("config.json") };
     if !cfg_path.exists() {
         return Err(ModelError::Checkpoint(format!(
             "{}: missing config.json",
@@ -368,9 +303,7 @@ pub fn load_with_config(dir: &Path, config: Config) -> Result<ModelWeights> {
     let mut tid2eid = BTreeMap::new();
     for l in 0..config.n_hash_layers.min(config.n_layers) {
         let name = format!("layers.{l}.ffn.gate.tid2eid");
-        let raw = raws
-            .remove(&name)
-            .ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
+        let raw = raws.remove(&name).ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
         let want = [config.vocab_size, config.n_activated_experts];
         if raw.shape != want {
             return Err(ModelError::Checkpoint(format!(
@@ -381,10 +314,7 @@ pub fn load_with_config(dir: &Path, config: Config) -> Result<ModelWeights> {
             )));
         }
         let v = ints(&raw, &name)?;
-        if let Some(bad) = v
-            .iter()
-            .find(|&&e| e < 0 || e as usize >= config.n_routed_experts)
-        {
+        if let Some(bad) = v.iter().find(|&&e| e < 0 || e as usize >= config.n_routed_experts) {
             return Err(ModelError::Checkpoint(format!(
                 "`{name}` names expert {bad}, but there are {}",
                 config.n_routed_experts
@@ -393,21 +323,14 @@ pub fn load_with_config(dir: &Path, config: Config) -> Result<ModelWeights> {
         tid2eid.insert(l, v.into_iter().map(|e| e as u32).collect());
     }
     // The converter drops MTP copies of the shared embedding/head; tolerate them here too.
-    raws.retain(|k, _| {
-        !(k.starts_with("mtp.") && (k.contains("emb") || k.ends_with("head.weight")))
-    });
+    raws.retain(|k, _| !(k.starts_with("mtp.") && (k.contains("emb") || k.ends_with("head.weight"))));
     if let Some((extra, raw)) = raws.iter().next() {
         return Err(ModelError::Checkpoint(format!(
             "{}: unexpected tensor `{extra}` (not part of this config)",
             raw.file.display()
         )));
     }
-    let w = ModelWeights {
-        config,
-        tensors,
-        tid2eid,
-        fp4,
-    };
+    let w = ModelWeights { config, tensors, tid2eid, fp4 };
     w.validate()?;
     Ok(w)
 }
@@ -423,9 +346,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 fn bf16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-        .collect()
+    v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
 }
 
 /// Which stored dtype a parameter gets in the official layout.
@@ -475,78 +396,35 @@ fn encode(w: &ModelWeights, format: SaveFormat) -> Result<BTreeMap<String, Out>>
                     Some(m) if m.dequantize() == t.data => m.clone(),
                     _ => Mxfp4Matrix::quantize(&t.data, rows, cols, mxfp4::ScaleRule::DeepSeekCeil),
                 };
-                out.insert(
-                    name.clone(),
-                    Out {
-                        dtype: Dtype::I8,
-                        shape: vec![rows, cols / 2],
-                        bytes: m.packed,
-                    },
-                );
+                out.insert(name.clone(), Out { dtype: Dtype::I8, shape: vec![rows, cols / 2], bytes: m.packed });
                 out.insert(
                     scale_name(name),
-                    Out {
-                        dtype: Dtype::F8_E8M0,
-                        shape: vec![rows, cols / mxfp4::BLOCK],
-                        bytes: m.scales,
-                    },
+                    Out { dtype: Dtype::F8_E8M0, shape: vec![rows, cols / mxfp4::BLOCK], bytes: m.scales },
                 );
             }
             "fp8" => {
                 let (rows, cols) = (t.shape[0], t.shape[1]);
                 let q = fp8::quantize_blocks(&t.data, rows, cols, 128, 128, 0.0);
                 let sshape = vec![rows.div_ceil(128), cols.div_ceil(128)];
-                out.insert(
-                    name.clone(),
-                    Out {
-                        dtype: Dtype::F8_E4M3,
-                        shape: t.shape.clone(),
-                        bytes: q.data,
-                    },
-                );
-                out.insert(
-                    scale_name(name),
-                    Out {
-                        dtype: Dtype::F8_E8M0,
-                        shape: sshape,
-                        bytes: q.scales,
-                    },
-                );
+                out.insert(name.clone(), Out { dtype: Dtype::F8_E4M3, shape: t.shape.clone(), bytes: q.data });
+                out.insert(scale_name(name), Out { dtype: Dtype::F8_E8M0, shape: sshape, bytes: q.scales });
             }
             "bf16" => {
                 out.insert(
                     name.clone(),
-                    Out {
-                        dtype: Dtype::BF16,
-                        shape: t.shape.clone(),
-                        bytes: bf16_bytes(&t.data),
-                    },
+                    Out { dtype: Dtype::BF16, shape: t.shape.clone(), bytes: bf16_bytes(&t.data) },
                 );
             }
             _ => {
-                out.insert(
-                    name.clone(),
-                    Out {
-                        dtype: Dtype::F32,
-                        shape: t.shape.clone(),
-                        bytes: f32_bytes(&t.data),
-                    },
-                );
+                out.insert(name.clone(), Out { dtype: Dtype::F32, shape: t.shape.clone(), bytes: f32_bytes(&t.data) });
             }
         }
     }
     for (l, table) in &w.tid2eid {
-        let bytes = table
-            .iter()
-            .flat_map(|&e| (e as i64).to_le_bytes())
-            .collect();
+        let bytes = table.iter().flat_map(|&e| (e as i64).to_le_bytes()).collect();
         out.insert(
             format!("layers.{l}.ffn.gate.tid2eid"),
-            Out {
-                dtype: Dtype::I64,
-                shape: vec![w.config.vocab_size, w.config.n_activated_experts],
-                bytes,
-            },
+            Out { dtype: Dtype::I64, shape: vec![w.config.vocab_size, w.config.n_activated_experts], bytes },
         );
     }
     Ok(out)
@@ -555,12 +433,7 @@ fn encode(w: &ModelWeights, format: SaveFormat) -> Result<BTreeMap<String, Out>>
 /// Write `config.json` and the weights into `dir` (created if needed). Files are written
 /// under temporary names and renamed, so a reader never sees a half-written checkpoint file.
 /// With `max_shard_bytes`, tensors are split over `model-0000i-of-0000n.safetensors` plus an index.
-pub fn save(
-    w: &ModelWeights,
-    dir: &Path,
-    format: SaveFormat,
-    max_shard_bytes: Option<usize>,
-) -> Result<()> {
+pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: Option<usize>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let tensors = encode(w, format)?;
     let mut shards: Vec<Vec<(&String, &Out)>> = vec![vec![]];
@@ -582,11 +455,8 @@ pub fn save(
     meta.insert("format".to_string(), "pt".to_string());
     let mut weight_map = serde_json::Map::new();
     for (i, shard) in shards.iter().enumerate() {
-        let fname = if n == 1 {
-            SINGLE_FILE.to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
-        };
+        let fname =
+            if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
         let views: Vec<(String, TensorView)> = shard
             .iter()
             .map(|(name, t)| {
@@ -606,14 +476,8 @@ pub fn save(
     }
     if n > 1 {
         let total: usize = tensors.values().map(|t| t.bytes.len()).sum();
-        let index =
-            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_atomic(
-            &dir.join(INDEX_FILE),
-            serde_json::to_string_pretty(&index)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(&dir.join(INDEX_FILE), serde_json::to_string_pretty(&index).unwrap_or_default().as_bytes())?;
     } else {
         let _ = std::fs::remove_file(dir.join(INDEX_FILE));
     }
@@ -638,23 +502,11 @@ mod tests {
 
     #[test]
     fn hf_names_map_to_official() {
-        assert_eq!(
-            official_name("model.layers.3.self_attn.q_a_proj.weight_scale_inv"),
-            "layers.3.attn.wq_a.scale"
-        );
-        assert_eq!(
-            official_name("model.layers.0.mlp.experts.5.gate_proj.weight"),
-            "layers.0.ffn.experts.5.w1.weight"
-        );
-        assert_eq!(
-            official_name("model.layers.4.mlp.gate.e_score_correction_bias"),
-            "layers.4.ffn.gate.bias"
-        );
+        assert_eq!(official_name("model.layers.3.self_attn.q_a_proj.weight_scale_inv"), "layers.3.attn.wq_a.scale");
+        assert_eq!(official_name("model.layers.0.mlp.experts.5.gate_proj.weight"), "layers.0.ffn.experts.5.w1.weight");
+        assert_eq!(official_name("model.layers.4.mlp.gate.e_score_correction_bias"), "layers.4.ffn.gate.bias");
         assert_eq!(official_name("model.embed_tokens.weight"), "embed.weight");
         assert_eq!(official_name("lm_head.weight"), "head.weight");
-        assert_eq!(
-            official_name("layers.1.attn.wkv.weight"),
-            "layers.1.attn.wkv.weight"
-        );
+        assert_eq!(official_name("layers.1.attn.wkv.weight"), "layers.1.attn.wkv.weight");
     }
 }

@@ -98,19 +98,14 @@ pub struct ParamCounts {
 }
 
 fn get<'a>(obj: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter()
-        .find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
+    keys.iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
 }
 
 fn req_usize(obj: &Map<String, Value>, keys: &[&str]) -> Result<usize> {
-    let v = get(obj, keys)
-        .ok_or_else(|| ModelError::Config(format!("missing key `{}`", keys.join("` / `"))))?;
-    v.as_u64().map(|x| x as usize).ok_or_else(|| {
-        ModelError::Config(format!(
-            "key `{}` must be a non-negative integer, got {v}",
-            keys[0]
-        ))
-    })
+    let v = get(obj, keys).ok_or_else(|| ModelError::Config(format!("missing key `{}`", keys.join("` / `"))))?;
+    v.as_u64()
+        .map(|x| x as usize)
+        .ok_or_else(|| ModelError::Config(format!("key `{}` must be a non-negative integer, got {v}", keys[0])))
 }
 
 fn opt_usize(obj: &Map<String, Value>, keys: &[&str], default: usize) -> Result<usize> {
@@ -123,35 +118,31 @@ fn opt_usize(obj: &Map<String, Value>, keys: &[&str], default: usize) -> Result<
 fn opt_f32(obj: &Map<String, Value>, keys: &[&str], default: f32) -> Result<f32> {
     match get(obj, keys) {
         None => Ok(default),
-        Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| {
-            ModelError::Config(format!("key `{}` must be a number, got {v}", keys[0]))
-        }),
+        Some(v) => v
+            .as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| ModelError::Config(format!("key `{}` must be a number, got {v}", keys[0]))),
     }
 }
 
 fn opt_str(obj: &Map<String, Value>, keys: &[&str], default: &str) -> Result<String> {
     match get(obj, keys) {
         None => Ok(default.to_string()),
-        Some(v) => v.as_str().map(str::to_string).ok_or_else(|| {
-            ModelError::Config(format!("key `{}` must be a string, got {v}", keys[0]))
-        }),
+        Some(v) => v
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ModelError::Config(format!("key `{}` must be a string, got {v}", keys[0]))),
     }
 }
 
 impl Config {
     /// Parse a `config.json` in either naming scheme (official inference or Hugging Face).
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config(format!("invalid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| ModelError::Config("config must be a JSON object".into()))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("invalid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| ModelError::Config("config must be a JSON object".into()))?;
         // HF nests YaRN parameters in `rope_scaling`.
         let empty = Map::new();
-        let rs = obj
-            .get("rope_scaling")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let rs = obj.get("rope_scaling").and_then(Value::as_object).unwrap_or(&empty);
         let n_layers = req_usize(obj, &["n_layers", "num_hidden_layers"])?;
         let n_mtp_layers = opt_usize(obj, &["n_mtp_layers", "num_nextn_predict_layers"], 0)?;
         let ratios = match get(obj, &["compress_ratios"]) {
@@ -159,16 +150,12 @@ impl Config {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|x| {
-                    x.as_u64().map(|r| r as usize).ok_or_else(|| {
-                        ModelError::Config(format!("compress_ratios: bad entry {x}"))
-                    })
+                    x.as_u64()
+                        .map(|r| r as usize)
+                        .ok_or_else(|| ModelError::Config(format!("compress_ratios: bad entry {x}")))
                 })
                 .collect::<Result<Vec<_>>>()?,
-            Some(other) => {
-                return Err(ModelError::Config(format!(
-                    "compress_ratios must be a list, got {other}"
-                )))
-            }
+            Some(other) => return Err(ModelError::Config(format!("compress_ratios must be a list, got {other}"))),
         };
         let dtype = match get(obj, &["dtype"]) {
             Some(v) => v.as_str().unwrap_or("fp8").to_string(),
@@ -257,10 +244,7 @@ impl Config {
             ));
         }
         if self.score_func != "sqrtsoftplus" {
-            return bad(format!(
-                "score_func `{}` is not supported (V4 uses sqrtsoftplus)",
-                self.score_func
-            ));
+            return bad(format!("score_func `{}` is not supported (V4 uses sqrtsoftplus)", self.score_func));
         }
         if self.head_dim <= self.rope_head_dim || !self.rope_head_dim.is_multiple_of(2) {
             return bad(format!(
@@ -269,10 +253,7 @@ impl Config {
             ));
         }
         if !self.n_heads.is_multiple_of(self.o_groups) {
-            return bad(format!(
-                "n_heads {} must be divisible by o_groups {}",
-                self.n_heads, self.o_groups
-            ));
+            return bad(format!("n_heads {} must be divisible by o_groups {}", self.n_heads, self.o_groups));
         }
         if self.n_activated_experts == 0 || self.n_activated_experts > self.n_routed_experts {
             return bad("n_activated_experts must be in 1..=n_routed_experts".into());
@@ -284,10 +265,10 @@ impl Config {
             return bad("hc_mult and hc_sinkhorn_iters must be positive".into());
         }
         for (i, &r) in self.compress_ratios.iter().enumerate() {
-            if r == 4
-                && (self.index_n_heads == 0 || self.index_head_dim == 0 || self.index_topk == 0)
-            {
-                return bad(format!("layer {i} is CSA (ratio 4) but index_n_heads/index_head_dim/index_topk are not set"));
+            if r == 4 && (self.index_n_heads == 0 || self.index_head_dim == 0 || self.index_topk == 0) {
+                return bad(format!(
+                    "layer {i} is CSA (ratio 4) but index_n_heads/index_head_dim/index_topk are not set"
+                ));
             }
             if r == 4 && !self.index_head_dim.is_power_of_two() {
                 return bad("index_head_dim must be a power of two (Hadamard rotation)".into());
@@ -296,9 +277,7 @@ impl Config {
                 return bad("index_head_dim must exceed rope_head_dim".into());
             }
         }
-        if self.expert_dtype == "fp4"
-            && (!self.dim.is_multiple_of(32) || !self.moe_inter_dim.is_multiple_of(32))
-        {
+        if self.expert_dtype == "fp4" && (!self.dim.is_multiple_of(32) || !self.moe_inter_dim.is_multiple_of(32)) {
             return bad("FP4 experts need dim and moe_inter_dim to be multiples of 32".into());
         }
         if self.vocab_size == 0 || self.dim == 0 || self.n_layers == 0 {
@@ -347,21 +326,13 @@ impl Config {
 
     fn hc_head_shapes(&self, p: &str) -> Vec<(String, Vec<usize>)> {
         vec![
-            (
-                format!("{p}hc_head_fn"),
-                vec![self.hc_mult, self.hc_mult * self.dim],
-            ),
+            (format!("{p}hc_head_fn"), vec![self.hc_mult, self.hc_mult * self.dim]),
             (format!("{p}hc_head_base"), vec![self.hc_mult]),
             (format!("{p}hc_head_scale"), vec![1]),
         ]
     }
 
-    fn compressor_shapes(
-        &self,
-        p: &str,
-        ratio: usize,
-        head_dim: usize,
-    ) -> Vec<(String, Vec<usize>)> {
+    fn compressor_shapes(&self, p: &str, ratio: usize, head_dim: usize) -> Vec<(String, Vec<usize>)> {
         let coff = if ratio == 4 { 2 } else { 1 };
         vec![
             (format!("{p}ape"), vec![ratio, coff * head_dim]),
@@ -378,37 +349,22 @@ impl Config {
             (format!("{p}attn.attn_sink"), vec![h]),
             (format!("{p}attn.wq_a.weight"), vec![self.q_lora_rank, d]),
             (format!("{p}attn.q_norm.weight"), vec![self.q_lora_rank]),
-            (
-                format!("{p}attn.wq_b.weight"),
-                vec![h * hd, self.q_lora_rank],
-            ),
+            (format!("{p}attn.wq_b.weight"), vec![h * hd, self.q_lora_rank]),
             (format!("{p}attn.wkv.weight"), vec![hd, d]),
             (format!("{p}attn.kv_norm.weight"), vec![hd]),
-            (
-                format!("{p}attn.wo_a.weight"),
-                vec![self.o_groups * self.o_lora_rank, h * hd / self.o_groups],
-            ),
-            (
-                format!("{p}attn.wo_b.weight"),
-                vec![d, self.o_groups * self.o_lora_rank],
-            ),
+            (format!("{p}attn.wo_a.weight"), vec![self.o_groups * self.o_lora_rank, h * hd / self.o_groups]),
+            (format!("{p}attn.wo_b.weight"), vec![d, self.o_groups * self.o_lora_rank]),
         ];
         if ratio > 0 {
             v.extend(self.compressor_shapes(&format!("{p}attn.compressor."), ratio, hd));
         }
         if ratio == 4 {
             let (ih, ihd) = (self.index_n_heads, self.index_head_dim);
-            v.push((
-                format!("{p}attn.indexer.wq_b.weight"),
-                vec![ih * ihd, self.q_lora_rank],
-            ));
+            v.push((format!("{p}attn.indexer.wq_b.weight"), vec![ih * ihd, self.q_lora_rank]));
             v.push((format!("{p}attn.indexer.weights_proj.weight"), vec![ih, d]));
             v.extend(self.compressor_shapes(&format!("{p}attn.indexer.compressor."), 4, ihd));
         }
-        v.push((
-            format!("{p}ffn.gate.weight"),
-            vec![self.n_routed_experts, d],
-        ));
+        v.push((format!("{p}ffn.gate.weight"), vec![self.n_routed_experts, d]));
         if !self.is_hash_layer(layer) {
             v.push((format!("{p}ffn.gate.bias"), vec![self.n_routed_experts]));
         }
@@ -452,10 +408,8 @@ impl Config {
             }
         }
         let embedding = (self.vocab_size * self.dim) as u64;
-        let per_expert_layer =
-            routed / (self.n_layers as u64 * self.n_routed_experts as u64).max(1);
-        let active_routed =
-            per_expert_layer * self.n_activated_experts as u64 * self.n_layers as u64;
+        let per_expert_layer = routed / (self.n_layers as u64 * self.n_routed_experts as u64).max(1);
+        let active_routed = per_expert_layer * self.n_activated_experts as u64 * self.n_layers as u64;
         ParamCounts {
             total,
             active: total - routed + active_routed - embedding,
@@ -468,11 +422,7 @@ impl Config {
     /// KV-cache bytes per token of context at `context` tokens, per layer kind, for entries
     /// stored in `bytes_per_value` (2 for bf16): window ring buffers amortised over the
     /// context, compressed entries (and CSA indexer keys) grow with it.
-    pub fn kv_bytes_per_token(
-        &self,
-        context: usize,
-        bytes_per_value: usize,
-    ) -> Vec<(LayerKind, usize, f64)> {
+    pub fn kv_bytes_per_token(&self, context: usize, bytes_per_value: usize) -> Vec<(LayerKind, usize, f64)> {
         let mut out: Vec<(LayerKind, usize, f64)> = Vec::new();
         for l in 0..self.n_layers {
             let ratio = self.ratio(l);
@@ -504,9 +454,7 @@ impl Config {
             "small" => Ok(Self::small()),
             "flash" => Ok(Self::flash()),
             "pro" => Ok(Self::pro()),
-            other => Err(ModelError::Config(format!(
-                "unknown preset `{other}` (expected tiny, small, flash or pro)"
-            ))),
+            other => Err(ModelError::Config(format!("unknown preset `{other}` (expected tiny, small, flash or pro)"))),
         }
     }
 
@@ -659,10 +607,7 @@ impl Config {
         if let Value::Object(m) = &mut v {
             let hf: [(&str, Value); 16] = [
                 ("model_type", "deepseek_v4".into()),
-                (
-                    "architectures",
-                    serde_json::json!(["DeepseekV4ForCausalLM"]),
-                ),
+                ("architectures", serde_json::json!(["DeepseekV4ForCausalLM"])),
                 ("hidden_size", self.dim.into()),
                 ("num_hidden_layers", self.n_layers.into()),
                 ("num_attention_heads", self.n_heads.into()),
@@ -718,27 +663,13 @@ mod tests {
             "compress_ratios": [0, 16], "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 1024,
             "beta_fast": 16, "beta_slow": 2}}"#;
         let c = Config::from_json_str(text).unwrap();
-        assert_eq!(
-            (
-                c.dim,
-                c.window_size,
-                c.rope_factor,
-                c.original_seq_len,
-                c.beta_fast
-            ),
-            (128, 16, 4.0, 1024, 16.0)
-        );
+        assert_eq!((c.dim, c.window_size, c.rope_factor, c.original_seq_len, c.beta_fast), (128, 16, 4.0, 1024, 16.0));
     }
 
     #[test]
     fn clear_errors() {
-        let e = Config::from_json_str(r#"{"vocab_size": 4}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("missing key") && e.contains("num_hidden_layers"),
-            "{e}"
-        );
+        let e = Config::from_json_str(r#"{"vocab_size": 4}"#).unwrap_err().to_string();
+        assert!(e.contains("missing key") && e.contains("num_hidden_layers"), "{e}");
         assert!(Config::from_json_str("[1,2]").is_err());
         assert!(Config::from_json_str("{not json").is_err());
     }
@@ -748,25 +679,9 @@ mod tests {
         let f = Config::flash().param_counts();
         let p = Config::pro().param_counts();
         // Public figures: Flash 284B total / 13B active, Pro 1.6T / 49B.
-        assert!(
-            (f.total as f64 / 284e9 - 1.0).abs() < 0.02,
-            "flash total {}",
-            f.total
-        );
-        assert!(
-            (f.active as f64 / 13e9 - 1.0).abs() < 0.05,
-            "flash active {}",
-            f.active
-        );
-        assert!(
-            (p.total as f64 / 1.6e12 - 1.0).abs() < 0.03,
-            "pro total {}",
-            p.total
-        );
-        assert!(
-            (p.active as f64 / 49e9 - 1.0).abs() < 0.05,
-            "pro active {}",
-            p.active
-        );
+        assert!((f.total as f64 / 284e9 - 1.0).abs() < 0.02, "flash total {}", f.total);
+        assert!((f.active as f64 / 13e9 - 1.0).abs() < 0.05, "flash active {}", f.active);
+        assert!((p.total as f64 / 1.6e12 - 1.0).abs() < 0.03, "pro total {}", p.total);
+        assert!((p.active as f64 / 49e9 - 1.0).abs() < 0.05, "pro active {}", p.active);
     }
 }

@@ -7,10 +7,7 @@ pub enum ModelError {
     #[error("config: {0}")]
     Config(String),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A checkpoint problem that names the file and, where there is one, the tensor.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
@@ -24,10 +21,7 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        ModelError::Io { path: path.to_path_buf(), source }
     }
 }
 

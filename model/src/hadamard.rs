@@ -24,15 +24,7 @@ pub fn rotate(x: &mut [f32]) {
 
 /// The dense `n × n` Sylvester matrix (`H[i][j] = (−1)^popcount(i & j)`), row-major.
 pub fn matrix(n: usize) -> Vec<f32> {
-    (0..n * n)
-        .map(|k| {
-            if ((k / n) & (k % n)).count_ones().is_multiple_of(2) {
-                1.0
-            } else {
-                -1.0
-            }
-        })
-        .collect()
+    (0..n * n).map(|k| if ((k / n) & (k % n)).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 }).collect()
 }
 
 #[cfg(test)]
@@ -44,9 +36,8 @@ mod tests {
         let n = 16;
         let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin()).collect();
         let h = matrix(n);
-        let want: Vec<f32> = (0..n)
-            .map(|j| (0..n).map(|i| x[i] * h[i * n + j]).sum::<f32>() / (n as f32).sqrt())
-            .collect();
+        let want: Vec<f32> =
+            (0..n).map(|j| (0..n).map(|i| x[i] * h[i * n + j]).sum::<f32>() / (n as f32).sqrt()).collect();
         let mut y = x.clone();
         rotate(&mut y);
         for (a, b) in y.iter().zip(&want) {

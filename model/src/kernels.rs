@@ -75,11 +75,7 @@ mod x86 {
         let mut i = 0;
         while i + 16 <= n {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                acc1,
-            );
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
             i += 16;
         }
         let acc = _mm256_add_ps(acc0, acc1);
@@ -102,11 +98,7 @@ mod x86 {
         let mut i = 0;
         while i + 32 <= n {
             acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i + 16)),
-                _mm512_loadu_ps(pb.add(i + 16)),
-                acc1,
-            );
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
             i += 32;
         }
         let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
@@ -147,24 +139,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out[rows, n] = x[rows, k] · w[n, k]ᵀ` for f32 weights.
 pub fn matmul_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(
-        x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n,
-        "matmul_f32: buffer too small"
-    );
+    assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n, "matmul_f32: buffer too small");
     if rows == 0 || n == 0 {
         return;
     }
     if rows >= GEMM_MIN_ROWS {
-        let threads = if rows * n * k >= PAR_MIN_WORK {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let par = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
+        let threads = if rows * n * k >= PAR_MIN_WORK { rayon::current_num_threads() } else { 1 };
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         // SAFETY: shapes and strides describe the slices checked above (row-major x and out,
         // w read as its transpose).
         unsafe {
@@ -205,12 +186,10 @@ pub fn matmul_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &m
     let mut tmp = vec![0f32; n * rows];
     if rows * n * k >= PAR_MIN_WORK && n >= 64 {
         let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
-        tmp.par_chunks_mut(block * rows)
-            .enumerate()
-            .for_each(|(bi, dst)| {
-                let n0 = bi * block;
-                kernel(n0, (n0 + block).min(n), dst);
-            });
+        tmp.par_chunks_mut(block * rows).enumerate().for_each(|(bi, dst)| {
+            let n0 = bi * block;
+            kernel(n0, (n0 + block).min(n), dst);
+        });
     } else {
         kernel(0, n, &mut tmp);
     }
@@ -248,14 +227,7 @@ mod x86_fp4 {
     /// AVX-512: nibbles → int8 doubled-E2M1 values with one byte shuffle, → f32, FMA with x.
     /// The doubled table (0,1,2,3,4,6,8,12) is exact in int8; the factor 1/2 folds into the scale.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn fp4_rows_avx512(
-        x: &[f32],
-        rows: usize,
-        k: usize,
-        packed: &[u8],
-        scales: &[u8],
-        acc: &mut [f32],
-    ) {
+    pub unsafe fn fp4_rows_avx512(x: &[f32], rows: usize, k: usize, packed: &[u8], scales: &[u8], acc: &mut [f32]) {
         let lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
         let mask = _mm_set1_epi8(0x0F);
         for (bi, &sb) in scales.iter().enumerate() {
@@ -271,25 +243,14 @@ mod x86_fp4 {
             let base = bi * 32;
             for r in 0..rows {
                 let px = x.as_ptr().add(r * k + base);
-                let p = _mm512_fmadd_ps(
-                    w0,
-                    _mm512_loadu_ps(px),
-                    _mm512_mul_ps(w1, _mm512_loadu_ps(px.add(16))),
-                );
+                let p = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), _mm512_mul_ps(w1, _mm512_loadu_ps(px.add(16))));
                 acc[r] += _mm512_reduce_add_ps(p) * s;
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn fp4_rows_avx2(
-        x: &[f32],
-        rows: usize,
-        k: usize,
-        packed: &[u8],
-        scales: &[u8],
-        acc: &mut [f32],
-    ) {
+    pub unsafe fn fp4_rows_avx2(x: &[f32], rows: usize, k: usize, packed: &[u8], scales: &[u8], acc: &mut [f32]) {
         let lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
         let mask = _mm_set1_epi8(0x0F);
         for (bi, &sb) in scales.iter().enumerate() {
@@ -360,34 +321,22 @@ pub fn matmul_fp4(x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
 
 fn matmul_fp4_with(f: Fp4RowFn, x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
     let (n, k) = (m.rows, m.cols);
-    assert!(
-        x.len() >= rows * k && out.len() >= rows * n,
-        "matmul_fp4: buffer too small"
-    );
+    assert!(x.len() >= rows * k && out.len() >= rows * n, "matmul_fp4: buffer too small");
     let (bpr, spr) = (k / 2, k / 32);
     let kernel = |n0: usize, n1: usize, dst: &mut [f32]| {
         for j in n0..n1 {
             let acc = &mut dst[(j - n0) * rows..(j - n0 + 1) * rows];
             acc.iter_mut().for_each(|v| *v = 0.0);
-            f(
-                x,
-                rows,
-                k,
-                &m.packed[j * bpr..(j + 1) * bpr],
-                &m.scales[j * spr..(j + 1) * spr],
-                acc,
-            );
+            f(x, rows, k, &m.packed[j * bpr..(j + 1) * bpr], &m.scales[j * spr..(j + 1) * spr], acc);
         }
     };
     let mut tmp = vec![0f32; n * rows];
     if rows * n * k >= PAR_MIN_WORK && n >= 64 {
         let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
-        tmp.par_chunks_mut(block * rows)
-            .enumerate()
-            .for_each(|(bi, dst)| {
-                let n0 = bi * block;
-                kernel(n0, (n0 + block).min(n), dst);
-            });
+        tmp.par_chunks_mut(block * rows).enumerate().for_each(|(bi, dst)| {
+            let n0 = bi * block;
+            kernel(n0, (n0 + block).min(n), dst);
+        });
     } else {
         kernel(0, n, &mut tmp);
     }
@@ -413,9 +362,7 @@ mod tests {
         let mut o = vec![0f32; rows * n];
         for r in 0..rows {
             for j in 0..n {
-                o[r * n + j] = (0..k)
-                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
-                    .sum::<f64>() as f32;
+                o[r * n + j] = (0..k).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64).sum::<f64>() as f32;
             }
         }
         o
@@ -430,14 +377,7 @@ mod tests {
 
     #[test]
     fn f32_kernels_match_naive_on_odd_shapes() {
-        for &(rows, k, n) in &[
-            (1, 7, 3),
-            (3, 33, 65),
-            (5, 130, 17),
-            (17, 64, 70),
-            (40, 97, 129),
-            (2, 1000, 300),
-        ] {
+        for &(rows, k, n) in &[(1, 7, 3), (3, 33, 65), (5, 130, 17), (17, 64, 70), (40, 97, 129), (2, 1000, 300)] {
             let x = randv(rows * k, 1);
             let w = randv(n * k, 2);
             let mut out = vec![0f32; rows * n];
@@ -448,14 +388,7 @@ mod tests {
 
     #[test]
     fn fp4_kernels_equal_decode_then_multiply() {
-        for &(rows, k, n) in &[
-            (1, 32, 1),
-            (3, 96, 7),
-            (8, 64, 65),
-            (15, 160, 33),
-            (20, 64, 40),
-            (1, 512, 300),
-        ] {
+        for &(rows, k, n) in &[(1, 32, 1), (3, 96, 7), (8, 64, 65), (15, 160, 33), (20, 64, 40), (1, 512, 300)] {
             let x = randv(rows * k, 3);
             let w = randv(n * k, 4);
             let m = Mxfp4Matrix::quantize(&w, n, k, ScaleRule::DeepSeekCeil);

@@ -17,9 +17,7 @@ impl RopeFreqs {
     /// `yarn = false`: plain `base^(-2i/d)`; `yarn = true`: YaRN-interpolated frequencies.
     pub fn new(dim: usize, base: f32, yarn: Option<(usize, f32, f32, f32)>) -> Self {
         let half = dim / 2;
-        let mut freqs: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
-            .collect();
+        let mut freqs: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
         if let Some((original_seq_len, factor, beta_fast, beta_slow)) = yarn {
             if original_seq_len > 0 {
                 // Correction range in f64, as the reference does it in Python floats.
@@ -49,12 +47,7 @@ impl RopeFreqs {
             RopeFreqs::new(
                 cfg.rope_head_dim,
                 cfg.compress_rope_theta,
-                Some((
-                    cfg.original_seq_len,
-                    cfg.rope_factor,
-                    cfg.beta_fast,
-                    cfg.beta_slow,
-                )),
+                Some((cfg.original_seq_len, cfg.rope_factor, cfg.beta_fast, cfg.beta_slow)),
             )
         } else {
             RopeFreqs::new(cfg.rope_head_dim, cfg.rope_theta, None)
@@ -64,11 +57,7 @@ impl RopeFreqs {
     /// `(cos, sin)` of every pair at position `pos`.
     pub fn cos_sin(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
         let t = pos as f32;
-        self.freqs
-            .iter()
-            .map(|f| (t * f).cos())
-            .zip(self.freqs.iter().map(|f| (t * f).sin()))
-            .unzip()
+        self.freqs.iter().map(|f| (t * f).cos()).zip(self.freqs.iter().map(|f| (t * f).sin())).unzip()
     }
 }
 

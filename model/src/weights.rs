@@ -23,10 +23,7 @@ impl Tensor32 {
     }
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor32 {
-            shape,
-            data: vec![0.0; n],
-        }
+        Tensor32 { shape, data: vec![0.0; n] }
     }
     pub fn numel(&self) -> usize {
         self.data.len()
@@ -55,10 +52,7 @@ pub struct SeededNormal {
 
 impl SeededNormal {
     pub fn new(seed: u64) -> Self {
-        SeededNormal {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-            spare: None,
-        }
+        SeededNormal { state: seed ^ 0x9E37_79B9_7F4A_7C15, spare: None }
     }
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -86,9 +80,7 @@ impl SeededNormal {
 
 impl ModelWeights {
     pub fn get(&self, name: &str) -> Result<&Tensor32> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))
+        self.tensors.get(name).ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))
     }
 
     /// Like [`get`](Self::get) but also checks the shape.
@@ -104,9 +96,10 @@ impl ModelWeights {
     }
 
     pub fn tid2eid(&self, layer: usize) -> Result<&[u32]> {
-        self.tid2eid.get(&layer).map(Vec::as_slice).ok_or_else(|| {
-            ModelError::Checkpoint(format!("missing tensor `layers.{layer}.ffn.gate.tid2eid`"))
-        })
+        self.tid2eid
+            .get(&layer)
+            .map(Vec::as_slice)
+            .ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `layers.{layer}.ffn.gate.tid2eid`")))
     }
 
     /// Total number of float parameters.
@@ -121,12 +114,9 @@ impl ModelWeights {
             self.get_shaped(name, shape)?;
         }
         if self.tensors.len() != expected.len() {
-            let known: std::collections::BTreeSet<&str> =
-                expected.iter().map(|(n, _)| n.as_str()).collect();
+            let known: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
             if let Some(extra) = self.tensors.keys().find(|k| !known.contains(k.as_str())) {
-                return Err(ModelError::Checkpoint(format!(
-                    "unexpected tensor `{extra}`"
-                )));
+                return Err(ModelError::Checkpoint(format!("unexpected tensor `{extra}`")));
             }
         }
         for l in 0..self.config.n_hash_layers.min(self.config.n_layers) {
@@ -139,10 +129,7 @@ impl ModelWeights {
                     self.config.vocab_size * k
                 )));
             }
-            if let Some(bad) = t
-                .iter()
-                .find(|&&e| e as usize >= self.config.n_routed_experts)
-            {
+            if let Some(bad) = t.iter().find(|&&e| e as usize >= self.config.n_routed_experts) {
                 return Err(ModelError::Checkpoint(format!(
                     "`layers.{l}.ffn.gate.tid2eid` names expert {bad} of {}",
                     self.config.n_routed_experts
@@ -167,8 +154,7 @@ impl ModelWeights {
         for (name, shape) in config.param_shapes() {
             let n: usize = shape.iter().product();
             let leaf = name.rsplit('.').next().unwrap_or("");
-            let mut normal =
-                |std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
+            let mut normal = |std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
             let data = if name.ends_with("norm.weight") {
                 vec![1.0; n]
             } else if name.ends_with("attn_sink") || name.ends_with(".bias") || leaf == "ape" {
@@ -208,12 +194,7 @@ impl ModelWeights {
             }
             tid2eid.insert(l, table);
         }
-        Ok(ModelWeights {
-            config: config.clone(),
-            tensors,
-            tid2eid,
-            fp4: BTreeMap::new(),
-        })
+        Ok(ModelWeights { config: config.clone(), tensors, tid2eid, fp4: BTreeMap::new() })
     }
 
     /// Names of the routed-expert matrices (the ones stored as FP4).

@@ -29,13 +29,7 @@ fn f32_round_trip_is_exact_and_sharding_works() {
     assert!(sharded.path().join("model.safetensors.index.json").exists());
     let n_shards = std::fs::read_dir(sharded.path())
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "safetensors")
-        })
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors"))
         .count();
     assert!(n_shards > 1, "expected several shards, got {n_shards}");
     assert_eq!(checkpoint::load(sharded.path()).unwrap().tensors, w.tensors);
@@ -47,9 +41,7 @@ fn rollout_format_keeps_fp4_experts_exact() {
     // make experts exactly FP4-representable (what QAT training produces)
     for (name, t) in w.tensors.iter_mut() {
         if ModelWeights::is_routed_expert(name) {
-            t.data =
-                Mxfp4Matrix::quantize(&t.data, t.shape[0], t.shape[1], ScaleRule::DeepSeekCeil)
-                    .dequantize();
+            t.data = Mxfp4Matrix::quantize(&t.data, t.shape[0], t.shape[1], ScaleRule::DeepSeekCeil).dequantize();
         }
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -86,23 +78,12 @@ fn broken_checkpoints_are_clear_errors() {
     // truncated file
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("config.json"), &cfg).unwrap();
-    std::fs::write(
-        d.path().join("model.safetensors"),
-        &bytes[..bytes.len() / 2],
-    )
-    .unwrap();
+    std::fs::write(d.path().join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let e = err_text(d.path());
-    assert!(
-        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
 
     // garbage header
-    std::fs::write(
-        d.path().join("model.safetensors"),
-        b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
-    )
-    .unwrap();
+    std::fs::write(d.path().join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
     assert!(err_text(d.path()).contains("not a valid safetensors"));
 
     // missing tensor
@@ -112,29 +93,19 @@ fn broken_checkpoints_are_clear_errors() {
     // write bypassing validation: save() writes whatever is there
     checkpoint::save(&w2, d2.path(), SaveFormat::F32, None).unwrap();
     let e = err_text(d2.path());
-    assert!(
-        e.contains("missing tensor `layers.1.attn.wq_a.weight`"),
-        "{e}"
-    );
+    assert!(e.contains("missing tensor `layers.1.attn.wq_a.weight`"), "{e}");
 
     // extra tensor
     let mut w3 = w.clone();
-    w3.tensors.insert(
-        "layers.1.attn.surprise".into(),
-        model::Tensor32::zeros(vec![3]),
-    );
+    w3.tensors.insert("layers.1.attn.surprise".into(), model::Tensor32::zeros(vec![3]));
     let d3 = tempfile::tempdir().unwrap();
     checkpoint::save(&w3, d3.path(), SaveFormat::F32, None).unwrap();
     let e = err_text(d3.path());
-    assert!(
-        e.contains("unexpected tensor `layers.1.attn.surprise`"),
-        "{e}"
-    );
+    assert!(e.contains("unexpected tensor `layers.1.attn.surprise`"), "{e}");
 
     // mis-shaped tensor
     let mut w4 = w.clone();
-    w4.tensors
-        .insert("norm.weight".into(), model::Tensor32::zeros(vec![7]));
+    w4.tensors.insert("norm.weight".into(), model::Tensor32::zeros(vec![7]));
     let d4 = tempfile::tempdir().unwrap();
     checkpoint::save(&w4, d4.path(), SaveFormat::F32, None).unwrap();
     let e = err_text(d4.path());
@@ -146,8 +117,5 @@ fn broken_checkpoints_are_clear_errors() {
     assert!(err_text(d5.path()).contains("config.json"));
 
     // not a directory
-    assert!(matches!(
-        checkpoint::load(Path::new("/nonexistent/ckpt")),
-        Err(ModelError::Checkpoint(_))
-    ));
+    assert!(matches!(checkpoint::load(Path::new("/nonexistent/ckpt")), Err(ModelError::Checkpoint(_))));
 }

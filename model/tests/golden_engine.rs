@@ -25,10 +25,7 @@ struct Cases {
 
 impl Cases {
     fn load() -> Self {
-        Cases {
-            bytes: std::fs::read(golden_dir().join("cases.safetensors"))
-                .expect("cases.safetensors"),
-        }
+        Cases { bytes: std::fs::read(golden_dir().join("cases.safetensors")).expect("cases.safetensors") }
     }
     fn st(&self) -> SafeTensors<'_> {
         SafeTensors::deserialize(&self.bytes).expect("valid cases file")
@@ -36,37 +33,18 @@ impl Cases {
     fn i64s(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("missing {name}"));
-        (
-            t.shape().to_vec(),
-            t.data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
+        (t.shape().to_vec(), t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
     }
     fn f32s(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("missing {name}"));
-        (
-            t.shape().to_vec(),
-            t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
+        (t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
     fn has(&self, name: &str) -> bool {
         self.st().tensor(name).is_ok()
     }
     /// Stored decisions of `variant` on `path` (prefill/decode) for case `c`.
-    fn decisions(
-        &self,
-        c: usize,
-        variant: &str,
-        path: &str,
-        n_layers: usize,
-        k: usize,
-    ) -> Decisions {
+    fn decisions(&self, c: usize, variant: &str, path: &str, n_layers: usize, k: usize) -> Decisions {
         let mut d = Decisions::default();
         for l in 0..n_layers {
             let (shape, v) = self.i64s(&format!("case{c}.{variant}.{path}.route_idx.L{l}"));
@@ -92,33 +70,17 @@ impl Cases {
         d
     }
     fn ties(&self, c: usize, variant: &str, path: &str, l: usize) -> Vec<bool> {
-        self.i64s(&format!("case{c}.{variant}.{path}.topk_tie.L{l}"))
-            .1
-            .into_iter()
-            .map(|x| x != 0)
-            .collect()
+        self.i64s(&format!("case{c}.{variant}.{path}.topk_tie.L{l}")).1.into_iter().map(|x| x != 0).collect()
     }
 }
 
 fn engine(numerics: Numerics, fp4_experts: bool) -> Engine {
     let w = checkpoint::load(&golden_dir()).expect("golden checkpoint loads");
-    Engine::new(
-        &w,
-        EngineOptions {
-            numerics,
-            fp4_experts,
-        },
-    )
-    .expect("engine")
+    Engine::new(&w, EngineOptions { numerics, fp4_experts }).expect("engine")
 }
 
 fn tokens(cases: &Cases, c: usize) -> Vec<u32> {
-    cases
-        .i64s(&format!("case{c}.input_ids"))
-        .1
-        .into_iter()
-        .map(|t| t as u32)
-        .collect()
+    cases.i64s(&format!("case{c}.input_ids")).1.into_iter().map(|t| t as u32).collect()
 }
 
 fn prefill(e: &Engine, toks: &[u32], forced: Option<Arc<Decisions>>) -> (Vec<f32>, DecodeState) {
@@ -128,9 +90,7 @@ fn prefill(e: &Engine, toks: &[u32], forced: Option<Arc<Decisions>>) -> (Vec<f32
     }
     let rows: Vec<Row> = toks.iter().map(|&t| Row { seq: 0, token: t }).collect();
     let mut states = [st];
-    let out = e
-        .forward(&mut states, &rows, Want::AllLogits)
-        .expect("forward");
+    let out = e.forward(&mut states, &rows, Want::AllLogits).expect("forward");
     let [st] = states;
     (out.values, st)
 }
@@ -141,17 +101,11 @@ fn decode(e: &Engine, toks: &[u32], prefix: usize, forced: Option<Arc<Decisions>
         st = st.replaying(f);
     }
     let mut states = [st];
-    let rows: Vec<Row> = toks[..prefix]
-        .iter()
-        .map(|&t| Row { seq: 0, token: t })
-        .collect();
-    e.forward(&mut states, &rows, Want::LastLogits)
-        .expect("prefix");
+    let rows: Vec<Row> = toks[..prefix].iter().map(|&t| Row { seq: 0, token: t }).collect();
+    e.forward(&mut states, &rows, Want::LastLogits).expect("prefix");
     let mut out = Vec::new();
     for &t in &toks[prefix..] {
-        let o = e
-            .forward(&mut states, &[Row { seq: 0, token: t }], Want::LastLogits)
-            .expect("decode");
+        let o = e.forward(&mut states, &[Row { seq: 0, token: t }], Want::LastLogits).expect("decode");
         out.extend(o.values);
     }
     out
@@ -161,12 +115,7 @@ fn decode(e: &Engine, toks: &[u32], prefix: usize, forced: Option<Arc<Decisions>
 fn per_position(got: &[f32], want: &[f32], v: usize) -> Vec<f32> {
     got.chunks(v)
         .zip(want.chunks(v))
-        .map(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        })
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
         .collect()
 }
 
@@ -175,11 +124,7 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
     let mut worst = 0f32;
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
         let tol = 1e-4 + 1e-4 * b.abs();
-        assert!(
-            (a - b).abs() <= tol,
-            "{what}: logit[{i}] = {a}, reference {b} (|Δ| {})",
-            (a - b).abs()
-        );
+        assert!((a - b).abs() <= tol, "{what}: logit[{i}] = {a}, reference {b} (|Δ| {})", (a - b).abs());
         worst = worst.max((a - b).abs());
     }
     eprintln!("{what}: max |Δ| = {worst:.2e}");
@@ -190,11 +135,7 @@ fn f32_dense_prefill_and_decode_match_with_replayed_decisions() {
     let cases = Cases::load();
     for fp4 in [false, true] {
         let e = engine(Numerics::DENSE, fp4);
-        let (nl, k, v) = (
-            e.config.n_layers,
-            e.config.n_activated_experts,
-            e.config.vocab_size,
-        );
+        let (nl, k, v) = (e.config.n_layers, e.config.n_activated_experts, e.config.vocab_size);
         for c in 0..3 {
             let toks = tokens(&cases, c);
             let forced = Arc::new(cases.decisions(c, "f32_dense", "prefill", nl, k));
@@ -221,11 +162,7 @@ fn f32_dense_prefill_and_decode_match_with_replayed_decisions() {
 fn f32_dense_free_decisions_equal_reference_sets() {
     let cases = Cases::load();
     let e = engine(Numerics::DENSE, true);
-    let (nl, k, v) = (
-        e.config.n_layers,
-        e.config.n_activated_experts,
-        e.config.vocab_size,
-    );
+    let (nl, k, v) = (e.config.n_layers, e.config.n_activated_experts, e.config.vocab_size);
     for c in 0..3 {
         let toks = tokens(&cases, c);
         let (logits, st) = prefill(&e, &toks, None);
@@ -278,11 +215,7 @@ fn f32_dense_free_decisions_equal_reference_sets() {
 fn f32_noaq_matches_within_fake_quant_noise() {
     let cases = Cases::load();
     let e = engine(Numerics::QAT, true);
-    let (nl, k, v) = (
-        e.config.n_layers,
-        e.config.n_activated_experts,
-        e.config.vocab_size,
-    );
+    let (nl, k, v) = (e.config.n_layers, e.config.n_activated_experts, e.config.vocab_size);
     for c in 0..3 {
         let toks = tokens(&cases, c);
         let forced = Arc::new(cases.decisions(c, "f32_noaq", "prefill", nl, k));
@@ -295,14 +228,8 @@ fn f32_noaq_matches_within_fake_quant_noise() {
         pp.sort_by(f32::total_cmp);
         let median = pp[n / 2];
         eprintln!("case{c} noaq: median {median:.2e}, within 1e-2 {within:.3}, worst {worst:.2e}");
-        assert!(
-            median <= 1e-4,
-            "case {c}: median per-position max |Δ| {median}"
-        );
-        assert!(
-            within >= 0.95,
-            "case {c}: only {within} of positions within 1e-2"
-        );
+        assert!(median <= 1e-4, "case {c}: median per-position max |Δ| {median}");
+        assert!(within >= 0.95, "case {c}: only {within} of positions within 1e-2");
         assert!(worst <= 0.1, "case {c}: worst position {worst}");
     }
 }
@@ -316,26 +243,11 @@ fn f32_activation_quant_matches_statistically() {
         let toks = tokens(&cases, c);
         let (logits, _) = prefill(&e, &toks, None);
         let want = cases.f32s(&format!("case{c}.f32.prefill_logits")).1;
-        let mean = logits
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs() as f64)
-            .sum::<f64>()
-            / want.len() as f64;
+        let mean = logits.iter().zip(&want).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / want.len() as f64;
         let argmax = |x: &[f32]| {
-            x.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |m, (i, &y)| if y > m.1 { (i, y) } else { m },
-                )
-                .0
+            x.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &y)| if y > m.1 { (i, y) } else { m }).0
         };
-        let agree = logits
-            .chunks(v)
-            .zip(want.chunks(v))
-            .filter(|(a, b)| argmax(a) == argmax(b))
-            .count() as f64
+        let agree = logits.chunks(v).zip(want.chunks(v)).filter(|(a, b)| argmax(a) == argmax(b)).count() as f64
             / (want.len() / v) as f64;
         eprintln!("case{c} f32 act-quant: mean |Δ| {mean:.3}, argmax agreement {agree:.3}");
         assert!(mean <= 0.15, "case {c}: mean |Δ| {mean}");
@@ -364,9 +276,5 @@ fn hidden_states_match_final_norm_output() {
     let pp = per_position(&out.values, &want, d);
     let mut sorted = pp.clone();
     sorted.sort_by(f32::total_cmp);
-    assert!(
-        sorted[sorted.len() / 2] <= 1e-4,
-        "median hidden error {}",
-        sorted[sorted.len() / 2]
-    );
+    assert!(sorted[sorted.len() / 2] <= 1e-4, "median hidden error {}", sorted[sorted.len() / 2]);
 }

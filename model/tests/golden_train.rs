@@ -20,23 +20,12 @@ fn load_cases() -> Vec<u8> {
 fn i64s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<i64>) {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let t = st.tensor(name).unwrap_or_else(|_| panic!("{name}"));
-    (
-        t.shape().to_vec(),
-        t.data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-    )
+    (t.shape().to_vec(), t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
 }
 
 fn f32s(bytes: &[u8], name: &str) -> Vec<f32> {
     let st = SafeTensors::deserialize(bytes).unwrap();
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 fn decisions(bytes: &[u8], c: usize, variant: &str, nl: usize, k: usize) -> Decisions {
@@ -56,11 +45,7 @@ fn decisions(bytes: &[u8], c: usize, variant: &str, nl: usize, k: usize) -> Deci
             for pos in 0..shape[0] {
                 d.topk.insert(
                     (l, pos),
-                    v[pos * shape[1]..(pos + 1) * shape[1]]
-                        .iter()
-                        .filter(|&&x| x >= 0)
-                        .map(|&x| x as usize)
-                        .collect(),
+                    v[pos * shape[1]..(pos + 1) * shape[1]].iter().filter(|&&x| x >= 0).map(|&x| x as usize).collect(),
                 );
             }
         }
@@ -72,31 +57,19 @@ fn decisions(bytes: &[u8], c: usize, variant: &str, nl: usize, k: usize) -> Deci
 fn train_graph_matches_f32_dense_golden_logits() {
     let bytes = load_cases();
     let w = checkpoint::load(&golden_dir()).unwrap();
-    let (nl, k, v) = (
-        w.config.n_layers,
-        w.config.n_activated_experts,
-        w.config.vocab_size,
-    );
+    let (nl, k, v) = (w.config.n_layers, w.config.n_activated_experts, w.config.vocab_size);
     for qat_experts in [false, true] {
         let m = TrainModel::from_weights(
             &w,
             DType::F32,
-            TrainOptions {
-                numerics: Numerics::DENSE,
-                qat_experts,
-                indexer_loss: true,
-            },
+            TrainOptions { numerics: Numerics::DENSE, qat_experts, indexer_loss: true },
         )
         .unwrap();
         // two sequences of different lengths in one padded batch
         let batch: Vec<SeqInput> = [0usize, 1]
             .iter()
             .map(|&c| SeqInput {
-                tokens: i64s(&bytes, &format!("case{c}.input_ids"))
-                    .1
-                    .into_iter()
-                    .map(|t| t as u32)
-                    .collect(),
+                tokens: i64s(&bytes, &format!("case{c}.input_ids")).1.into_iter().map(|t| t as u32).collect(),
                 forced: Some(Arc::new(decisions(&bytes, c, "f32_dense", nl, k))),
             })
             .collect();
@@ -105,23 +78,13 @@ fn train_graph_matches_f32_dense_golden_logits() {
         assert!(out.indexer_loss.is_some());
         for (bi, c) in [0usize, 1].iter().enumerate() {
             let len = out.lengths[bi];
-            let got: Vec<f32> = logits
-                .get(bi)
-                .unwrap()
-                .narrow(0, 0, len)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let got: Vec<f32> =
+                logits.get(bi).unwrap().narrow(0, 0, len).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let want = f32s(&bytes, &format!("case{c}.f32_dense.prefill_logits"));
             assert_eq!(got.len(), len * v);
             let mut worst = 0f32;
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 + 1e-4 * b.abs(),
-                    "case {c} qat={qat_experts}: logit {i}: {a} vs {b}"
-                );
+                assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "case {c} qat={qat_experts}: logit {i}: {a} vs {b}");
                 worst = worst.max((a - b).abs());
             }
             eprintln!("train graph case {c} qat_experts={qat_experts}: max |Δ| {worst:.2e}");
@@ -133,40 +96,18 @@ fn train_graph_matches_f32_dense_golden_logits() {
 fn train_graph_qat_numerics_match_f32_noaq() {
     let bytes = load_cases();
     let w = checkpoint::load(&golden_dir()).unwrap();
-    let (nl, k, v) = (
-        w.config.n_layers,
-        w.config.n_activated_experts,
-        w.config.vocab_size,
-    );
+    let (nl, k, v) = (w.config.n_layers, w.config.n_activated_experts, w.config.vocab_size);
     let m = TrainModel::from_weights(&w, DType::F32, TrainOptions::default()).unwrap();
-    let toks: Vec<u32> = i64s(&bytes, "case2.input_ids")
-        .1
-        .into_iter()
-        .map(|t| t as u32)
-        .collect();
+    let toks: Vec<u32> = i64s(&bytes, "case2.input_ids").1.into_iter().map(|t| t as u32).collect();
     let out = m
-        .forward(&[SeqInput {
-            tokens: toks,
-            forced: Some(Arc::new(decisions(&bytes, 2, "f32_noaq", nl, k))),
-        }])
+        .forward(&[SeqInput { tokens: toks, forced: Some(Arc::new(decisions(&bytes, 2, "f32_noaq", nl, k))) }])
         .unwrap();
-    let got: Vec<f32> = m
-        .logits(&out.hidden)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let got: Vec<f32> = m.logits(&out.hidden).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let want = f32s(&bytes, "case2.f32_noaq.prefill_logits");
     let mut pp: Vec<f32> = got
         .chunks(v)
         .zip(want.chunks(v))
-        .map(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        })
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
         .collect();
     pp.sort_by(f32::total_cmp);
     let median = pp[pp.len() / 2];

@@ -26,44 +26,21 @@ fn setup() -> (TrainModel, Vec<SeqInput>, Tensor) {
             }
         }
     }
-    let opts = TrainOptions {
-        numerics: Numerics::DENSE,
-        qat_experts: false,
-        indexer_loss: true,
-    };
+    let opts = TrainOptions { numerics: Numerics::DENSE, qat_experts: false, indexer_loss: true };
     let m = TrainModel::from_weights(&w, DType::F64, opts).unwrap();
-    let seqs: Vec<Vec<u32>> = vec![
-        (0..37).map(|i| (i * 7 + 3) % 300).collect(),
-        (0..29).map(|i| (i * 13 + 1) % 300).collect(),
-    ];
-    let batch: Vec<SeqInput> = seqs
-        .iter()
-        .map(|t| SeqInput {
-            tokens: t.clone(),
-            forced: None,
-        })
-        .collect();
+    let seqs: Vec<Vec<u32>> =
+        vec![(0..37).map(|i| (i * 7 + 3) % 300).collect(), (0..29).map(|i| (i * 13 + 1) % 300).collect()];
+    let batch: Vec<SeqInput> = seqs.iter().map(|t| SeqInput { tokens: t.clone(), forced: None }).collect();
     let out = m.forward(&batch).unwrap();
     let batch: Vec<SeqInput> = seqs
         .iter()
         .zip(out.decisions)
-        .map(|(t, d)| SeqInput {
-            tokens: t.clone(),
-            forced: Some(Arc::new(d)),
-        })
+        .map(|(t, d)| SeqInput { tokens: t.clone(), forced: Some(Arc::new(d)) })
         .collect();
     let s = 37;
     // Padded positions (beyond 29 in the second sequence) must not enter the loss: their
     // routing is not frozen.
-    let proj: Vec<f64> = (0..2 * s * cfg.dim)
-        .map(|i| {
-            if i / cfg.dim >= s + 29 {
-                0.0
-            } else {
-                rng.normal()
-            }
-        })
-        .collect();
+    let proj: Vec<f64> = (0..2 * s * cfg.dim).map(|i| if i / cfg.dim >= s + 29 { 0.0 } else { rng.normal() }).collect();
     let proj = Tensor::from_vec(proj, (2, s, cfg.dim), m.device()).unwrap();
     (m, batch, proj)
 }
@@ -74,19 +51,11 @@ fn setup() -> (TrainModel, Vec<SeqInput>, Tensor) {
 fn loss_of(m: &TrainModel, batch: &[SeqInput], proj: &Tensor, aux_only: bool) -> Tensor {
     let out = m.forward(batch).unwrap();
     if aux_only {
-        return out
-            .indexer_loss
-            .expect("CSA layers produce an indexer loss");
+        return out.indexer_loss.expect("CSA layers produce an indexer loss");
     }
     let main = (out.hidden * proj).unwrap().sum_all().unwrap();
     // the logits path (head) too
-    let lg = m
-        .logits(&m.forward(batch).unwrap().hidden.get(0).unwrap())
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap();
+    let lg = m.logits(&m.forward(batch).unwrap().hidden.get(0).unwrap()).unwrap().sqr().unwrap().mean_all().unwrap();
     (main + lg).unwrap()
 }
 
@@ -144,9 +113,7 @@ fn gradients_match_finite_differences() {
         let aux = name.contains(".indexer.");
         let grads = if aux { &grads_aux } else { &grads_main };
         let var = &m.vars()[name];
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
         let gv: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
         let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let shape = var.as_tensor().dims().to_vec();
@@ -158,22 +125,15 @@ fn gradients_match_finite_differences() {
         for &i in &picks {
             let mut p = base.clone();
             p[i] += eps;
-            var.set(&Tensor::from_vec(p.clone(), shape.as_slice(), m.device()).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(p.clone(), shape.as_slice(), m.device()).unwrap()).unwrap();
             let lp = value(&loss_of(&m, &batch, &proj, aux));
             p[i] -= 2.0 * eps;
-            var.set(&Tensor::from_vec(p, shape.as_slice(), m.device()).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(p, shape.as_slice(), m.device()).unwrap()).unwrap();
             let lm = value(&loss_of(&m, &batch, &proj, aux));
-            var.set(&Tensor::from_vec(base.clone(), shape.as_slice(), m.device()).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(base.clone(), shape.as_slice(), m.device()).unwrap()).unwrap();
             let fd = (lp - lm) / (2.0 * eps);
             let err = (fd - gv[i]).abs();
-            assert!(
-                err <= 1e-5 * (1.0 + fd.abs()),
-                "{name}[{i}]: autograd {} vs finite difference {fd}",
-                gv[i]
-            );
+            assert!(err <= 1e-5 * (1.0 + fd.abs()), "{name}[{i}]: autograd {} vs finite difference {fd}", gv[i]);
             checked += 1;
         }
     }
@@ -190,16 +150,8 @@ fn every_trainable_parameter_gets_a_gradient() {
         if name.ends_with("ffn.gate.bias") {
             continue;
         }
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let norm = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(norm > 0.0, "{name}: zero gradient");
     }
 }

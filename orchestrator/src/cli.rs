@@ -41,6 +41,14 @@ pub enum Command {
     /// Benchmarks that print measured numbers (medians and ratios from one run).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Pre-train a base from scratch on the suite's reference conversations (prompt included).
+    Pretrain(crate::commands::train_cmd::SftArgs),
+    /// Supervised fine-tuning on the suite's reference solutions (assistant tokens only).
+    Sft(crate::commands::train_cmd::SftArgs),
+    /// Build a domain expert with GRPO (and its DAPO / Dr. GRPO / V3.2 variants).
+    Grpo(crate::commands::train_cmd::GrpoArgs),
+    /// Per-domain accuracy of a checkpoint (greedy decoding, verifiers).
+    Eval(crate::commands::train_cmd::EvalArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -17,16 +17,11 @@ impl Bars {
     pub fn new(json: bool) -> Self {
         Bars {
             bar: Mutex::new(None),
-            enabled: !json
-                && std::io::stderr().is_terminal()
-                && std::env::var("V4POST_NO_PROGRESS").is_err(),
+            enabled: !json && std::io::stderr().is_terminal() && std::env::var("V4POST_NO_PROGRESS").is_err(),
         }
     }
     pub fn hidden() -> Self {
-        Bars {
-            bar: Mutex::new(None),
-            enabled: false,
-        }
+        Bars { bar: Mutex::new(None), enabled: false }
     }
 }
 
@@ -38,11 +33,9 @@ impl Progress for Bars {
             ProgressBar::hidden()
         };
         pb.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>14.bold} [{bar:32}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>14.bold} [{bar:32}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         pb.set_prefix(phase.to_string());
         if let Ok(mut g) = self.bar.lock() {
@@ -97,17 +90,11 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// Print a JSON value on stdout.
 pub fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }

@@ -34,18 +34,9 @@ impl AgentEnv {
         let tools = v
             .get("tools")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
-        let table = v
-            .get("env")
-            .and_then(|e| e.get("table"))
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let table = v.get("env").and_then(|e| e.get("table")).and_then(Value::as_object).cloned().unwrap_or_default();
         AgentEnv { tools, table }
     }
 
@@ -58,47 +49,25 @@ impl AgentEnv {
             match c.arguments.get(k) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Number(n)) => Ok(n.to_string()),
-                Some(_) => Err(CallError::Malformed(format!(
-                    "`{}`: argument `{k}` must be a string",
-                    c.name
-                ))),
-                None => Err(CallError::Malformed(format!(
-                    "`{}`: missing argument `{k}`",
-                    c.name
-                ))),
+                Some(_) => Err(CallError::Malformed(format!("`{}`: argument `{k}` must be a string", c.name))),
+                None => Err(CallError::Malformed(format!("`{}`: missing argument `{k}`", c.name))),
             }
         };
-        if let Some(extra) = c
-            .arguments
-            .keys()
-            .find(|k| !["expression", "key"].contains(&k.as_str()))
-        {
-            return Err(CallError::Malformed(format!(
-                "`{}`: unexpected argument `{extra}`",
-                c.name
-            )));
+        if let Some(extra) = c.arguments.keys().find(|k| !["expression", "key"].contains(&k.as_str())) {
+            return Err(CallError::Malformed(format!("`{}`: unexpected argument `{extra}`", c.name)));
         }
         match c.name.as_str() {
             "calculator" => {
                 let expr = arg("expression")?;
-                let limits = tl::Limits {
-                    max_steps: 10_000,
-                    max_cells: 0,
-                    max_depth: 32,
-                    max_source: 256,
-                };
+                let limits = tl::Limits { max_steps: 10_000, max_cells: 0, max_depth: 32, max_source: 256 };
                 if expr.contains('=') || expr.contains('{') || expr.contains('[') {
                     return Ok("error: not an arithmetic expression".into());
                 }
-                Ok(
-                    match tl::Program::parse(&format!("return {expr}"), &limits)
-                        .and_then(|p| p.run(&[], &limits))
-                    {
-                        Ok(tl::Value::Int(v)) => v.to_string(),
-                        Ok(_) => "error: not a number".into(),
-                        Err(e) => format!("error: {e}"),
-                    },
-                )
+                Ok(match tl::Program::parse(&format!("return {expr}"), &limits).and_then(|p| p.run(&[], &limits)) {
+                    Ok(tl::Value::Int(v)) => v.to_string(),
+                    Ok(_) => "error: not a number".into(),
+                    Err(e) => format!("error: {e}"),
+                })
             }
             "lookup" => {
                 let key = arg("key")?;
@@ -108,9 +77,7 @@ impl AgentEnv {
                     None => format!("error: no value stored under '{key}'"),
                 })
             }
-            other => Err(CallError::Malformed(format!(
-                "tool `{other}` has no implementation"
-            ))),
+            other => Err(CallError::Malformed(format!("tool `{other}` has no implementation"))),
         }
     }
 
@@ -154,10 +121,7 @@ pub fn split_episode(text: &str) -> (Vec<String>, Vec<String>) {
                     Some(q) => {
                         inserted.push(after[..q].to_string());
                         let next = &after[q + ASSISTANT.len()..];
-                        rest = next
-                            .strip_prefix(THINK_START)
-                            .or_else(|| next.strip_prefix(THINK_END))
-                            .unwrap_or(next);
+                        rest = next.strip_prefix(THINK_START).or_else(|| next.strip_prefix(THINK_END)).unwrap_or(next);
                     }
                 }
             }
@@ -170,10 +134,7 @@ pub fn verify(verifier: &Value, gold: &str, text: &str, mode: Mode) -> (f32, Val
     let env = AgentEnv::from_verifier(verifier);
     let (replies, inserted) = split_episode(text);
     if replies.len() > MAX_TURNS + 1 {
-        return (
-            0.0,
-            json!({"correct": false, "reason": format!("{} turns (max {MAX_TURNS})", replies.len())}),
-        );
+        return (0.0, json!({"correct": false, "reason": format!("{} turns (max {MAX_TURNS})", replies.len())}));
     }
     let mut calls = 0;
     for (i, r) in replies.iter().enumerate() {
@@ -206,10 +167,7 @@ pub fn verify(verifier: &Value, gold: &str, text: &str, mode: Mode) -> (f32, Val
                 calls += 1;
             }
             let expected = render_tool_results(&results, mode);
-            let got = format!(
-                "{USER}{}{ASSISTANT}",
-                inserted.get(i).map(String::as_str).unwrap_or("")
-            );
+            let got = format!("{USER}{}{ASSISTANT}", inserted.get(i).map(String::as_str).unwrap_or(""));
             if !expected.starts_with(&got) {
                 return (
                     0.0,
@@ -218,11 +176,8 @@ pub fn verify(verifier: &Value, gold: &str, text: &str, mode: Mode) -> (f32, Val
             }
         } else {
             if !p.tool_calls.is_empty() {
-                if let Some(Err(CallError::Malformed(m))) = p
-                    .tool_calls
-                    .iter()
-                    .map(|c| env.call(c))
-                    .find(Result::is_err)
+                if let Some(Err(CallError::Malformed(m))) =
+                    p.tool_calls.iter().map(|c| env.call(c)).find(Result::is_err)
                 {
                     return (
                         0.0,

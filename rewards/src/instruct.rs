@@ -6,20 +6,9 @@ use serde_json::Value;
 
 /// Result of one check.
 fn check_one(spec: &Value, r: &str) -> Result<bool, String> {
-    let kind = spec
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or("check without a `type`")?;
-    let s = |k: &str| {
-        spec.get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("check `{kind}` needs string `{k}`"))
-    };
-    let n = |k: &str| {
-        spec.get(k)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| format!("check `{kind}` needs integer `{k}`"))
-    };
+    let kind = spec.get("type").and_then(Value::as_str).ok_or("check without a `type`")?;
+    let s = |k: &str| spec.get(k).and_then(Value::as_str).ok_or_else(|| format!("check `{kind}` needs string `{k}`"));
+    let n = |k: &str| spec.get(k).and_then(Value::as_u64).ok_or_else(|| format!("check `{kind}` needs integer `{k}`"));
     Ok(match kind {
         "all_caps" => r.chars().any(char::is_alphabetic) && !r.chars().any(char::is_lowercase),
         "lowercase" => r.chars().any(char::is_alphabetic) && !r.chars().any(char::is_uppercase),
@@ -40,18 +29,11 @@ fn check_one(spec: &Value, r: &str) -> Result<bool, String> {
             (min..=max).contains(&c)
         }
         "json_key" => {
-            let body = r
-                .trim()
-                .trim_start_matches("```json")
-                .trim_start_matches("```")
-                .trim_end_matches("```")
-                .trim();
+            let body = r.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
             match serde_json::from_str::<Value>(body) {
                 Ok(Value::Object(o)) => {
                     let want = spec.get("value").ok_or("check `json_key` needs `value`")?;
-                    o.get(s("key")?).is_some_and(|v| {
-                        v == want || v.as_str().is_some_and(|x| Some(x) == want.as_str())
-                    })
+                    o.get(s("key")?).is_some_and(|v| v == want || v.as_str().is_some_and(|x| Some(x) == want.as_str()))
                 }
                 _ => false,
             }
@@ -70,15 +52,8 @@ fn loose_variants(r: &str) -> Vec<String> {
         }
     };
     let n = lines.len();
-    let base = [
-        r.to_string(),
-        join(1, n),
-        join(0, n.saturating_sub(1)),
-        join(1, n.saturating_sub(1)),
-    ];
-    base.iter()
-        .flat_map(|v| [v.clone(), v.replace('*', "")])
-        .collect()
+    let base = [r.to_string(), join(1, n), join(0, n.saturating_sub(1)), join(1, n.saturating_sub(1))];
+    base.iter().flat_map(|v| [v.clone(), v.replace('*', "")]).collect()
 }
 
 /// Outcome of all checks.
@@ -138,9 +113,7 @@ mod tests {
         assert!(!check_all(&rep, "cat cat").unwrap().strict_all());
         let js = json!([{"type": "json_key", "key": "name", "value": "bob"}]);
         assert!(check_all(&js, "{\"name\": \"bob\"}").unwrap().strict_all());
-        assert!(check_all(&js, "```json\n{\"name\":\"bob\"}\n```")
-            .unwrap()
-            .strict_all());
+        assert!(check_all(&js, "```json\n{\"name\":\"bob\"}\n```").unwrap().strict_all());
         assert!(!check_all(&js, "{\"name\": \"al\"}").unwrap().strict_all());
         assert!(check_all(&json!([{"type": "nope"}]), "x").is_err());
         // loose ⊇ strict on a few responses

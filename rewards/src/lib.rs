@@ -36,33 +36,21 @@ pub struct Reward {
 
 impl Reward {
     fn zero(reason: impl Into<String>) -> Self {
-        Reward {
-            value: 0.0,
-            detail: json!({"correct": false, "reason": reason.into()}),
-        }
+        Reward { value: 0.0, detail: json!({"correct": false, "reason": reason.into()}) }
     }
     /// Whether the task was solved (the part of the reward length shaping must not touch).
     pub fn correct(&self) -> bool {
-        self.detail
-            .get("correct")
-            .and_then(Value::as_bool)
-            .unwrap_or(self.value >= 1.0)
+        self.detail.get("correct").and_then(Value::as_bool).unwrap_or(self.value >= 1.0)
     }
 }
 
 /// `\boxed{}` of `content` vs `gold`.
 pub(crate) fn verify_math_content(content: &str, gold: &str) -> (f32, Value) {
     match math::last_boxed(content) {
-        None => (
-            0.0,
-            json!({"correct": false, "reason": "no \\boxed{} answer"}),
-        ),
+        None => (0.0, json!({"correct": false, "reason": "no \\boxed{} answer"})),
         Some(pred) => {
             let ok = math::equivalent(&pred, gold);
-            (
-                if ok { 1.0 } else { 0.0 },
-                json!({"correct": ok, "extracted": pred, "gold": gold}),
-            )
+            (if ok { 1.0 } else { 0.0 }, json!({"correct": ok, "extracted": pred, "gold": gold}))
         }
     }
 }
@@ -92,27 +80,20 @@ fn verify_code(verifier: &Value, content: &str) -> Reward {
     let prog = match tl::Program::parse(extract_code(content).trim(), &limits) {
         Ok(p) => p,
         Err(e) => {
-            return Reward {
-                value: 0.0,
-                detail: json!({"correct": false, "reason": format!("does not parse: {e}")}),
-            }
+            return Reward { value: 0.0, detail: json!({"correct": false, "reason": format!("does not parse: {e}")}) }
         }
     };
     let mut passed = 0;
     let mut first_failure = Value::Null;
     for t in tests {
-        let (Some(x), Some(want)) = (
-            t.get(0).and_then(Value::as_i64),
-            t.get(1).and_then(Value::as_i64),
-        ) else {
+        let (Some(x), Some(want)) = (t.get(0).and_then(Value::as_i64), t.get(1).and_then(Value::as_i64)) else {
             return Reward::zero("malformed test in verifier kwargs");
         };
         match prog.run(&[(input, x)], &limits) {
             Ok(tl::Value::Int(v)) if v == want => passed += 1,
             other => {
                 if first_failure.is_null() {
-                    first_failure =
-                        json!({"input": x, "expected": want, "got": format!("{other:?}")});
+                    first_failure = json!({"input": x, "expected": want, "got": format!("{other:?}")});
                 }
             }
         }
@@ -127,11 +108,7 @@ fn verify_code(verifier: &Value, content: &str) -> Reward {
 fn verify_python(verifier: &Value, content: &str) -> Reward {
     let tests = match verifier.get("tests") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"),
         _ => return Reward::zero("verifier has no `tests`"),
     };
     let mut limits = python::PyLimits::default();
@@ -149,10 +126,7 @@ fn verify_python(verifier: &Value, content: &str) -> Reward {
 }
 
 fn normalize_text(s: &str) -> String {
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
 /// Score a response to a task (the text generated after the prompt; for agent tasks the
@@ -167,26 +141,18 @@ pub fn score_with(verifier: &Value, answer: &str, response: &str, mode: Mode) ->
         return Reward::zero(format!("response too long ({} bytes)", response.len()));
     }
     // Defence in depth: a verifier bug must cost one sample its reward, not the run.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        score_inner(verifier, answer, response, mode)
-    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score_inner(verifier, answer, response, mode)));
     r.unwrap_or_else(|_| Reward::zero("verifier error"))
 }
 
 fn score_inner(verifier: &Value, answer: &str, response: &str, mode: Mode) -> Reward {
-    let kind = verifier
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("math");
+    let kind = verifier.get("kind").and_then(Value::as_str).unwrap_or("math");
     if kind == "agent" {
         let (value, detail) = agent::verify(verifier, answer, response, mode);
         return Reward { value, detail };
     }
     let reply = parse_reply(response, mode);
-    if mode.thinking()
-        && reply.errors.iter().any(|e| e.contains("reasoning"))
-        && reply.content.is_empty()
-    {
+    if mode.thinking() && reply.errors.iter().any(|e| e.contains("reasoning")) && reply.content.is_empty() {
         return Reward::zero("no final answer (truncated inside the reasoning)");
     }
     let content = reply.content.trim();
@@ -197,32 +163,20 @@ fn score_inner(verifier: &Value, answer: &str, response: &str, mode: Mode) -> Re
         }
         "code" => verify_code(verifier, content),
         "python" => verify_python(verifier, content),
-        "if" => {
-            match instruct::check_all(verifier.get("checks").unwrap_or(&Value::Null), content) {
-                Ok(res) => {
-                    let loose = verifier
-                        .get("loose")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    let ok = if loose {
-                        res.loose_all()
-                    } else {
-                        res.strict_all()
-                    };
-                    Reward {
-                        value: if ok { 1.0 } else { 0.0 },
-                        detail: json!({"correct": ok, "strict": res.strict, "loose": res.loose}),
-                    }
+        "if" => match instruct::check_all(verifier.get("checks").unwrap_or(&Value::Null), content) {
+            Ok(res) => {
+                let loose = verifier.get("loose").and_then(Value::as_bool).unwrap_or(false);
+                let ok = if loose { res.loose_all() } else { res.strict_all() };
+                Reward {
+                    value: if ok { 1.0 } else { 0.0 },
+                    detail: json!({"correct": ok, "strict": res.strict, "loose": res.loose}),
                 }
-                Err(e) => Reward::zero(format!("bad checks: {e}")),
             }
-        }
+            Err(e) => Reward::zero(format!("bad checks: {e}")),
+        },
         "exact" => {
             let ok = normalize_text(content) == normalize_text(answer);
-            Reward {
-                value: if ok { 1.0 } else { 0.0 },
-                detail: json!({"correct": ok}),
-            }
+            Reward { value: if ok { 1.0 } else { 0.0 }, detail: json!({"correct": ok}) }
         }
         other => Reward::zero(format!("unknown verifier kind `{other}`")),
     };
@@ -242,17 +196,9 @@ mod tests {
         for d in domains() {
             for t in sample(d.domain, Split::Train, 5, 20, None).unwrap() {
                 for mode in Mode::ALL {
-                    let text: String = t
-                        .reference_segments(mode)
-                        .into_iter()
-                        .map(|(s, _)| s)
-                        .collect();
+                    let text: String = t.reference_segments(mode).into_iter().map(|(s, _)| s).collect();
                     let r = score(&t, &text, mode);
-                    assert_eq!(
-                        r.value, 1.0,
-                        "{} {mode}: {text:?} → {}",
-                        t.prompt_id, r.detail
-                    );
+                    assert_eq!(r.value, 1.0, "{} {mode}: {text:?} → {}", t.prompt_id, r.detail);
                 }
             }
         }
@@ -261,28 +207,15 @@ mod tests {
     #[test]
     fn wrong_or_malformed_answers_score_zero() {
         let t = &sample("math.add", Split::Train, 1, 1, None).unwrap()[0];
-        assert_eq!(
-            score(t, "\\boxed{-1}<｜end▁of▁sentence｜>", Mode::NonThink).value,
-            0.0
-        );
+        assert_eq!(score(t, "\\boxed{-1}<｜end▁of▁sentence｜>", Mode::NonThink).value, 0.0);
         assert_eq!(score(t, "thinking forever", Mode::ThinkHigh).value, 0.0);
         let c = &sample("code.expr", Split::Train, 1, 1, None).unwrap()[0];
-        assert_eq!(
-            score(c, "while 1 { }<｜end▁of▁sentence｜>", Mode::NonThink).value,
-            0.0
-        );
+        assert_eq!(score(c, "while 1 { }<｜end▁of▁sentence｜>", Mode::NonThink).value, 0.0);
         let a = &sample("agent.lookup", Split::Train, 1, 1, None).unwrap()[0];
         let bad = "</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"rm\">\n</｜DSML｜invoke>\n</｜DSML｜tool_calls><｜end▁of▁sentence｜>";
         let r = score(a, bad, Mode::ThinkHigh);
         assert_eq!(r.value, 0.0);
-        assert!(
-            r.detail["reason"].as_str().unwrap().contains("malformed"),
-            "{}",
-            r.detail
-        );
-        assert_eq!(
-            score(a, &"x".repeat(MAX_RESPONSE_BYTES + 1), Mode::NonThink).value,
-            0.0
-        );
+        assert!(r.detail["reason"].as_str().unwrap().contains("malformed"), "{}", r.detail);
+        assert_eq!(score(a, &"x".repeat(MAX_RESPONSE_BYTES + 1), Mode::NonThink).value, 0.0);
     }
 }

@@ -114,11 +114,7 @@ fn parse_number(s: &str) -> Option<Val> {
                 let den = 10i128.checked_pow(b.len() as u32)?;
                 return rational(if neg { -num } else { num }, den);
             }
-            return s
-                .parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .map(Val::Float);
+            return s.parse::<f64>().ok().filter(|f| f.is_finite()).map(Val::Float);
         }
     }
     None
@@ -150,9 +146,7 @@ fn parse_fraction(s: &str) -> Option<Val> {
     };
     let (n, d) = (parse_number(&n)?, parse_number(&d)?);
     let v = match (n, d) {
-        (Val::Rational(a, b), Val::Rational(c, e)) => {
-            rational(a.checked_mul(e)?, b.checked_mul(c)?)?
-        }
+        (Val::Rational(a, b), Val::Rational(c, e)) => rational(a.checked_mul(e)?, b.checked_mul(c)?)?,
         _ => return None,
     };
     Some(if neg {
@@ -191,12 +185,7 @@ fn parse(s: &str, depth: usize) -> Val {
         return Val::Text(t);
     }
     if let Some(inner) = t.strip_prefix("\\{").and_then(|x| x.strip_suffix("\\}")) {
-        return Val::Set(
-            split_top(inner)
-                .iter()
-                .map(|p| parse(p, depth + 1))
-                .collect(),
-        );
+        return Val::Set(split_top(inner).iter().map(|p| parse(p, depth + 1)).collect());
     }
     if let Some(inner) = t.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
         let parts = split_top(inner);
@@ -238,9 +227,7 @@ fn equal(a: &Val, b: &Val) -> bool {
                 })
             }
         }
-        (Val::Tuple(x), Val::Tuple(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q))
-        }
+        (Val::Tuple(x), Val::Tuple(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q)),
         (Val::Text(x), Val::Text(y)) => x == y,
         _ => match (as_f64(a), as_f64(b)) {
             (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * y.abs().max(1.0),
@@ -263,18 +250,9 @@ mod tests {
 
     #[test]
     fn boxed_vectors_from_the_notes() {
-        assert_eq!(
-            last_boxed("so \\boxed{\\frac{1}{2}}.").as_deref(),
-            Some("\\frac{1}{2}")
-        );
-        assert_eq!(
-            last_boxed("\\boxed{\\sqrt{x^{2}}}").as_deref(),
-            Some("\\sqrt{x^{2}}")
-        );
-        assert_eq!(
-            last_boxed("\\boxed{1} then \\boxed{2}").as_deref(),
-            Some("2")
-        );
+        assert_eq!(last_boxed("so \\boxed{\\frac{1}{2}}.").as_deref(), Some("\\frac{1}{2}"));
+        assert_eq!(last_boxed("\\boxed{\\sqrt{x^{2}}}").as_deref(), Some("\\sqrt{x^{2}}"));
+        assert_eq!(last_boxed("\\boxed{1} then \\boxed{2}").as_deref(), Some("2"));
         assert_eq!(last_boxed("\\boxed{12"), None);
         assert_eq!(last_boxed("\\boxed 5$").as_deref(), Some("5"));
         assert_eq!(last_boxed("\\fbox{7}").as_deref(), Some("7"));

@@ -18,12 +18,7 @@ pub struct PyLimits {
 
 impl Default for PyLimits {
     fn default() -> Self {
-        PyLimits {
-            cpu_seconds: 5,
-            memory_bytes: 512 << 20,
-            wall: Duration::from_secs(10),
-            max_output: 64 * 1024,
-        }
+        PyLimits { cpu_seconds: 5, memory_bytes: 512 << 20, wall: Duration::from_secs(10), max_output: 64 * 1024 }
     }
 }
 
@@ -68,8 +63,7 @@ pub fn run_tests(code: &str, tests: &str, limits: &PyLimits) -> Result<PyOutcome
     }
     let dir = tempfile::tempdir().map_err(|e| format!("sandbox dir: {e}"))?;
     let script = dir.path().join("solution.py");
-    std::fs::write(&script, format!("{code}\n\n{tests}\n"))
-        .map_err(|e| format!("sandbox write: {e}"))?;
+    std::fs::write(&script, format!("{code}\n\n{tests}\n")).map_err(|e| format!("sandbox write: {e}"))?;
     let out_path = dir.path().join("stderr.txt");
     let err_file = std::fs::File::create(&out_path).map_err(|e| format!("sandbox: {e}"))?;
     let mut cmd = if isolate {
@@ -94,10 +88,7 @@ pub fn run_tests(code: &str, tests: &str, limits: &PyLimits) -> Result<PyOutcome
         cmd.pre_exec(move || {
             libc::setsid();
             let set = |res, v: u64| {
-                let r = libc::rlimit {
-                    rlim_cur: v as libc::rlim_t,
-                    rlim_max: v as libc::rlim_t,
-                };
+                let r = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
                 libc::setrlimit(res, &r);
             };
             set(libc::RLIMIT_CPU, lim.cpu_seconds);
@@ -107,9 +98,7 @@ pub fn run_tests(code: &str, tests: &str, limits: &PyLimits) -> Result<PyOutcome
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("could not start python3: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("could not start python3: {e}"))?;
     let pid = child.id() as i32;
     let start = Instant::now();
     let (status, timed_out) = loop {
@@ -132,14 +121,7 @@ pub fn run_tests(code: &str, tests: &str, limits: &PyLimits) -> Result<PyOutcome
     if let Ok(f) = std::fs::File::open(&out_path) {
         let _ = f.take(limits.max_output as u64).read_to_string(&mut stderr);
     }
-    let tail: String = stderr
-        .chars()
-        .rev()
-        .take(400)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail: String = stderr.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
     Ok(PyOutcome {
         passed: status.is_some_and(|s| s.success()),
         timed_out,

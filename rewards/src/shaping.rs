@@ -66,25 +66,10 @@ pub struct LengthShaping {
 impl Default for LengthShaping {
     fn default() -> Self {
         LengthShaping {
-            non_think: ModeShaping {
-                kimi_coef: 0.1,
-                overlong_coef: 1.0,
-                max_len: 96,
-                cache_len: 32,
-            },
-            think_high: ModeShaping {
-                kimi_coef: 0.1,
-                overlong_coef: 1.0,
-                max_len: 160,
-                cache_len: 48,
-            },
+            non_think: ModeShaping { kimi_coef: 0.1, overlong_coef: 1.0, max_len: 96, cache_len: 32 },
+            think_high: ModeShaping { kimi_coef: 0.1, overlong_coef: 1.0, max_len: 160, cache_len: 48 },
             // Think Max: reduced length penalty, larger budget.
-            think_max: ModeShaping {
-                kimi_coef: 0.02,
-                overlong_coef: 0.25,
-                max_len: 320,
-                cache_len: 96,
-            },
+            think_max: ModeShaping { kimi_coef: 0.02, overlong_coef: 0.25, max_len: 320, cache_len: 96 },
         }
     }
 }
@@ -99,13 +84,7 @@ impl LengthShaping {
     }
 
     /// Shaped rewards of one group (same prompt, same mode): task reward + weighted length terms.
-    pub fn apply(
-        &self,
-        mode: Mode,
-        rewards: &[f32],
-        lengths: &[usize],
-        correct: &[bool],
-    ) -> Vec<f32> {
+    pub fn apply(&self, mode: Mode, rewards: &[f32], lengths: &[usize], correct: &[bool]) -> Vec<f32> {
         let s = self.for_mode(mode);
         let kimi = kimi_length_rewards(lengths, correct);
         rewards
@@ -125,14 +104,8 @@ mod tests {
 
     #[test]
     fn vectors_from_the_notes() {
-        assert_eq!(
-            kimi_length_rewards(&[100, 200, 300], &[true, true, false]),
-            vec![0.5, 0.0, -0.5]
-        );
-        assert_eq!(
-            kimi_length_rewards(&[50, 50, 50], &[true, false, true]),
-            vec![0.0, 0.0, 0.0]
-        );
+        assert_eq!(kimi_length_rewards(&[100, 200, 300], &[true, true, false]), vec![0.5, 0.0, -0.5]);
+        assert_eq!(kimi_length_rewards(&[50, 50, 50], &[true, false, true]), vec![0.0, 0.0, 0.0]);
         assert_eq!(dapo_overlong(16000, 20480, 4096), 0.0);
         assert_eq!(dapo_overlong(18432, 20480, 4096), -0.5);
         assert_eq!(dapo_overlong(20480, 20480, 4096), -1.0);

@@ -30,12 +30,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_steps: 200_000,
-            max_cells: 100_000,
-            max_depth: 64,
-            max_source: 16 * 1024,
-        }
+        Limits { max_steps: 200_000, max_cells: 100_000, max_depth: 64, max_source: 16 * 1024 }
     }
 }
 
@@ -53,8 +48,8 @@ enum Tok {
 }
 
 const OPS: [&str; 23] = [
-    "==", "!=", "<=", ">=", "&&", "||", "<", ">", "+", "-", "*", "/", "%", "=", "(", ")", "{", "}",
-    "[", "]", ",", ";", "!",
+    "==", "!=", "<=", ">=", "&&", "||", "<", ">", "+", "-", "*", "/", "%", "=", "(", ")", "{", "}", "[", "]", ",", ";",
+    "!",
 ];
 
 fn lex(src: &str) -> Result<Vec<Tok>, String> {
@@ -78,12 +73,9 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             while i < b.len() && b[i].is_ascii_digit() {
                 i += 1;
             }
-            let v: i64 = src[start..i].parse().map_err(|_| {
-                format!(
-                    "integer literal too large: {}",
-                    &src[start..i.min(start + 24)]
-                )
-            })?;
+            let v: i64 = src[start..i]
+                .parse()
+                .map_err(|_| format!("integer literal too large: {}", &src[start..i.min(start + 24)]))?;
             out.push(Tok::Int(v));
             continue;
         }
@@ -253,13 +245,8 @@ impl Parser {
     }
 
     fn binary(&mut self, level: usize) -> Result<Expr, String> {
-        const LEVELS: [&[&str]; 5] = [
-            &["||"],
-            &["&&"],
-            &["==", "!=", "<", "<=", ">", ">="],
-            &["+", "-"],
-            &["*", "/", "%"],
-        ];
+        const LEVELS: [&[&str]; 5] =
+            [&["||"], &["&&"], &["==", "!=", "<", "<=", ">", ">="], &["+", "-"], &["*", "/", "%"]];
         if level == LEVELS.len() {
             return self.unary();
         }
@@ -361,23 +348,13 @@ impl Program {
             return Err(format!("program too long ({} bytes)", src.len()));
         }
         let toks = lex(src)?;
-        let mut p = Parser {
-            toks,
-            pos: 0,
-            depth: 0,
-            max_depth: limits.max_depth,
-        };
+        let mut p = Parser { toks, pos: 0, depth: 0, max_depth: limits.max_depth };
         Ok(Program { body: p.program()? })
     }
 
     /// Run with `inputs` bound; the result of the first `return` reached.
     pub fn run(&self, inputs: &[(&str, i64)], limits: &Limits) -> Result<Value, String> {
-        let mut m = Machine {
-            vars: HashMap::new(),
-            steps: 0,
-            limits: *limits,
-            cells: 0,
-        };
+        let mut m = Machine { vars: HashMap::new(), steps: 0, limits: *limits, cells: 0 };
         for (k, v) in inputs {
             m.vars.insert(k.to_string(), Value::Int(*v));
         }
@@ -428,10 +405,7 @@ impl Machine {
                     };
                     self.cells = self.cells + new_cells - old_cells;
                     if self.cells > self.limits.max_cells {
-                        return Err(format!(
-                            "memory limit of {} list cells exceeded",
-                            self.limits.max_cells
-                        ));
+                        return Err(format!("memory limit of {} list cells exceeded", self.limits.max_cells));
                     }
                     self.vars.insert(name.clone(), v);
                 }
@@ -466,11 +440,7 @@ impl Machine {
         let d = depth + 1;
         Ok(match e {
             Expr::Int(v) => Value::Int(*v),
-            Expr::Var(n) => self
-                .vars
-                .get(n)
-                .cloned()
-                .ok_or_else(|| format!("unknown variable `{n}`"))?,
+            Expr::Var(n) => self.vars.get(n).cloned().ok_or_else(|| format!("unknown variable `{n}`"))?,
             Expr::Neg(a) => Value::Int(int(self.eval(a, d)?)?.checked_neg().ok_or("overflow")?),
             Expr::Not(a) => Value::Int((int(self.eval(a, d)?)? == 0) as i64),
             Expr::Bin(op, a, b) => {
@@ -529,10 +499,7 @@ impl Machine {
             if args.len() == n {
                 Ok(())
             } else {
-                Err(format!(
-                    "`{name}` takes {n} argument(s), got {}",
-                    args.len()
-                ))
+                Err(format!("`{name}` takes {n} argument(s), got {}", args.len()))
             }
         };
         Ok(match name {
@@ -547,20 +514,12 @@ impl Machine {
                         Value::List(l) => vals.extend(l),
                     }
                 }
-                let r = if name == "min" {
-                    vals.iter().min()
-                } else {
-                    vals.iter().max()
-                };
+                let r = if name == "min" { vals.iter().min() } else { vals.iter().max() };
                 Value::Int(*r.ok_or_else(|| format!("`{name}` of an empty list"))?)
             }
             "abs" => {
                 arity(1)?;
-                Value::Int(
-                    int(self.eval(&args[0], d)?)?
-                        .checked_abs()
-                        .ok_or("overflow")?,
-                )
+                Value::Int(int(self.eval(&args[0], d)?)?.checked_abs().ok_or("overflow")?)
             }
             "len" => {
                 arity(1)?;
@@ -577,10 +536,7 @@ impl Machine {
                 let v = int(self.eval(&args[1], d)?)?;
                 self.cells += 1;
                 if self.cells > self.limits.max_cells {
-                    return Err(format!(
-                        "memory limit of {} list cells exceeded",
-                        self.limits.max_cells
-                    ));
+                    return Err(format!("memory limit of {} list cells exceeded", self.limits.max_cells));
                 }
                 match self.vars.get_mut(var) {
                     Some(Value::List(l)) => {
@@ -615,62 +571,30 @@ mod tests {
         assert_eq!(run("return (x+3)*2", 4), Ok(Value::Int(14)));
         assert_eq!(run("return max(x, 7)", 3), Ok(Value::Int(7)));
         assert_eq!(run("if x < 0 { return 5 } return x", -2), Ok(Value::Int(5)));
+        assert_eq!(run("s = 0 i = 1 while i <= x { s = s + i i = i + 1 } return s", 10), Ok(Value::Int(55)));
         assert_eq!(
-            run(
-                "s = 0 i = 1 while i <= x { s = s + i i = i + 1 } return s",
-                10
-            ),
-            Ok(Value::Int(55))
-        );
-        assert_eq!(
-            run(
-                "c = 0 i = 1 while i <= x { if i % 3 == 0 { c = c + 1 } i = i + 1 } return c",
-                10
-            ),
+            run("c = 0 i = 1 while i <= x { if i % 3 == 0 { c = c + 1 } i = i + 1 } return c", 10),
             Ok(Value::Int(3))
         );
         assert_eq!(
-            run(
-                "l = [] i = 0 while i < x { push(l, i*i) i = i + 1 } return l[x-1] + len(l)",
-                4
-            ),
+            run("l = [] i = 0 while i < x { push(l, i*i) i = i + 1 } return l[x-1] + len(l)", 4),
             Ok(Value::Int(13))
         );
-        assert_eq!(
-            run(
-                "if x > 1 { return 1 } else if x > 0 { return 2 } else { return 3 }",
-                1
-            ),
-            Ok(Value::Int(2))
-        );
+        assert_eq!(run("if x > 1 { return 1 } else if x > 0 { return 2 } else { return 3 }", 1), Ok(Value::Int(2)));
     }
 
     #[test]
     fn limits_and_errors_are_clean() {
         assert!(run("while 1 { }", 0).unwrap_err().contains("step limit"));
-        assert!(run("l = [] while 1 { push(l, 1) }", 0)
-            .unwrap_err()
-            .contains("limit"));
+        assert!(run("l = [] while 1 { push(l, 1) }", 0).unwrap_err().contains("limit"));
         assert!(run("return 1/0", 0).unwrap_err().contains("division"));
-        assert!(run("return 9223372036854775807 + 1", 0)
-            .unwrap_err()
-            .contains("overflow"));
-        assert!(run("return 99999999999999999999", 0)
-            .unwrap_err()
-            .contains("too large"));
-        assert!(run(
-            &format!("return {}1{}", "(".repeat(5000), ")".repeat(5000)),
-            0
-        )
-        .is_err());
+        assert!(run("return 9223372036854775807 + 1", 0).unwrap_err().contains("overflow"));
+        assert!(run("return 99999999999999999999", 0).unwrap_err().contains("too large"));
+        assert!(run(&format!("return {}1{}", "(".repeat(5000), ")".repeat(5000)), 0).is_err());
         assert!(run(&"-".repeat(100_000), 0).is_err());
         assert!(run("x = 1", 0).unwrap_err().contains("without `return`"));
         assert!(run("return y", 0).unwrap_err().contains("unknown variable"));
-        assert!(run("return @", 0)
-            .unwrap_err()
-            .contains("unexpected character"));
-        assert!(run("return [1,2][5]", 0)
-            .unwrap_err()
-            .contains("out of range"));
+        assert!(run("return @", 0).unwrap_err().contains("unexpected character"));
+        assert!(run("return [1,2][5]", 0).unwrap_err().contains("out of range"));
     }
 }

@@ -9,10 +9,8 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn tasks() -> Vec<datasets::Task> {
-    let mut v: Vec<_> = domains()
-        .iter()
-        .map(|d| sample(d.domain, Split::Eval, 9, 1, None).unwrap().remove(0))
-        .collect();
+    let mut v: Vec<_> =
+        domains().iter().map(|d| sample(d.domain, Split::Eval, 9, 1, None).unwrap().remove(0)).collect();
     // a python task too (runs only when python3 exists; otherwise reward 0 with a reason)
     let mut p = v[0].clone();
     p.verifier = json!({"kind": "python", "tests": "assert f(2) == 4", "timeout_s": 2});
@@ -25,18 +23,8 @@ fn check(resp: &str) {
         for mode in Mode::ALL {
             let start = Instant::now();
             let r = score(&t, resp, mode);
-            assert!(
-                r.value == 0.0 || r.value == 1.0,
-                "{}: value {}",
-                t.domain,
-                r.value
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "{}: took {:?}",
-                t.domain,
-                start.elapsed()
-            );
+            assert!(r.value == 0.0 || r.value == 1.0, "{}: value {}", t.domain, r.value);
+            assert!(start.elapsed() < Duration::from_secs(5), "{}: took {:?}", t.domain, start.elapsed());
         }
     }
 }
@@ -94,49 +82,27 @@ fn huge_and_deeply_nested_inputs() {
 
 #[test]
 fn python_sandbox_limits() {
-    if !std::process::Command::new("python3")
-        .arg("-c")
-        .arg("pass")
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !std::process::Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success()) {
         // Without python3 the verifier must say so, not score.
-        let r = score_with(
-            &json!({"kind": "python", "tests": "assert True"}),
-            "",
-            "x",
-            Mode::NonThink,
-        );
+        let r = score_with(&json!({"kind": "python", "tests": "assert True"}), "", "x", Mode::NonThink);
         assert!(r.detail["reason"].as_str().unwrap().contains("python3"));
         return;
     }
-    let lim = python::PyLimits {
-        wall: Duration::from_secs(3),
-        cpu_seconds: 2,
-        ..Default::default()
-    };
+    let lim = python::PyLimits { wall: Duration::from_secs(3), cpu_seconds: 2, ..Default::default() };
     let ok = python::run_tests("def f(x):\n    return x * 2", "assert f(2) == 4", &lim).unwrap();
     assert!(ok.passed, "{ok:?}");
     let bad = python::run_tests("def f(x):\n    return x + 1", "assert f(2) == 4", &lim).unwrap();
     assert!(!bad.passed && bad.stderr_tail.contains("AssertionError"));
     let start = Instant::now();
     let spin = python::run_tests("while True:\n    pass", "", &lim).unwrap();
-    assert!(
-        !spin.passed && start.elapsed() < Duration::from_secs(6),
-        "{spin:?} {:?}",
-        start.elapsed()
-    );
+    assert!(!spin.passed && start.elapsed() < Duration::from_secs(6), "{spin:?} {:?}", start.elapsed());
     let sleeper = python::run_tests("import time\ntime.sleep(60)", "", &lim).unwrap();
     assert!(sleeper.timed_out, "wall clock kill: {sleeper:?}");
     let hog = python::run_tests("x = bytearray(2 * 1024 * 1024 * 1024)", "", &lim).unwrap();
     assert!(!hog.passed, "memory limit: {hog:?}");
     // The sandbox has no network: loopback (where Redis listens on this machine) is unreachable.
-    let net = python::run_tests(
-        "import socket\nsocket.create_connection(('127.0.0.1', 6379), timeout=1)",
-        "",
-        &lim,
-    )
-    .unwrap();
+    let net =
+        python::run_tests("import socket\nsocket.create_connection(('127.0.0.1', 6379), timeout=1)", "", &lim).unwrap();
     assert!(!net.passed, "network must be unreachable: {net:?}");
     // reward path
     let r = score_with(

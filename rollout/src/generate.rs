@@ -77,10 +77,7 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions {
-            max_batch: 32,
-            record_routing: true,
-        }
+        GenOptions { max_batch: 32, record_routing: true }
     }
 }
 
@@ -130,13 +127,9 @@ pub fn generate(
     progress: &dyn Progress,
 ) -> model::Result<(Vec<Vec<GenSample>>, GenStats)> {
     for (i, r) in reqs.iter().enumerate() {
-        r.params
-            .validate()
-            .map_err(|e| model::ModelError::Input(format!("request {i}: {e}")))?;
+        r.params.validate().map_err(|e| model::ModelError::Input(format!("request {i}: {e}")))?;
         if r.prompt_tokens.is_empty() {
-            return Err(model::ModelError::Input(format!(
-                "request {i}: empty prompt"
-            )));
+            return Err(model::ModelError::Input(format!("request {i}: empty prompt")));
         }
     }
     let cfg = &engine.config;
@@ -150,8 +143,7 @@ pub fn generate(
     let mut seqs: Vec<Seq> = Vec::new();
     let mut states: Vec<DecodeState> = Vec::new();
     // (request, sample index) not started yet, filled as slots free up
-    let mut waiting: VecDeque<(usize, usize, DecodeState, Vec<f32>, Option<Vec<u16>>)> =
-        VecDeque::new();
+    let mut waiting: VecDeque<(usize, usize, DecodeState, Vec<f32>, Option<Vec<u16>>)> = VecDeque::new();
     let max_batch = opts.max_batch.max(1);
     loop {
         // Fill free slots: prefill new prompts (several in one forward call) when no prefilled
@@ -168,28 +160,14 @@ pub fn generate(
                     gen_mask: vec![1],
                     routing: None,
                     prompt_routing,
-                    sample_mask: if truncating {
-                        Some(vec![s.kept.unwrap_or_default()])
-                    } else {
-                        None
-                    },
+                    sample_mask: if truncating { Some(vec![s.kept.unwrap_or_default()]) } else { None },
                     finish: Finish::Length,
                     text: String::new(),
                     turns: 1,
                 };
                 stats.generated_tokens += 1;
                 let prompt_len = st.pos;
-                seqs.push(Seq {
-                    req,
-                    g,
-                    prompt_len,
-                    out,
-                    rng,
-                    turn_start: 0,
-                    next: s.token,
-                    done: None,
-                    truncating,
-                });
+                seqs.push(Seq { req, g, prompt_len, out, rng, turn_start: 0, next: s.token, done: None, truncating });
                 states.push(st);
                 continue;
             }
@@ -210,23 +188,12 @@ pub fn generate(
             }
             let mut pstates: Vec<DecodeState> = batch_reqs
                 .iter()
-                .map(|_| {
-                    if opts.record_routing {
-                        engine.new_state().recording()
-                    } else {
-                        engine.new_state()
-                    }
-                })
+                .map(|_| if opts.record_routing { engine.new_state().recording() } else { engine.new_state() })
                 .collect();
             let rows: Vec<Row> = batch_reqs
                 .iter()
                 .enumerate()
-                .flat_map(|(si, &r)| {
-                    reqs[r]
-                        .prompt_tokens
-                        .iter()
-                        .map(move |&t| Row { seq: si, token: t })
-                })
+                .flat_map(|(si, &r)| reqs[r].prompt_tokens.iter().map(move |&t| Row { seq: si, token: t }))
                 .collect();
             let out = engine.forward(&mut pstates, &rows, Want::LastLogits)?;
             for (si, &r) in batch_reqs.iter().enumerate() {
@@ -234,13 +201,7 @@ pub fn generate(
                 stats.prompt_tokens += reqs[r].prompt_tokens.len();
                 let prompt_routing = routes_u16(st, 0, st.pos, width);
                 for g in 0..reqs[r].n {
-                    waiting.push_back((
-                        r,
-                        g,
-                        st.clone(),
-                        out.row(si).to_vec(),
-                        prompt_routing.clone(),
-                    ));
+                    waiting.push_back((r, g, st.clone(), out.row(si).to_vec(), prompt_routing.clone()));
                 }
             }
         }
@@ -263,18 +224,13 @@ pub fn generate(
                                 // Feed the EOS and the inserted text, sample the next token.
                                 let mut rows: Vec<Row> = vec![Row { seq: 0, token: eos }];
                                 rows.extend(ins_tokens.iter().map(|&t| Row { seq: 0, token: t }));
-                                let mut one =
-                                    [std::mem::replace(&mut states[i], DecodeState::new(cfg))];
+                                let mut one = [std::mem::replace(&mut states[i], DecodeState::new(cfg))];
                                 let o = engine.forward(&mut one, &rows, Want::LastLogits)?;
                                 let [st] = one;
                                 states[i] = st;
                                 s.out.tokens.extend(&ins_tokens);
-                                s.out
-                                    .logprobs
-                                    .extend(std::iter::repeat_n(0.0, ins_tokens.len()));
-                                s.out
-                                    .gen_mask
-                                    .extend(std::iter::repeat_n(0, ins_tokens.len()));
+                                s.out.logprobs.extend(std::iter::repeat_n(0.0, ins_tokens.len()));
+                                s.out.gen_mask.extend(std::iter::repeat_n(0, ins_tokens.len()));
                                 if let Some(m) = s.out.sample_mask.as_mut() {
                                     m.extend(std::iter::repeat_n(Vec::new(), ins_tokens.len()));
                                 }
@@ -314,8 +270,7 @@ pub fn generate(
                 stats.max_state_bytes = stats.max_state_bytes.max(st.bytes().total());
                 s.out.finish = f;
                 s.out.text = tok.decode(&s.out.tokens);
-                s.out.routing =
-                    routes_u16(&st, s.prompt_len, s.prompt_len + s.out.tokens.len(), width);
+                s.out.routing = routes_u16(&st, s.prompt_len, s.prompt_len + s.out.tokens.len(), width);
                 results[s.req][s.g] = Some(s.out);
                 progress.advance(1);
             } else {
@@ -326,14 +281,7 @@ pub fn generate(
             continue;
         }
         // One decode step for every live sequence.
-        let rows: Vec<Row> = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Row {
-                seq: i,
-                token: s.next,
-            })
-            .collect();
+        let rows: Vec<Row> = seqs.iter().enumerate().map(|(i, s)| Row { seq: i, token: s.next }).collect();
         let out = engine.forward(&mut states, &rows, Want::LastLogits)?;
         stats.decode_steps += 1;
         for (i, s) in seqs.iter_mut().enumerate() {
@@ -346,9 +294,9 @@ pub fn generate(
     let mut done = Vec::with_capacity(results.len());
     for v in results {
         done.push(
-            v.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-                model::ModelError::Input("internal: a sample did not finish".into())
-            })?,
+            v.into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| model::ModelError::Input("internal: a sample did not finish".into()))?,
         );
     }
     Ok((done, stats))

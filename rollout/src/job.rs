@@ -38,10 +38,7 @@ pub struct RolloutJob {
 
 impl RolloutJob {
     fn budget(&self, m: Mode) -> usize {
-        self.max_tokens
-            .iter()
-            .find(|(mm, _)| *mm == m)
-            .map_or(self.params.max_tokens, |(_, t)| *t)
+        self.max_tokens.iter().find(|(mm, _)| *mm == m).map_or(self.params.max_tokens, |(_, t)| *t)
     }
 }
 
@@ -75,10 +72,7 @@ pub fn run_job(
         .map(|(i, (t, &m))| GenRequest {
             prompt_tokens: tok.encode(&t.prompt_text(m)),
             n: job.n,
-            params: SamplingParams {
-                max_tokens: job.budget(m),
-                ..job.params.clone()
-            },
+            params: SamplingParams { max_tokens: job.budget(m), ..job.params.clone() },
             mode: m,
             env: (t.verifier.get("kind").and_then(|k| k.as_str()) == Some("agent"))
                 .then(|| AgentEnv::from_verifier(&t.verifier)),
@@ -87,10 +81,8 @@ pub fn run_job(
         .collect();
     let (samples, stats) = generate(engine, tok, &reqs, opts, progress)?;
     let width = (engine.config.n_layers * engine.config.n_activated_experts) as u32;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let mut out = Vec::new();
     for (i, group) in samples.into_iter().enumerate() {
         let (t, m) = (&job.tasks[i], job.modes[i]);

@@ -10,10 +10,12 @@
 //! The packed-FP4 matrix kernels live in `model::kernels` because the decode engine they
 //! serve lives in `model` (incremental decode is part of the model crate's contract).
 
+pub mod eval;
 pub mod generate;
 pub mod job;
 pub mod sampling;
 
+pub use eval::{evaluate, EvalReport};
 pub use generate::{generate, Finish, GenOptions, GenRequest, GenSample, GenStats};
 pub use job::{run_job, traj_id, RolloutJob};
 pub use sampling::SamplingParams;

@@ -25,23 +25,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            max_tokens: 128,
-            stop: vec![],
-        }
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_tokens: 128, stop: vec![] }
     }
 }
 
 impl SamplingParams {
     pub fn greedy(max_tokens: usize) -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            max_tokens,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, max_tokens, ..Default::default() }
     }
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
@@ -84,19 +74,9 @@ pub fn sample(z: &[f32], p: &SamplingParams, rng: &mut Pcg) -> Sampled {
         let tok = z
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 {
-                    (i, v)
-                } else {
-                    best
-                }
-            })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
             .0;
-        return Sampled {
-            token: tok as u32,
-            logprob: lp[tok],
-            kept: None,
-        };
+        return Sampled { token: tok as u32, logprob: lp[tok], kept: None };
     }
     let mut order: Vec<usize> = (0..z.len()).collect();
     let kept: Vec<usize> = if p.truncates() {
@@ -136,11 +116,7 @@ pub fn sample(z: &[f32], p: &SamplingParams, rng: &mut Pcg) -> Sampled {
         v.sort_unstable();
         v
     });
-    Sampled {
-        token: tok as u32,
-        logprob: lp[tok],
-        kept: kept_ids,
-    }
+    Sampled { token: tok as u32, logprob: lp[tok], kept: kept_ids }
 }
 
 #[cfg(test)]
@@ -152,10 +128,7 @@ mod tests {
         let z = [0.0f32, 3.0, 1.0, 2.5];
         let g = sample(&z, &SamplingParams::greedy(4), &mut Pcg::new(1));
         assert_eq!(g.token, 1);
-        let p = SamplingParams {
-            top_k: 2,
-            ..Default::default()
-        };
+        let p = SamplingParams { top_k: 2, ..Default::default() };
         let mut rng = Pcg::new(7);
         for _ in 0..200 {
             let s = sample(&z, &p, &mut rng);
@@ -163,10 +136,7 @@ mod tests {
             assert_eq!(s.kept.as_deref(), Some(&[1u32, 3][..]));
             assert!((s.logprob - log_softmax(&z, 1.0)[s.token as usize]).abs() < 1e-6);
         }
-        let pp = SamplingParams {
-            top_p: 0.5,
-            ..Default::default()
-        };
+        let pp = SamplingParams { top_p: 0.5, ..Default::default() };
         assert_eq!(sample(&z, &pp, &mut rng).kept.as_deref(), Some(&[1u32][..]));
     }
 
@@ -174,12 +144,8 @@ mod tests {
     fn same_seed_same_samples_and_frequencies_follow_probabilities() {
         let z = [0.0f32, 1.0, 2.0];
         let p = SamplingParams::default();
-        let a: Vec<u32> = (0..50)
-            .scan(Pcg::new(3), |r, _| Some(sample(&z, &p, r).token))
-            .collect();
-        let b: Vec<u32> = (0..50)
-            .scan(Pcg::new(3), |r, _| Some(sample(&z, &p, r).token))
-            .collect();
+        let a: Vec<u32> = (0..50).scan(Pcg::new(3), |r, _| Some(sample(&z, &p, r).token)).collect();
+        let b: Vec<u32> = (0..50).scan(Pcg::new(3), |r, _| Some(sample(&z, &p, r).token)).collect();
         assert_eq!(a, b);
         let mut counts = [0usize; 3];
         let mut r = Pcg::new(9);
@@ -188,10 +154,7 @@ mod tests {
         }
         let probs: Vec<f32> = log_softmax(&z, 1.0).iter().map(|l| l.exp()).collect();
         for i in 0..3 {
-            assert!(
-                (counts[i] as f32 / 20000.0 - probs[i]).abs() < 0.015,
-                "{counts:?}"
-            );
+            assert!((counts[i] as f32 / 20000.0 - probs[i]).abs() < 0.015, "{counts:?}");
         }
     }
 }

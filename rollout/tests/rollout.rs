@@ -20,10 +20,7 @@ fn requests(n_prompts: usize, n: usize, max_tokens: usize) -> Vec<GenRequest> {
         .map(|(i, t)| GenRequest {
             prompt_tokens: tok.encode(&t.prompt_text(Mode::ThinkHigh)),
             n,
-            params: SamplingParams {
-                max_tokens,
-                ..Default::default()
-            },
+            params: SamplingParams { max_tokens, ..Default::default() },
             mode: Mode::ThinkHigh,
             env: None,
             seed: 100 + i as u64,
@@ -40,32 +37,17 @@ fn engine(cfg: &Config, seed: u64) -> (Engine, ModelWeights) {
 fn reproducible_and_batch_invariant() {
     let (e, _) = engine(&Config::tiny(), 1);
     let reqs = requests(3, 3, 20);
-    let opts8 = GenOptions {
-        max_batch: 8,
-        record_routing: true,
-    };
+    let opts8 = GenOptions { max_batch: 8, record_routing: true };
     let (a, stats) = generate(&e, &ByteTokenizer, &reqs, &opts8, &NoProgress).unwrap();
     let (b, _) = generate(&e, &ByteTokenizer, &reqs, &opts8, &NoProgress).unwrap();
     assert_eq!(a, b, "same seeds, same samples");
-    let (c, _) = generate(
-        &e,
-        &ByteTokenizer,
-        &reqs,
-        &GenOptions {
-            max_batch: 1,
-            record_routing: true,
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let (c, _) =
+        generate(&e, &ByteTokenizer, &reqs, &GenOptions { max_batch: 1, record_routing: true }, &NoProgress).unwrap();
     // Batching several prompts into one prefill changes GEMM blocking (last-ulp differences in
     // logits) but not what a sequence samples.
     for (ga, gc) in a.iter().zip(&c) {
         for (sa, sc) in ga.iter().zip(gc) {
-            assert_eq!(
-                sa.tokens, sc.tokens,
-                "continuous batching does not change what a sequence samples"
-            );
+            assert_eq!(sa.tokens, sc.tokens, "continuous batching does not change what a sequence samples");
             assert_eq!(sa.routing, sc.routing);
             for (x, y) in sa.logprobs.iter().zip(&sc.logprobs) {
                 assert!((x - y).abs() < 1e-5);
@@ -75,9 +57,7 @@ fn reproducible_and_batch_invariant() {
     assert_eq!(a.len(), 3);
     for group in &a {
         assert_eq!(group.len(), 3);
-        assert!(group
-            .iter()
-            .all(|s| !s.tokens.is_empty() && s.tokens.len() <= 20));
+        assert!(group.iter().all(|s| !s.tokens.is_empty() && s.tokens.len() <= 20));
         // samples of a group share the prompt prefill but draw different tokens
         assert!(group.iter().any(|s| s.tokens != group[0].tokens));
         for s in group {
@@ -102,27 +82,13 @@ fn reproducible_and_batch_invariant() {
 fn stop_strings_max_tokens_and_bad_requests() {
     let (e, _) = engine(&Config::tiny(), 2);
     let mut reqs = requests(1, 4, 7);
-    let (a, _) = generate(
-        &e,
-        &ByteTokenizer,
-        &reqs,
-        &GenOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let (a, _) = generate(&e, &ByteTokenizer, &reqs, &GenOptions::default(), &NoProgress).unwrap();
     assert!(a[0].iter().all(|s| s.tokens.len() <= 7));
     assert!(a[0].iter().any(|s| s.finish == rollout::Finish::Length));
     // every single-byte stop string ends the sample as soon as it appears
     reqs[0].params.stop = (b' '..=b'~').map(|c| (c as char).to_string()).collect();
     reqs[0].params.max_tokens = 64;
-    let (b, _) = generate(
-        &e,
-        &ByteTokenizer,
-        &reqs,
-        &GenOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    let (b, _) = generate(&e, &ByteTokenizer, &reqs, &GenOptions::default(), &NoProgress).unwrap();
     for s in &b[0] {
         if s.finish == rollout::Finish::Stop {
             let last = s.text.chars().last().unwrap();
@@ -131,24 +97,10 @@ fn stop_strings_max_tokens_and_bad_requests() {
     }
     let mut bad = requests(1, 1, 5);
     bad[0].params.top_p = 0.0;
-    assert!(generate(
-        &e,
-        &ByteTokenizer,
-        &bad,
-        &GenOptions::default(),
-        &NoProgress
-    )
-    .is_err());
+    assert!(generate(&e, &ByteTokenizer, &bad, &GenOptions::default(), &NoProgress).is_err());
     bad[0].params.top_p = 1.0;
     bad[0].prompt_tokens.clear();
-    assert!(generate(
-        &e,
-        &ByteTokenizer,
-        &bad,
-        &GenOptions::default(),
-        &NoProgress
-    )
-    .is_err());
+    assert!(generate(&e, &ByteTokenizer, &bad, &GenOptions::default(), &NoProgress).is_err());
 }
 
 /// Recompute each sampled token's log-probability with the training forward.
@@ -158,48 +110,24 @@ fn parity(cfg: &Config, seed: u64) -> f64 {
     for r in reqs.iter_mut() {
         r.params.top_k = 0;
     }
-    let (samples, _) = generate(
-        &e,
-        &ByteTokenizer,
-        &reqs,
-        &GenOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    let m = TrainModel::from_weights(
-        &w,
-        DType::F32,
-        TrainOptions {
-            qat_experts: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (samples, _) = generate(&e, &ByteTokenizer, &reqs, &GenOptions::default(), &NoProgress).unwrap();
+    let m = TrainModel::from_weights(&w, DType::F32, TrainOptions { qat_experts: true, ..Default::default() }).unwrap();
     let width = cfg.n_layers * cfg.n_activated_experts;
     let mut batch = Vec::new();
     let mut refs = Vec::new();
     for (r, group) in reqs.iter().zip(&samples) {
         for s in group {
             let mut d = Decisions::default();
-            let routes = s
-                .prompt_routing
-                .iter()
-                .flatten()
-                .chain(s.routing.iter().flatten())
-                .copied()
-                .collect::<Vec<u16>>();
+            let routes =
+                s.prompt_routing.iter().flatten().chain(s.routing.iter().flatten()).copied().collect::<Vec<u16>>();
             for (pos, chunk) in routes.chunks(width).enumerate() {
                 if chunk.iter().all(|&x| x != u16::MAX) {
-                    d.routes
-                        .insert(pos, chunk.iter().map(|&x| x as u32).collect());
+                    d.routes.insert(pos, chunk.iter().map(|&x| x as u32).collect());
                 }
             }
             let mut toks = r.prompt_tokens.clone();
             toks.extend(&s.tokens);
-            batch.push(SeqInput {
-                tokens: toks,
-                forced: Some(Arc::new(d)),
-            });
+            batch.push(SeqInput { tokens: toks, forced: Some(Arc::new(d)) });
             refs.push((r.prompt_tokens.len(), s.clone()));
         }
     }
@@ -210,13 +138,7 @@ fn parity(cfg: &Config, seed: u64) -> f64 {
     for (bi, (p, s)) in refs.iter().enumerate() {
         let rows = lp.get(bi).unwrap();
         for (j, (&t, &l)) in s.tokens.iter().zip(&s.logprobs).enumerate() {
-            let got: f32 = rows
-                .get(p - 1 + j)
-                .unwrap()
-                .get(t as usize)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let got: f32 = rows.get(p - 1 + j).unwrap().get(t as usize).unwrap().to_scalar().unwrap();
             total += (got - l).abs() as f64;
             n += 1;
         }

@@ -17,20 +17,14 @@ pub enum TrainError {
     #[error("{0}")]
     Input(String),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
 }
 
 impl TrainError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        TrainError::Io { path: path.to_path_buf(), source }
     }
 }
 

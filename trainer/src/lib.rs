@@ -4,9 +4,11 @@
 //! * [`optim`]: Muon (V4 hybrid Newton–Schulz) and AdamW, parameter groups by name;
 //! * [`losses`]: fused log-prob gather (Keep Sampling Mask), SFT and GRPO-family losses;
 //! * [`session`]: model + optimizer + counters, checkpoints that resume bit-identically;
-//! * [`sft`]: supervised fine-tuning / pre-training on the suite's reference solutions.
+//! * [`sft`]: supervised fine-tuning / pre-training on the suite's reference solutions;
+//! * [`grpo`]: GRPO / DAPO / Dr. GRPO / V3.2 variants with pluggable rollouts.
 
 pub mod error;
+pub mod grpo;
 pub mod losses;
 pub mod optim;
 pub mod session;

@@ -16,16 +16,9 @@ struct LogProbGather {
 impl LogProbGather {
     fn row_stats(&self, z: &[f32], r: usize) -> (f32, f32) {
         // (max, log-sum-exp) over the row's support, of z / τ
-        let kept = self
-            .masks
-            .as_ref()
-            .and_then(|m| m.get(r).and_then(|x| x.as_ref()));
+        let kept = self.masks.as_ref().and_then(|m| m.get(r).and_then(|x| x.as_ref()));
         let it: Box<dyn Iterator<Item = f32>> = match kept {
-            Some(k) => Box::new(
-                k.iter()
-                    .filter_map(|&i| z.get(i as usize))
-                    .map(|v| v / self.tau),
-            ),
+            Some(k) => Box::new(k.iter().filter_map(|&i| z.get(i as usize)).map(|v| v / self.tau)),
             None => Box::new(z.iter().map(|v| v / self.tau)),
         };
         let vals: Vec<f32> = it.collect();
@@ -49,8 +42,7 @@ impl CustomOp2 for LogProbGather {
         let (CpuStorage::F32(z), CpuStorage::U32(t)) = (s1, s2) else {
             bail!("logprob-gather: expects f32 logits and u32 targets")
         };
-        let (Some((z0, z1)), Some((t0, t1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
+        let (Some((z0, z1)), Some((t0, t1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
             bail!("logprob-gather: contiguous inputs")
         };
         let (z, t) = (&z[z0..z1], &t[t0..t1]);
@@ -58,10 +50,7 @@ impl CustomOp2 for LogProbGather {
         let v = *dims.last().unwrap_or(&1);
         let n = t.len();
         if z.len() != n * v {
-            bail!(
-                "logprob-gather: {} logits for {n} targets of vocab {v}",
-                z.len()
-            );
+            bail!("logprob-gather: {} logits for {n} targets of vocab {v}", z.len());
         }
         let mut out = Vec::with_capacity(n);
         for r in 0..n {
@@ -94,11 +83,7 @@ impl CustomOp2 for LogProbGather {
             let (_, lse) = self.row_stats(row, r);
             let g = gv[r] / self.tau;
             let o = &mut out[r * v..(r + 1) * v];
-            match self
-                .masks
-                .as_ref()
-                .and_then(|m| m.get(r).and_then(|x| x.as_ref()))
-            {
+            match self.masks.as_ref().and_then(|m| m.get(r).and_then(|x| x.as_ref())) {
                 Some(k) => {
                     for &i in k {
                         if let Some(x) = o.get_mut(i as usize) {
@@ -128,16 +113,10 @@ pub fn token_logprobs(
 ) -> Result<Tensor> {
     let n = targets.len();
     if logits.dim(0)? != n {
-        return Err(TrainError::Shape(format!(
-            "{} logit rows for {n} targets",
-            logits.dim(0)?
-        )));
+        return Err(TrainError::Shape(format!("{} logit rows for {n} targets", logits.dim(0)?)));
     }
     let t = Tensor::from_slice(targets, n, logits.device())?;
-    let op = LogProbGather {
-        tau: if tau > 0.0 { tau } else { 1.0 },
-        masks: masks.map(std::sync::Arc::new),
-    };
+    let op = LogProbGather { tau: if tau > 0.0 { tau } else { 1.0 }, masks: masks.map(std::sync::Arc::new) };
     Ok(logits.contiguous()?.apply_op2(&t, op)?)
 }
 
@@ -145,9 +124,7 @@ pub fn token_logprobs(
 pub fn sft_loss(logprobs: &Tensor, weights: &[f32]) -> Result<Tensor> {
     let total: f32 = weights.iter().sum();
     if total <= 0.0 {
-        return Err(TrainError::Input(
-            "SFT batch has no trainable tokens".into(),
-        ));
+        return Err(TrainError::Input("SFT batch has no trainable tokens".into()));
     }
     let w = Tensor::from_slice(weights, weights.len(), logprobs.device())?;
     Ok(((logprobs * w)?.sum_all()? / -(total as f64))?)
@@ -229,11 +206,7 @@ pub fn advantages(rewards: &[f32], use_std: bool, eps: f32) -> Vec<f32> {
     if !use_std {
         return rewards.iter().map(|r| r - mean).collect();
     }
-    let var = if n > 1 {
-        rewards.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / (n - 1) as f32
-    } else {
-        0.0
-    };
+    let var = if n > 1 { rewards.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / (n - 1) as f32 } else { 0.0 };
     let sd = var.sqrt();
     rewards.iter().map(|r| (r - mean) / (sd + eps)).collect()
 }
@@ -272,8 +245,7 @@ pub fn grpo_loss(
     let mut masked = 0;
     for (i, &l) in seq_lens.iter().enumerate() {
         if let Some(delta) = cfg.opsm_delta {
-            let mean: f32 =
-                (off..off + l).map(|k| old_lp[k] - newv[k]).sum::<f32>() / l.max(1) as f32;
+            let mean: f32 = (off..off + l).map(|k| old_lp[k] - newv[k]).sum::<f32>() / l.max(1) as f32;
             if adv[i] < 0.0 && mean > delta {
                 seq_mask[i] = 0.0;
                 masked += 1;
@@ -281,11 +253,7 @@ pub fn grpo_loss(
         }
         off += l;
     }
-    let tok_adv: Vec<f32> = seq_lens
-        .iter()
-        .zip(adv)
-        .flat_map(|(&l, &a)| std::iter::repeat_n(a, l))
-        .collect();
+    let tok_adv: Vec<f32> = seq_lens.iter().zip(adv).flat_map(|(&l, &a)| std::iter::repeat_n(a, l)).collect();
     let a = Tensor::from_vec(tok_adv.clone(), n, dev)?;
     let old = Tensor::from_slice(old_lp, n, dev)?;
     let ratio = (new_lp - &old)?.exp()?;
@@ -296,13 +264,9 @@ pub fn grpo_loss(
     let (obj, kl_mean) = if !use_kl {
         (obj, 0.0)
     } else {
-        let r = ref_lp
-            .ok_or_else(|| TrainError::Input("KL penalty needs reference log-probs".into()))?;
+        let r = ref_lp.ok_or_else(|| TrainError::Input("KL penalty needs reference log-probs".into()))?;
         if r.len() != n {
-            return Err(TrainError::Shape(format!(
-                "{} reference log-probs for {n} tokens",
-                r.len()
-            )));
+            return Err(TrainError::Shape(format!("{} reference log-probs for {n} tokens", r.len())));
         }
         let rf = Tensor::from_slice(r, n, dev)?;
         let d = (&rf - new_lp)?; // log(π_ref/π)
@@ -316,18 +280,13 @@ pub fn grpo_loss(
         let km = kl.mean_all()?.to_scalar::<f32>()?;
         ((obj - (kl * cfg.beta as f64)?)?, km)
     };
-    let token_mask: Vec<f32> = seq_lens
-        .iter()
-        .zip(&seq_mask)
-        .flat_map(|(&l, &m)| std::iter::repeat_n(m, l))
-        .collect();
+    let token_mask: Vec<f32> = seq_lens.iter().zip(&seq_mask).flat_map(|(&l, &m)| std::iter::repeat_n(m, l)).collect();
     let tok_loss = (obj.neg()? * Tensor::from_vec(token_mask, n, dev)?)?;
     let weights: Vec<f32> = match cfg.aggregation {
         Aggregation::TokenMean => vec![1.0 / n as f32; n],
-        Aggregation::SeqMeanTokenMean => seq_lens
-            .iter()
-            .flat_map(|&l| std::iter::repeat_n(1.0 / (seq_lens.len() as f32 * l as f32), l))
-            .collect(),
+        Aggregation::SeqMeanTokenMean => {
+            seq_lens.iter().flat_map(|&l| std::iter::repeat_n(1.0 / (seq_lens.len() as f32 * l as f32), l)).collect()
+        }
         Aggregation::SeqMeanTokenSum => vec![1.0 / (seq_lens.len() as f32 * cfg.norm_len); n],
     };
     let loss = (tok_loss * Tensor::from_vec(weights, n, dev)?)?.sum_all()?;
@@ -335,9 +294,7 @@ pub fn grpo_loss(
     let clipped = rv
         .iter()
         .zip(&tok_adv)
-        .filter(|(r, a)| {
-            (**a > 0.0 && **r > 1.0 + cfg.clip_high) || (**a < 0.0 && **r < 1.0 - cfg.clip_low)
-        })
+        .filter(|(r, a)| (**a > 0.0 && **r > 1.0 + cfg.clip_high) || (**a < 0.0 && **r < 1.0 - cfg.clip_low))
         .count();
     let stats = GrpoStats {
         clip_fraction: clipped as f32 / n as f32,
@@ -356,16 +313,10 @@ mod tests {
     #[test]
     fn advantage_vectors() {
         let a = advantages(&[1.0, 0.0, 0.0, 1.0], true, 0.0);
-        for (x, y) in a
-            .iter()
-            .zip([0.8660254f32, -0.8660254, -0.8660254, 0.8660254])
-        {
+        for (x, y) in a.iter().zip([0.8660254f32, -0.8660254, -0.8660254, 0.8660254]) {
             assert!((x - y).abs() < 1e-6);
         }
-        assert_eq!(
-            advantages(&[1.0, 0.0, 0.0, 1.0], false, 0.0),
-            vec![0.5, -0.5, -0.5, 0.5]
-        );
+        assert_eq!(advantages(&[1.0, 0.0, 0.0, 1.0], false, 0.0), vec![0.5, -0.5, -0.5, 0.5]);
         assert_eq!(advantages(&[2.0, 2.0], true, 1e-6), vec![0.0, 0.0]);
     }
 
@@ -379,12 +330,9 @@ mod tests {
             opsm_delta: None,
             ..Default::default()
         };
-        for (r, a, want, dwant) in [
-            (1.3f32, 1.0f32, 1.28f32, 0.0f32),
-            (0.7, 1.0, 0.7, 1.0),
-            (0.7, -1.0, -0.8, 0.0),
-            (1.3, -1.0, -1.3, -1.0),
-        ] {
+        for (r, a, want, dwant) in
+            [(1.3f32, 1.0f32, 1.28f32, 0.0f32), (0.7, 1.0, 0.7, 1.0), (0.7, -1.0, -0.8, 0.0), (1.3, -1.0, -1.3, -1.0)]
+        {
             let new = Var::new(&[r.ln()], &dev).unwrap();
             let (loss, _) = grpo_loss(new.as_tensor(), &[0.0], None, &[1], &[a], &cfg).unwrap();
             assert!((loss.to_scalar::<f32>().unwrap() + want).abs() < 1e-5);
@@ -425,11 +373,7 @@ mod tests {
     #[test]
     fn opsm_masks_only_negative_advantage_off_policy_sequences() {
         let dev = Device::Cpu;
-        let cfg = GrpoLossConfig {
-            kl: KlKind::None,
-            opsm_delta: Some(0.1),
-            ..Default::default()
-        };
+        let cfg = GrpoLossConfig { kl: KlKind::None, opsm_delta: Some(0.1), ..Default::default() };
         let new = Tensor::new(&[-0.3f32, -0.1, 0.0], &dev).unwrap();
         let (_, s) = grpo_loss(&new, &[0.0; 3], None, &[3], &[-1.0], &cfg).unwrap();
         assert_eq!(s.masked_sequences, 1);
@@ -450,19 +394,10 @@ mod tests {
                 let lp = token_logprobs(z.as_tensor(), &[2, 5], tau, masks.clone()).unwrap();
                 let w = Tensor::new(&[0.7f32, -1.3], &dev).unwrap();
                 let g = (lp * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                let gz = g
-                    .get(z.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
+                let gz = g.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let f = |zz: &[f32]| -> f64 {
                     let t = Tensor::from_vec(zz.to_vec(), (2, 6), &dev).unwrap();
-                    let lp: Vec<f32> = token_logprobs(&t, &[2, 5], tau, masks.clone())
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
+                    let lp: Vec<f32> = token_logprobs(&t, &[2, 5], tau, masks.clone()).unwrap().to_vec1().unwrap();
                     (lp[0] * 0.7 - lp[1] * 1.3) as f64
                 };
                 for i in 0..12 {
@@ -471,11 +406,7 @@ mod tests {
                     let mut b = z0.clone();
                     b[i] -= 1e-2;
                     let fd = (f(&a) - f(&b)) / 2e-2;
-                    assert!(
-                        (fd as f32 - gz[i]).abs() < 2e-3,
-                        "i {i} tau {tau}: {fd} vs {}",
-                        gz[i]
-                    );
+                    assert!((fd as f32 - gz[i]).abs() < 2e-3, "i {i} tau {tau}: {fd} vs {}", gz[i]);
                 }
             }
         }

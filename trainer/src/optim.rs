@@ -31,28 +31,11 @@ pub const HYBRID_NS: [(f32, f32, f32); 10] = [
 
 /// Newton–Schulz orthogonalisation of a row-major `[rows, cols]` matrix (f32, the Gram
 /// matrix taken on the smaller side), Frobenius-normalised with eps 1e-7.
-pub fn newton_schulz(
-    g: &[f32],
-    rows: usize,
-    cols: usize,
-    schedule: &[(f32, f32, f32)],
-) -> Vec<f32> {
+pub fn newton_schulz(g: &[f32], rows: usize, cols: usize, schedule: &[(f32, f32, f32)]) -> Vec<f32> {
     let transposed = rows > cols;
-    let (m, n) = if transposed {
-        (cols, rows)
-    } else {
-        (rows, cols)
-    };
-    let mut x: Vec<f32> = if transposed {
-        transpose(g, rows, cols)
-    } else {
-        g.to_vec()
-    };
-    let norm = x
-        .iter()
-        .map(|v| (*v as f64) * (*v as f64))
-        .sum::<f64>()
-        .sqrt() as f32;
+    let (m, n) = if transposed { (cols, rows) } else { (rows, cols) };
+    let mut x: Vec<f32> = if transposed { transpose(g, rows, cols) } else { g.to_vec() };
+    let norm = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32;
     let s = 1.0 / (norm + 1e-7);
     x.iter_mut().for_each(|v| *v *= s);
     let mut a = vec![0f32; m * m];
@@ -224,32 +207,12 @@ impl Optimizer {
             .map(|(n, s)| {
                 let group = group_of(&cfg, n, s);
                 let numel: usize = s.iter().product();
-                let v = if group == Group::Adamw {
-                    vec![0.0; numel]
-                } else {
-                    vec![]
-                };
-                let m = if group == Group::None {
-                    vec![]
-                } else {
-                    vec![0.0; numel]
-                };
-                (
-                    n.clone(),
-                    ParamState {
-                        group,
-                        shape: s.clone(),
-                        m,
-                        v,
-                    },
-                )
+                let v = if group == Group::Adamw { vec![0.0; numel] } else { vec![] };
+                let m = if group == Group::None { vec![] } else { vec![0.0; numel] };
+                (n.clone(), ParamState { group, shape: s.clone(), m, v })
             })
             .collect();
-        Optimizer {
-            cfg,
-            step: 0,
-            params,
-        }
+        Optimizer { cfg, step: 0, params }
     }
 
     /// Summary line per group (printed at start of training).
@@ -265,10 +228,7 @@ impl Optimizer {
             e.0 += 1;
             e.1 += p.shape.iter().product::<usize>();
         }
-        by.iter()
-            .map(|(k, (n, c))| format!("{k}: {n} tensors, {c} params"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        by.iter().map(|(k, (n, c))| format!("{k}: {n} tensors, {c} params")).collect::<Vec<_>>().join("; ")
     }
 
     /// One update with learning-rate multiplier `lr_scale` (schedules). `params` and `grads`
@@ -290,11 +250,7 @@ impl Optimizer {
         if !norm.is_finite() {
             return Err(TrainError::NonFinite("gradient norm".into()));
         }
-        let clip = if self.cfg.clip_norm > 0.0 && norm > self.cfg.clip_norm {
-            self.cfg.clip_norm / norm
-        } else {
-            1.0
-        };
+        let clip = if self.cfg.clip_norm > 0.0 && norm > self.cfg.clip_norm { self.cfg.clip_norm / norm } else { 1.0 };
         let c = &self.cfg;
         for (name, st) in self.params.iter_mut() {
             let (Some(g), Some(w)) = (grads.get(name), params.get_mut(name)) else {
@@ -327,10 +283,7 @@ impl Optimizer {
                         st.m[i] = c.momentum * st.m[i] + g[i] * clip;
                     }
                     let u: Vec<f32> = if c.nesterov {
-                        st.m.iter()
-                            .zip(g)
-                            .map(|(m, gi)| c.momentum * m + gi * clip)
-                            .collect()
+                        st.m.iter().zip(g).map(|(m, gi)| c.momentum * m + gi * clip).collect()
                     } else {
                         st.m.clone()
                     };
@@ -343,20 +296,13 @@ impl Optimizer {
                 }
             }
         }
-        Ok(StepStats {
-            grad_norm: norm,
-            clipped: clip < 1.0,
-        })
+        Ok(StepStats { grad_norm: norm, clipped: clip < 1.0 })
     }
 }
 
 /// Warmup then cosine decay to `min_ratio` of the base rate.
 pub fn lr_schedule(step: u64, warmup: u64, total: u64, min_ratio: f32) -> f32 {
-    let warm = if warmup > 0 {
-        ((step + 1) as f32 / warmup as f32).min(1.0)
-    } else {
-        1.0
-    };
+    let warm = if warmup > 0 { ((step + 1) as f32 / warmup as f32).min(1.0) } else { 1.0 };
     let progress = if total > warmup {
         ((step.saturating_sub(warmup)) as f32 / (total - warmup) as f32).clamp(0.0, 1.0)
     } else {
@@ -379,34 +325,19 @@ mod tests {
         assert_eq!(g("layers.0.hc_attn_scale", &[3]), Group::Adamw);
         assert_eq!(g("layers.0.hc_attn_fn", &[24, 256]), Group::Muon);
         assert_eq!(g("hc_head_fn", &[4, 256]), Group::Adamw);
-        assert_eq!(
-            g("layers.0.ffn.experts.3.w1.weight", &[32, 64]),
-            Group::Muon
-        );
+        assert_eq!(g("layers.0.ffn.experts.3.w1.weight", &[32, 64]), Group::Muon);
         assert_eq!(g("layers.2.ffn.gate.bias", &[4]), Group::None);
-        let cfg = OptimConfig {
-            overrides: vec![("*hc_attn_fn".into(), Group::Adamw)],
-            ..Default::default()
-        };
-        assert_eq!(
-            group_of(&cfg, "layers.0.hc_attn_fn", &[24, 256]),
-            Group::Adamw
-        );
+        let cfg = OptimConfig { overrides: vec![("*hc_attn_fn".into(), Group::Adamw)], ..Default::default() };
+        assert_eq!(group_of(&cfg, "layers.0.hc_attn_fn", &[24, 256]), Group::Adamw);
     }
 
     #[test]
     fn decoupled_decay_uses_base_lr() {
         // A zero momentum + zero gradient gives NS(0) = 0, so only the decay acts.
         let shapes: BTreeMap<String, Vec<usize>> = [("w".to_string(), vec![2, 3])].into();
-        let cfg = OptimConfig {
-            muon_lr: 0.1,
-            muon_weight_decay: 0.5,
-            clip_norm: 0.0,
-            ..Default::default()
-        };
+        let cfg = OptimConfig { muon_lr: 0.1, muon_weight_decay: 0.5, clip_norm: 0.0, ..Default::default() };
         let mut opt = Optimizer::new(cfg, &shapes);
-        let mut p: BTreeMap<String, Vec<f32>> =
-            [("w".to_string(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])].into();
+        let mut p: BTreeMap<String, Vec<f32>> = [("w".to_string(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])].into();
         let g: BTreeMap<String, Vec<f32>> = [("w".to_string(), vec![0.0; 6])].into();
         opt.update(&mut p, &g, 1.0).unwrap();
         for (a, b) in p["w"].iter().zip([1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]) {
@@ -419,9 +350,7 @@ mod tests {
         // For a full-rank random gradient NS gives a near-orthogonal matrix; the update RMS
         // is then ≈ γ = 0.18 (exactly for an exact polar factor).
         let (r, c) = (16, 64);
-        let g: Vec<f32> = (0..r * c)
-            .map(|i| (i * 7919 % 1009) as f32 / 1009.0 - 0.5)
-            .collect();
+        let g: Vec<f32> = (0..r * c).map(|i| (i * 7919 % 1009) as f32 / 1009.0 - 0.5).collect();
         let o = newton_schulz(&g, r, c, &HYBRID_NS);
         let scale = (r.max(c) as f32).sqrt() * 0.18;
         let rms = (o.iter().map(|v| (v * scale).powi(2)).sum::<f32>() / o.len() as f32).sqrt();

@@ -40,27 +40,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        weights: &ModelWeights,
-        options: TrainOptions,
-        optim: OptimConfig,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(weights: &ModelWeights, options: TrainOptions, optim: OptimConfig, seed: u64) -> Result<Self> {
         let model = TrainModel::from_weights(weights, DType::F32, options)?;
-        let shapes: BTreeMap<String, Vec<usize>> = model
-            .vars()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec()))
-            .collect();
+        let shapes: BTreeMap<String, Vec<usize>> =
+            model.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect();
         let opt = Optimizer::new(optim, &shapes);
-        Ok(Session {
-            model,
-            opt,
-            counters: Counters {
-                seed,
-                ..Default::default()
-            },
-        })
+        Ok(Session { model, opt, counters: Counters { seed, ..Default::default() } })
     }
 
     /// Apply the gradients of `grads` with learning-rate multiplier `lr_scale`.
@@ -68,20 +53,12 @@ impl Session {
         let mut params = BTreeMap::new();
         let mut g = BTreeMap::new();
         for (name, var) in self.model.vars() {
-            if self
-                .opt
-                .params
-                .get(name)
-                .is_none_or(|p| p.group == Group::None)
-            {
+            if self.opt.params.get(name).is_none_or(|p| p.group == Group::None) {
                 continue;
             }
             if let Some(gt) = grads.get(var.as_tensor()) {
                 g.insert(name.clone(), gt.flatten_all()?.to_vec1::<f32>()?);
-                params.insert(
-                    name.clone(),
-                    var.as_tensor().flatten_all()?.to_vec1::<f32>()?,
-                );
+                params.insert(name.clone(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?);
             }
         }
         let stats = self.opt.update(&mut params, &g, lr_scale)?;
@@ -151,10 +128,8 @@ impl Session {
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         checkpoint::save(&self.weights()?, &tmp, SaveFormat::F32, None)?;
         self.save_optimizer(&tmp.join("optimizer.safetensors"))?;
-        let state = serde_json::to_string_pretty(&self.counters)
-            .map_err(|e| TrainError::Input(e.to_string()))?;
-        std::fs::write(tmp.join("trainer_state.json"), state)
-            .map_err(|e| TrainError::io(&tmp, e))?;
+        let state = serde_json::to_string_pretty(&self.counters).map_err(|e| TrainError::Input(e.to_string()))?;
+        std::fs::write(tmp.join("trainer_state.json"), state).map_err(|e| TrainError::io(&tmp, e))?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
         }
@@ -190,16 +165,9 @@ impl Session {
             .collect::<Result<_>>()?;
         let mut meta = std::collections::HashMap::new();
         meta.insert("optimizer_step".to_string(), self.opt.step.to_string());
-        meta.insert(
-            "config".to_string(),
-            serde_json::to_string(&self.opt.cfg).unwrap_or_default(),
-        );
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| {
-            TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: e.to_string(),
-            }
-        })
+        meta.insert("config".to_string(), serde_json::to_string(&self.opt.cfg).unwrap_or_default());
+        safetensors::serialize_to_file(views, Some(meta), path)
+            .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
     }
 
     /// The newest complete checkpoint under `root`, if any.
@@ -213,35 +181,24 @@ impl Session {
     pub fn load(dir: &Path, options: TrainOptions, optim: OptimConfig) -> Result<Self> {
         let w = checkpoint::load(dir)?;
         let mut s = Session::new(&w, options, optim, 0)?;
-        let text = std::fs::read_to_string(dir.join("trainer_state.json"))
-            .map_err(|e| TrainError::io(dir, e))?;
-        s.counters = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            msg: format!("trainer_state.json: {e}"),
-        })?;
+        let text = std::fs::read_to_string(dir.join("trainer_state.json")).map_err(|e| TrainError::io(dir, e))?;
+        s.counters = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint { path: dir.to_path_buf(), msg: format!("trainer_state.json: {e}") })?;
         let opt_path = dir.join("optimizer.safetensors");
         let bytes = std::fs::read(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint {
-                path: opt_path.clone(),
-                msg: e.to_string(),
-            })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
         for (name, p) in s.opt.params.iter_mut() {
             for (kind, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
                 if dst.is_empty() {
                     continue;
                 }
-                let t =
-                    st.tensor(&format!("{kind}.{name}"))
-                        .map_err(|_| TrainError::Checkpoint {
-                            path: opt_path.clone(),
-                            msg: format!("missing optimizer state `{kind}.{name}`"),
-                        })?;
-                let vals: Vec<f32> = t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let t = st.tensor(&format!("{kind}.{name}")).map_err(|_| TrainError::Checkpoint {
+                    path: opt_path.clone(),
+                    msg: format!("missing optimizer state `{kind}.{name}`"),
+                })?;
+                let vals: Vec<f32> =
+                    t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                 if vals.len() != dst.len() {
                     return Err(TrainError::Checkpoint {
                         path: opt_path.clone(),

@@ -82,13 +82,7 @@ pub fn suite_example(
     train_on_prompt: bool,
 ) -> Result<Example> {
     let d = domains[(k % domains.len() as u64) as usize];
-    let task = tasks::generate(
-        d.domain,
-        Split::Train,
-        seed,
-        k / domains.len() as u64,
-        difficulty,
-    )?;
+    let task = tasks::generate(d.domain, Split::Train, seed, k / domains.len() as u64, difficulty)?;
     let mode = modes[(fnv1a(&format!("mode/{seed}/{k}")) % modes.len() as u64) as usize];
     let prompt = tok.encode(&task.prompt_text(mode));
     let pw = if train_on_prompt { 1.0 } else { 0.0 };
@@ -99,14 +93,7 @@ pub fn suite_example(
     }
     for (text, generated) in task.reference_segments(mode) {
         let t = tok.encode(&text);
-        weights.extend(std::iter::repeat_n(
-            if generated || train_on_prompt {
-                1.0
-            } else {
-                0.0
-            },
-            t.len(),
-        ));
+        weights.extend(std::iter::repeat_n(if generated || train_on_prompt { 1.0 } else { 0.0 }, t.len()));
         tokens.extend(t);
     }
     Ok(Example { tokens, weights })
@@ -123,10 +110,7 @@ pub fn pack(
     let mut c = cursor;
     let mut out = Vec::with_capacity(batch);
     for _ in 0..batch {
-        let mut seq = Example {
-            tokens: Vec::new(),
-            weights: Vec::new(),
-        };
+        let mut seq = Example { tokens: Vec::new(), weights: Vec::new() };
         loop {
             let ex = next(c)?;
             if !seq.tokens.is_empty() && seq.tokens.len() + ex.tokens.len() > max_len {
@@ -146,18 +130,8 @@ pub fn pack(
 }
 
 /// Loss of a micro-batch: weighted NLL of next tokens (+ indexer auxiliary loss).
-pub fn batch_loss(
-    session: &Session,
-    seqs: &[Example],
-    indexer_coef: f32,
-) -> Result<(candle_core::Tensor, f32, usize)> {
-    let inputs: Vec<SeqInput> = seqs
-        .iter()
-        .map(|e| SeqInput {
-            tokens: e.tokens.clone(),
-            forced: None,
-        })
-        .collect();
+pub fn batch_loss(session: &Session, seqs: &[Example], indexer_coef: f32) -> Result<(candle_core::Tensor, f32, usize)> {
+    let inputs: Vec<SeqInput> = seqs.iter().map(|e| SeqInput { tokens: e.tokens.clone(), forced: None }).collect();
     let out = session.model.forward(&inputs)?;
     let s = out.hidden.dim(1)?;
     // Positions whose next token is weighted.
@@ -174,9 +148,7 @@ pub fn batch_loss(
         }
     }
     if rows.is_empty() {
-        return Err(TrainError::Input(
-            "micro-batch without trainable tokens".into(),
-        ));
+        return Err(TrainError::Input("micro-batch without trainable tokens".into()));
     }
     let d = out.hidden.dim(2)?;
     let h = out.hidden.reshape((seqs.len() * s, d))?;
@@ -213,28 +185,13 @@ pub fn run_sft(
 ) -> Result<SftReport> {
     let domains = tasks::match_domains(&cfg.domains)?;
     if cfg.modes.is_empty() || cfg.batch == 0 || cfg.max_len < 8 || cfg.grad_accum == 0 {
-        return Err(TrainError::Input(
-            "SFT needs modes, batch ≥ 1, grad_accum ≥ 1 and max_len ≥ 8".into(),
-        ));
+        return Err(TrainError::Input("SFT needs modes, batch ≥ 1, grad_accum ≥ 1 and max_len ≥ 8".into()));
     }
     let seed = session.counters.seed;
-    let mut next = |k: u64| {
-        suite_example(
-            &domains,
-            &cfg.modes,
-            seed,
-            k,
-            cfg.difficulty,
-            tok,
-            cfg.train_on_prompt,
-        )
-    };
+    let mut next = |k: u64| suite_example(&domains, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
-    let mut report = SftReport {
-        first_loss: f32::NAN,
-        ..Default::default()
-    };
+    let mut report = SftReport { first_loss: f32::NAN, ..Default::default() };
     let start = Instant::now();
     while session.counters.step < cfg.steps {
         let t0 = Instant::now();
@@ -246,10 +203,7 @@ pub fn run_sft(
             session.counters.cursor = c;
             let (loss, nll, n) = batch_loss(session, &seqs, cfg.indexer_loss_coef)?;
             if !nll.is_finite() {
-                return Err(TrainError::NonFinite(format!(
-                    "SFT loss at step {}",
-                    session.counters.step
-                )));
+                return Err(TrainError::NonFinite(format!("SFT loss at step {}", session.counters.step)));
             }
             let scaled = (loss / cfg.grad_accum as f64)?;
             let g = scaled.backward()?;
@@ -271,18 +225,8 @@ pub fn run_sft(
             loss_sum += nll;
             tokens += n;
         }
-        let lr = lr_schedule(
-            session.counters.step,
-            cfg.warmup,
-            cfg.steps,
-            cfg.min_lr_ratio,
-        );
-        let stats = session.step(
-            grads
-                .as_ref()
-                .ok_or_else(|| TrainError::Input("no gradients".into()))?,
-            lr,
-        )?;
+        let lr = lr_schedule(session.counters.step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
+        let stats = session.step(grads.as_ref().ok_or_else(|| TrainError::Input("no gradients".into()))?, lr)?;
         session.counters.step += 1;
         let loss = loss_sum / cfg.grad_accum as f32;
         if report.first_loss.is_nan() {
@@ -293,44 +237,13 @@ pub fn run_sft(
         let step = session.counters.step;
         let tps = tokens as f64 / t0.elapsed().as_secs_f64();
         let none = (None, None, None);
-        metrics.log(
-            &cfg.stage,
-            step,
-            "train/loss",
-            loss as f64,
-            none,
-            report.tokens,
-        );
-        metrics.log(
-            &cfg.stage,
-            step,
-            "train/grad_norm",
-            stats.grad_norm as f64,
-            none,
-            report.tokens,
-        );
-        metrics.log(
-            &cfg.stage,
-            step,
-            "train/lr_scale",
-            lr as f64,
-            none,
-            report.tokens,
-        );
-        metrics.log(
-            &cfg.stage,
-            step,
-            "train/tokens_per_s",
-            tps,
-            none,
-            report.tokens,
-        );
+        metrics.log(&cfg.stage, step, "train/loss", loss as f64, none, report.tokens);
+        metrics.log(&cfg.stage, step, "train/grad_norm", stats.grad_norm as f64, none, report.tokens);
+        metrics.log(&cfg.stage, step, "train/lr_scale", lr as f64, none, report.tokens);
+        metrics.log(&cfg.stage, step, "train/tokens_per_s", tps, none, report.tokens);
         metrics.maybe_flush()?;
         progress.advance(1);
-        progress.message(&format!(
-            "loss {loss:.3} gnorm {:.2} {tps:.0} tok/s",
-            stats.grad_norm
-        ));
+        progress.message(&format!("loss {loss:.3} gnorm {:.2} {tps:.0} tok/s", stats.grad_norm));
         if let Some(root) = ckpt_root {
             if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 {
                 session.save(root)?;

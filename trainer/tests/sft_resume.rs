@@ -11,14 +11,7 @@ use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
 
 fn cfg(steps: u64) -> SftConfig {
-    SftConfig {
-        steps,
-        batch: 2,
-        max_len: 96,
-        warmup: 2,
-        domains: "math.add,if.upper".into(),
-        ..Default::default()
-    }
+    SftConfig { steps, batch: 2, max_len: 96, warmup: 2, domains: "math.add,if.upper".into(), ..Default::default() }
 }
 
 #[test]
@@ -27,18 +20,7 @@ fn sft_loss_decreases() {
     let mut s = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut m = MetricsWriter::new(dir.path(), "t").unwrap();
-    let r = run_sft(
-        &mut s,
-        &SftConfig {
-            steps: 30,
-            ..cfg(30)
-        },
-        &ByteTokenizer,
-        &mut m,
-        &NoProgress,
-        None,
-    )
-    .unwrap();
+    let r = run_sft(&mut s, &SftConfig { steps: 30, ..cfg(30) }, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
     eprintln!("sft loss {} → {}", r.first_loss, r.final_loss);
     assert!(r.final_loss < r.first_loss * 0.8, "{r:?}");
 }
@@ -63,13 +45,7 @@ fn killed_and_resumed_run_is_bit_identical() {
     run_sft(&mut c, &cfg(6), &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
     let (wa, wc) = (a.weights().unwrap(), c.weights().unwrap());
     for (name, t) in &wa.tensors {
-        assert!(
-            t.data
-                .iter()
-                .zip(&wc.tensors[name].data)
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{name} differs"
-        );
+        assert!(t.data.iter().zip(&wc.tensors[name].data).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
     }
     assert_eq!(a.opt, c.opt);
     assert_eq!(a.counters, c.counters);

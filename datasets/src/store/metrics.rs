@@ -153,10 +153,7 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<MetricRow>> {
         for b in read_shard(&shard, None, None)? {
             let need = |name: &str| {
                 b.column_by_name(name).ok_or_else(|| {
-                    DataError::Format(format!(
-                        "{}: metrics shard without column `{name}`",
-                        shard.display()
-                    ))
+                    DataError::Format(format!("{}: metrics shard without column `{name}`", shard.display()))
                 })
             };
             let st = |name: &str| -> Result<StringArray> {
@@ -164,21 +161,10 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<MetricRow>> {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .cloned()
-                    .ok_or_else(|| {
-                        DataError::Format(format!(
-                            "{}: column `{name}` is not utf8",
-                            shard.display()
-                        ))
-                    })
+                    .ok_or_else(|| DataError::Format(format!("{}: column `{name}` is not utf8", shard.display())))
             };
-            let (run, stage, name, teacher, domain, mode) = (
-                st("run")?,
-                st("stage")?,
-                st("name")?,
-                st("teacher")?,
-                st("domain")?,
-                st("mode")?,
-            );
+            let (run, stage, name, teacher, domain, mode) =
+                (st("run")?, st("stage")?, st("name")?, st("teacher")?, st("domain")?, st("mode")?);
             let step = need("step")?
                 .as_any()
                 .downcast_ref::<UInt64Array>()

@@ -24,10 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static SHARD_SEQ: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Write one record batch as a complete shard in `dir`; returns its final path.
@@ -63,9 +60,7 @@ pub fn list_shards(dir: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| DataError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
         })
         .collect();
     v.sort();
@@ -79,20 +74,15 @@ pub(crate) fn read_shard(
     predicate: Option<(Vec<&str>, PredicateFn)>,
 ) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let wrap =
-        |e: parquet::errors::ParquetError| DataError::Format(format!("{}: {e}", path.display()));
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(wrap)?
-        .with_batch_size(4096);
+    let wrap = |e: parquet::errors::ParquetError| DataError::Format(format!("{}: {e}", path.display()));
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(wrap)?.with_batch_size(4096);
     let schema = builder.parquet_schema().clone();
     let arrow_schema = builder.schema().clone();
     let index_of = |names: &[&str]| -> Result<Vec<usize>> {
         names
             .iter()
             .map(|n| {
-                arrow_schema
-                    .index_of(n)
-                    .map_err(|_| DataError::Format(format!("{}: no column `{n}`", path.display())))
+                arrow_schema.index_of(n).map_err(|_| DataError::Format(format!("{}: no column `{n}`", path.display())))
             })
             .collect()
     };
@@ -101,22 +91,13 @@ pub(crate) fn read_shard(
     }
     if let Some((cols, mut f)) = predicate {
         let mask = ProjectionMask::roots(&schema, index_of(&cols)?);
-        let pred =
-            parquet::arrow::arrow_reader::ArrowPredicateFn::new(mask, move |b: RecordBatch| f(&b));
-        builder = builder.with_row_filter(RowFilter::new(vec![
-            Box::new(pred) as Box<dyn ArrowPredicate>
-        ]));
+        let pred = parquet::arrow::arrow_reader::ArrowPredicateFn::new(mask, move |b: RecordBatch| f(&b));
+        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(pred) as Box<dyn ArrowPredicate>]));
     }
     let reader = builder.build().map_err(wrap)?;
-    reader
-        .map(|b| b.map_err(|e| DataError::Format(format!("{}: {e}", path.display()))))
-        .collect()
+    reader.map(|b| b.map_err(|e| DataError::Format(format!("{}: {e}", path.display())))).collect()
 }
 
 /// A row predicate evaluated on the filter columns (pushed down into the Parquet reader).
-pub(crate) type PredicateFn = Box<
-    dyn FnMut(
-            &RecordBatch,
-        ) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>
-        + Send,
->;
+pub(crate) type PredicateFn =
+    Box<dyn FnMut(&RecordBatch) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError> + Send>;

@@ -42,11 +42,7 @@ fn schema(dim: usize) -> Arc<Schema> {
         Field::new("stage", DataType::Utf8, false),
         Field::new("step", DataType::UInt64, false),
         Field::new("dim", DataType::UInt32, false),
-        Field::new(
-            "states",
-            DataType::List(Arc::new(Field::new_list_field(row, false))),
-            false,
-        ),
+        Field::new("states", DataType::List(Arc::new(Field::new_list_field(row, false))), false),
     ]))
 }
 
@@ -58,9 +54,7 @@ pub struct TeacherStateStore {
 impl TeacherStateStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        Ok(TeacherStateStore {
-            dir: dir.to_path_buf(),
-        })
+        Ok(TeacherStateStore { dir: dir.to_path_buf() })
     }
 
     /// Write states of one teacher (all with the same `dim`) as one shard.
@@ -73,13 +67,9 @@ impl TeacherStateStore {
             return Err(DataError::Format("teacher state with dim 0".into()));
         }
         let item = Arc::new(Field::new_list_field(DataType::Float16, false));
-        let mut b = ListBuilder::new(
-            FixedSizeListBuilder::new(Float16Builder::new(), dim as i32).with_field(item.clone()),
-        )
-        .with_field(Arc::new(Field::new_list_field(
-            DataType::FixedSizeList(item, dim as i32),
-            false,
-        )));
+        let mut b =
+            ListBuilder::new(FixedSizeListBuilder::new(Float16Builder::new(), dim as i32).with_field(item.clone()))
+                .with_field(Arc::new(Field::new_list_field(DataType::FixedSizeList(item, dim as i32), false)));
         for s in states {
             if s.dim != dim || s.states.len() % dim != 0 {
                 return Err(DataError::Format(format!(
@@ -94,19 +84,11 @@ impl TeacherStateStore {
             b.append(true);
         }
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                states.iter().map(|s| s.traj_id.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                states.iter().map(|s| s.teacher_id.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                states.iter().map(|s| s.stage.as_str()),
-            )),
+            Arc::new(StringArray::from_iter_values(states.iter().map(|s| s.traj_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(states.iter().map(|s| s.teacher_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(states.iter().map(|s| s.stage.as_str()))),
             Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.step))),
-            Arc::new(UInt32Array::from_iter_values(
-                states.iter().map(|_| dim as u32),
-            )),
+            Arc::new(UInt32Array::from_iter_values(states.iter().map(|_| dim as u32))),
             Arc::new(b.finish()),
         ];
         write_shard(&self.dir, &RecordBatch::try_new(schema(dim), cols)?)?;
@@ -122,41 +104,26 @@ impl TeacherStateStore {
                     b.column(0).as_any().downcast_ref::<StringArray>(),
                     b.column(1).as_any().downcast_ref::<StringArray>(),
                 ) else {
-                    return Err(DataError::Format(format!(
-                        "{}: bad key columns",
-                        shard.display()
-                    )));
+                    return Err(DataError::Format(format!("{}: bad key columns", shard.display())));
                 };
-                out.extend(
-                    (0..b.num_rows()).map(|i| (t.value(i).to_string(), k.value(i).to_string())),
-                );
+                out.extend((0..b.num_rows()).map(|i| (t.value(i).to_string(), k.value(i).to_string())));
             }
         }
         Ok(out)
     }
 
     /// States of `teacher_id`, optionally only for `traj_ids`, by traj_id (first shard wins).
-    pub fn read(
-        &self,
-        teacher_id: &str,
-        traj_ids: Option<&HashSet<String>>,
-    ) -> Result<HashMap<String, TeacherState>> {
+    pub fn read(&self, teacher_id: &str, traj_ids: Option<&HashSet<String>>) -> Result<HashMap<String, TeacherState>> {
         let mut out: HashMap<String, TeacherState> = HashMap::new();
         for shard in list_shards(&self.dir)? {
             let tid = teacher_id.to_string();
             let pred: PredicateFn = Box::new(move |b: &RecordBatch| {
-                arrow::compute::kernels::cmp::eq(
-                    b.column(0),
-                    &StringArray::new_scalar(tid.as_str()),
-                )
+                arrow::compute::kernels::cmp::eq(b.column(0), &StringArray::new_scalar(tid.as_str()))
             });
             for b in read_shard(&shard, None, Some((vec!["teacher_id"], pred)))? {
                 let strs = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>().cloned();
                 let (Some(ids), Some(teachers), Some(stages)) = (strs(0), strs(1), strs(2)) else {
-                    return Err(DataError::Format(format!(
-                        "{}: bad columns",
-                        shard.display()
-                    )));
+                    return Err(DataError::Format(format!("{}: bad columns", shard.display())));
                 };
                 let steps = b
                     .column(3)

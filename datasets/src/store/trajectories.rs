@@ -66,11 +66,7 @@ impl Trajectory {
 }
 
 fn list_of(inner: DataType, nullable_list: bool) -> Field {
-    Field::new(
-        "placeholder",
-        DataType::List(Arc::new(Field::new_list_field(inner, false))),
-        nullable_list,
-    )
+    Field::new("placeholder", DataType::List(Arc::new(Field::new_list_field(inner, false))), nullable_list)
 }
 
 fn named(f: Field, name: &str) -> Field {
@@ -121,9 +117,7 @@ fn list_builder<B: ArrayBuilder>(values: B, inner: DataType) -> ListBuilder<B> {
 /// Build a record batch from trajectories.
 pub fn to_batch(ts: &[Trajectory]) -> Result<RecordBatch> {
     let n = ts.len();
-    let s = |f: &dyn Fn(&Trajectory) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(ts.iter().map(f)))
-    };
+    let s = |f: &dyn Fn(&Trajectory) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(ts.iter().map(f))) };
     let mut prompt_tokens = list_builder(UInt32Builder::new(), DataType::UInt32);
     let mut response_tokens = list_builder(UInt32Builder::new(), DataType::UInt32);
     let mut logprobs = list_builder(Float32Builder::new(), DataType::Float32);
@@ -131,12 +125,8 @@ pub fn to_batch(ts: &[Trajectory]) -> Result<RecordBatch> {
     let mut routing = list_builder(UInt16Builder::new(), DataType::UInt16);
     let mut prouting = list_builder(UInt16Builder::new(), DataType::UInt16);
     let inner_field = Arc::new(Field::new_list_field(DataType::UInt32, false));
-    let mut smask =
-        ListBuilder::new(ListBuilder::new(UInt32Builder::new()).with_field(inner_field.clone()))
-            .with_field(Arc::new(Field::new_list_field(
-                DataType::List(inner_field),
-                false,
-            )));
+    let mut smask = ListBuilder::new(ListBuilder::new(UInt32Builder::new()).with_field(inner_field.clone()))
+        .with_field(Arc::new(Field::new_list_field(DataType::List(inner_field), false)));
     for t in ts {
         prompt_tokens.values().append_slice(&t.prompt_tokens);
         prompt_tokens.append(true);
@@ -151,10 +141,7 @@ pub fn to_batch(ts: &[Trajectory]) -> Result<RecordBatch> {
             }
             None => mask.append(false),
         }
-        for (b, v) in [
-            (&mut routing, &t.routing),
-            (&mut prouting, &t.prompt_routing),
-        ] {
+        for (b, v) in [(&mut routing, &t.routing), (&mut prouting, &t.prompt_routing)] {
             match v {
                 Some(r) => {
                     b.values().append_slice(r);
@@ -179,38 +166,26 @@ pub fn to_batch(ts: &[Trajectory]) -> Result<RecordBatch> {
         s(&|t| &t.run),
         s(&|t| &t.stage),
         Arc::new(UInt64Array::from_iter_values(ts.iter().map(|t| t.step))),
-        Arc::new(UInt64Array::from_iter_values(
-            ts.iter().map(|t| t.policy_version),
-        )),
+        Arc::new(UInt64Array::from_iter_values(ts.iter().map(|t| t.policy_version))),
         s(&|t| &t.prompt_id),
-        Arc::new(UInt32Array::from_iter_values(
-            ts.iter().map(|t| t.group_idx),
-        )),
+        Arc::new(UInt32Array::from_iter_values(ts.iter().map(|t| t.group_idx))),
         s(&|t| &t.domain),
         s(&|t| &t.family),
         s(&|t| &t.mode),
-        Arc::new(StringArray::from(
-            ts.iter().map(|t| t.teacher_id.clone()).collect::<Vec<_>>(),
-        )),
+        Arc::new(StringArray::from(ts.iter().map(|t| t.teacher_id.clone()).collect::<Vec<_>>())),
         Arc::new(prompt_tokens.finish()),
         Arc::new(response_tokens.finish()),
         Arc::new(logprobs.finish()),
         Arc::new(mask.finish()),
         Arc::new(routing.finish()),
         Arc::new(prouting.finish()),
-        Arc::new(UInt32Array::from_iter_values(
-            ts.iter().map(|t| t.routing_width),
-        )),
+        Arc::new(UInt32Array::from_iter_values(ts.iter().map(|t| t.routing_width))),
         Arc::new(smask.finish()),
         s(&|t| &t.finish_reason),
-        Arc::new(Float32Array::from(
-            ts.iter().map(|t| t.reward).collect::<Vec<_>>(),
-        )),
+        Arc::new(Float32Array::from(ts.iter().map(|t| t.reward).collect::<Vec<_>>())),
         s(&|t| &t.reward_detail),
         s(&|t| &t.response_text),
-        Arc::new(Int64Array::from_iter_values(
-            ts.iter().map(|t| t.created_ms),
-        )),
+        Arc::new(Int64Array::from_iter_values(ts.iter().map(|t| t.created_ms))),
     ];
     debug_assert!(columns.iter().all(|c| c.len() == n));
     Ok(RecordBatch::try_new(schema(), columns)?)
@@ -219,23 +194,20 @@ pub fn to_batch(ts: &[Trajectory]) -> Result<RecordBatch> {
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<Option<&'a T>> {
     match b.column_by_name(name) {
         None => Ok(None),
-        Some(c) => c.as_any().downcast_ref::<T>().map(Some).ok_or_else(|| {
-            DataError::Format(format!("column `{name}` has type {}", c.data_type()))
-        }),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| DataError::Format(format!("column `{name}` has type {}", c.data_type()))),
     }
 }
 
-fn list_values<T: arrow::datatypes::ArrowPrimitiveType>(
-    l: &ListArray,
-    i: usize,
-) -> Option<Vec<T::Native>> {
+fn list_values<T: arrow::datatypes::ArrowPrimitiveType>(l: &ListArray, i: usize) -> Option<Vec<T::Native>> {
     if l.is_null(i) {
         return None;
     }
     let v = l.value(i);
-    v.as_any()
-        .downcast_ref::<PrimitiveArray<T>>()
-        .map(|a| a.values().to_vec())
+    v.as_any().downcast_ref::<PrimitiveArray<T>>().map(|a| a.values().to_vec())
 }
 
 /// Decode trajectories from a batch (columns missing from a projection stay default).
@@ -269,64 +241,46 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Trajectory>> {
         }
     }
     if let Some(a) = col::<UInt64Array>(b, "step")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.step = a.value(i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.step = a.value(i));
     }
     if let Some(a) = col::<UInt64Array>(b, "policy_version")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.policy_version = a.value(i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.policy_version = a.value(i));
     }
     if let Some(a) = col::<UInt32Array>(b, "group_idx")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.group_idx = a.value(i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.group_idx = a.value(i));
     }
     if let Some(a) = col::<UInt32Array>(b, "routing_width")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.routing_width = a.value(i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.routing_width = a.value(i));
     }
     if let Some(a) = col::<Int64Array>(b, "created_ms")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.created_ms = a.value(i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.created_ms = a.value(i));
     }
     if let Some(a) = col::<Float32Array>(b, "reward")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.reward = (!a.is_null(i)).then(|| a.value(i)));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.reward = (!a.is_null(i)).then(|| a.value(i)));
     }
     if let Some(l) = col::<ListArray>(b, "prompt_tokens")? {
-        out.iter_mut().enumerate().for_each(|(i, t)| {
-            t.prompt_tokens = list_values::<UInt32Type>(l, i).unwrap_or_default()
-        });
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, t)| t.prompt_tokens = list_values::<UInt32Type>(l, i).unwrap_or_default());
     }
     if let Some(l) = col::<ListArray>(b, "response_tokens")? {
-        out.iter_mut().enumerate().for_each(|(i, t)| {
-            t.response_tokens = list_values::<UInt32Type>(l, i).unwrap_or_default()
-        });
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, t)| t.response_tokens = list_values::<UInt32Type>(l, i).unwrap_or_default());
     }
     if let Some(l) = col::<ListArray>(b, "response_logprobs")? {
-        out.iter_mut().enumerate().for_each(|(i, t)| {
-            t.response_logprobs = list_values::<Float32Type>(l, i).unwrap_or_default()
-        });
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, t)| t.response_logprobs = list_values::<Float32Type>(l, i).unwrap_or_default());
     }
     if let Some(l) = col::<ListArray>(b, "response_mask")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.response_mask = list_values::<UInt8Type>(l, i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.response_mask = list_values::<UInt8Type>(l, i));
     }
     if let Some(l) = col::<ListArray>(b, "routing")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.routing = list_values::<UInt16Type>(l, i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.routing = list_values::<UInt16Type>(l, i));
     }
     if let Some(l) = col::<ListArray>(b, "prompt_routing")? {
-        out.iter_mut()
-            .enumerate()
-            .for_each(|(i, t)| t.prompt_routing = list_values::<UInt16Type>(l, i));
+        out.iter_mut().enumerate().for_each(|(i, t)| t.prompt_routing = list_values::<UInt16Type>(l, i));
     }
     if let Some(l) = col::<ListArray>(b, "sample_mask")? {
         for (i, t) in out.iter_mut().enumerate() {
@@ -338,11 +292,8 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Trajectory>> {
                 .as_any()
                 .downcast_ref::<ListArray>()
                 .ok_or_else(|| DataError::Format("sample_mask: bad inner type".into()))?;
-            t.sample_mask = Some(
-                (0..rows.len())
-                    .map(|j| list_values::<UInt32Type>(rows, j).unwrap_or_default())
-                    .collect(),
-            );
+            t.sample_mask =
+                Some((0..rows.len()).map(|j| list_values::<UInt32Type>(rows, j).unwrap_or_default()).collect());
         }
     }
     Ok(out)
@@ -418,10 +369,7 @@ impl TrajectoryStore {
                 }
             }
         }
-        Ok(TrajectoryStore {
-            dir: dir.to_path_buf(),
-            known,
-        })
+        Ok(TrajectoryStore { dir: dir.to_path_buf(), known })
     }
 
     pub fn dir(&self) -> &Path {
@@ -459,10 +407,7 @@ impl TrajectoryStore {
                 fresh.push(t.clone());
             }
         }
-        let report = WriteReport {
-            written: fresh.len(),
-            skipped: ts.len() - fresh.len(),
-        };
+        let report = WriteReport { written: fresh.len(), skipped: ts.len() - fresh.len() };
         if fresh.is_empty() {
             return Ok(report);
         }
@@ -479,11 +424,7 @@ impl TrajectoryStore {
 
 /// Read record batches of every shard in `dir` with an optional projection and filter.
 /// Rows are deduplicated by `traj_id` (first shard wins) when `traj_id` is projected.
-pub fn read_batches(
-    dir: &Path,
-    columns: Option<&[&str]>,
-    filter: &ReadFilter,
-) -> Result<Vec<RecordBatch>> {
+pub fn read_batches(dir: &Path, columns: Option<&[&str]>, filter: &ReadFilter) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for shard in list_shards(dir)? {
@@ -491,10 +432,8 @@ pub fn read_batches(
             let ids = col::<StringArray>(&b, "traj_id")?;
             match ids {
                 Some(ids) => {
-                    let keep: BooleanArray = ids
-                        .iter()
-                        .map(|id| Some(id.is_some_and(|id| seen.insert(id.to_string()))))
-                        .collect();
+                    let keep: BooleanArray =
+                        ids.iter().map(|id| Some(id.is_some_and(|id| seen.insert(id.to_string())))).collect();
                     out.push(arrow::compute::filter_record_batch(&b, &keep)?);
                 }
                 None => out.push(b),

@@ -11,17 +11,14 @@ use serde_json::{json, Map, Value};
 pub(crate) const AGENT_SYSTEM: &str = "Tools: calculator(expression) evaluates integer arithmetic; lookup(key) returns the value stored under key. Call tools in DSML; give the final answer in \\boxed{}.";
 
 const KEYS: [&str; 16] = [
-    "red", "blue", "green", "gold", "iron", "oak", "fox", "owl", "sun", "moon", "salt", "rain",
-    "jade", "lynx", "pine", "reef",
+    "red", "blue", "green", "gold", "iron", "oak", "fox", "owl", "sun", "moon", "salt", "rain", "jade", "lynx", "pine",
+    "reef",
 ];
 
 fn call(name: &str, arg: &str, value: &str) -> ToolCall {
     let mut m = Map::new();
     m.insert(arg.into(), Value::String(value.into()));
-    ToolCall {
-        name: name.into(),
-        arguments: m,
-    }
+    ToolCall { name: name.into(), arguments: m }
 }
 
 /// Table `id`'s contents: a pure function of the id and difficulty, so a prompt naming the
@@ -36,10 +33,7 @@ fn table(id: i64, difficulty: u32) -> (Vec<(&'static str, i64)>, Value) {
         let k = keys.remove(i);
         entries.push((k, rng.range(10, 10i64.pow(1 + difficulty.clamp(1, 4)) - 1)));
     }
-    let obj: Map<String, Value> = entries
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-        .collect();
+    let obj: Map<String, Value> = entries.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
     (entries, Value::Object(obj))
 }
 
@@ -101,7 +95,8 @@ pub(crate) fn lookup(rng: &mut Pcg, difficulty: u32) -> Instance {
         tool_calls: vec![call("lookup", "key", k)],
         results: vec![v.to_string()],
     };
-    finish(format!("In table {id}, what value is stored under '{k}'? Use lookup."),
+    finish(
+        format!("In table {id}, what value is stored under '{k}'? Use lookup."),
         &["lookup"],
         env,
         v,
@@ -130,9 +125,6 @@ pub(crate) fn chain(rng: &mut Pcg, difficulty: u32) -> Instance {
         sum,
         vec![step],
         format!("{v1}+{v2}={sum}"),
-        format!(
-            "{k1} is {v1}, {k2} is {v2}; {} so the sum is {sum}.",
-            super::math::add_steps(v1, v2)
-        ),
+        format!("{k1} is {v1}, {k2} is {v2}; {} so the sum is {sum}.", super::math::add_steps(v1, v2)),
     )
 }

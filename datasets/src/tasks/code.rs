@@ -21,33 +21,15 @@ fn word(k: i64) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn instance(
-    input: &str,
-    task: String,
-    program: String,
-    f: impl Fn(i64) -> i64,
-    xs: &[i64],
-    short: String,
-) -> Instance {
+fn instance(input: &str, task: String, program: String, f: impl Fn(i64) -> i64, xs: &[i64], short: String) -> Instance {
     let tests: Vec<[i64; 2]> = xs.iter().map(|&x| [x, f(x)]).collect();
     let example = xs.iter().find(|&&x| x > 1).copied().unwrap_or(2);
-    let long = format!(
-        "{short}. Check {input}={example}: result {}. Program: {program}",
-        f(example)
-    );
+    let long = format!("{short}. Check {input}={example}: result {}. Program: {program}", f(example));
     Instance {
-        messages: vec![
-            Message::system(TL_SYSTEM),
-            Message::user(format!("Given {input}, return {task}.")),
-        ],
+        messages: vec![Message::system(TL_SYSTEM), Message::user(format!("Given {input}, return {task}."))],
         answer: program.clone(),
         verifier: json!({"kind": "code", "input": input, "tests": tests}),
-        reference: Reference {
-            short_reasoning: short,
-            long_reasoning: long,
-            content: program,
-            steps: vec![],
-        },
+        reference: Reference { short_reasoning: short, long_reasoning: long, content: program, steps: vec![] },
     }
 }
 
@@ -85,14 +67,7 @@ pub(crate) fn expr(rng: &mut Pcg, difficulty: u32) -> Instance {
             })
         }
     };
-    instance(
-        v,
-        task,
-        format!("return {code}"),
-        f,
-        &[-2, 0, 1, 3, 7],
-        code,
-    )
+    instance(v, task, format!("return {code}"), f, &[-2, 0, 1, 3, 7], code)
 }
 
 pub(crate) fn cond(rng: &mut Pcg, difficulty: u32) -> Instance {
@@ -187,7 +162,8 @@ pub(crate) fn looped(rng: &mut Pcg, difficulty: u32) -> Instance {
         }
         _ => {
             let k = rng.range(2, 5);
-            instance(v,
+            instance(
+                v,
                 format!("how many numbers from 1 to {v} are multiples of {}", word(k)),
                 format!("c = 0 i = 1 while i <= {v} {{ if i % {k} == 0 {{ c = c + 1 }} i = i + 1 }} return c"),
                 move |n| (1..=n).filter(|i| i % k == 0).count() as i64,

@@ -6,9 +6,8 @@ use crate::chat::Message;
 use serde_json::{json, Map, Value};
 
 const WORDS: [&str; 24] = [
-    "green", "tea", "river", "stone", "apple", "cloud", "lamp", "night", "bread", "music", "paper",
-    "storm", "garden", "silver", "window", "horse", "candle", "forest", "honey", "bridge", "ocean",
-    "pepper", "tiger", "violet",
+    "green", "tea", "river", "stone", "apple", "cloud", "lamp", "night", "bread", "music", "paper", "storm", "garden",
+    "silver", "window", "horse", "candle", "forest", "honey", "bridge", "ocean", "pepper", "tiger", "violet",
 ];
 
 fn inst(user: String, answer: String, checks: Value, short: String, long: String) -> Instance {
@@ -16,12 +15,7 @@ fn inst(user: String, answer: String, checks: Value, short: String, long: String
         messages: vec![Message::user(user)],
         answer: answer.clone(),
         verifier: json!({"kind": "if", "checks": checks}),
-        reference: Reference {
-            short_reasoning: short,
-            long_reasoning: long,
-            content: answer,
-            steps: vec![],
-        },
+        reference: Reference { short_reasoning: short, long_reasoning: long, content: answer, steps: vec![] },
     }
 }
 
@@ -30,19 +24,14 @@ pub(crate) fn upper(rng: &mut Pcg, difficulty: u32) -> Instance {
     let phrase: Vec<&str> = (0..n).map(|_| *rng.pick(&WORDS)).collect();
     let phrase = phrase.join(" ");
     let up = phrase.to_uppercase();
-    let spelled: Vec<String> = up
-        .split(' ')
-        .map(|w| w.chars().map(String::from).collect::<Vec<_>>().join("-"))
-        .collect();
+    let spelled: Vec<String> =
+        up.split(' ').map(|w| w.chars().map(String::from).collect::<Vec<_>>().join("-")).collect();
     inst(
         format!("Write the phrase '{phrase}' in capital letters only."),
         up.clone(),
         json!([{"type": "all_caps"}, {"type": "contains", "text": up}]),
         format!("capitals: {up}"),
-        format!(
-            "Every letter becomes a capital: {}. Nothing else in the reply.",
-            spelled.join(" ")
-        ),
+        format!("Every letter becomes a capital: {}. Nothing else in the reply.", spelled.join(" ")),
     )
 }
 
@@ -52,10 +41,7 @@ pub(crate) fn repeat(rng: &mut Pcg, difficulty: u32) -> Instance {
     let answer = vec![w; count as usize].join(" ");
     let counted: Vec<String> = (1..=count).map(|i| format!("{i}:{w}")).collect();
     inst(
-        format!(
-            "Repeat the word '{w}' exactly {} times, separated by spaces.",
-            NUMBER_WORDS[count as usize]
-        ),
+        format!("Repeat the word '{w}' exactly {} times, separated by spaces.", NUMBER_WORDS[count as usize]),
         answer,
         json!([{"type": "repeat_word", "word": w, "count": count}]),
         format!("{w} {count} times"),
@@ -73,20 +59,12 @@ pub(crate) fn json(rng: &mut Pcg, difficulty: u32) -> Instance {
             pairs.push((k, *rng.pick(&WORDS)));
         }
     }
-    let desc: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("key \"{k}\" has the value \"{v}\""))
-        .collect();
-    let obj: Map<String, Value> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-        .collect();
+    let desc: Vec<String> = pairs.iter().map(|(k, v)| format!("key \"{k}\" has the value \"{v}\"")).collect();
+    let obj: Map<String, Value> = pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
     let answer = Value::Object(obj).to_string();
-    let checks: Vec<Value> = pairs
-        .iter()
-        .map(|(k, v)| json!({"type": "json_key", "key": k, "value": v}))
-        .collect();
-    inst(format!("Reply with only a JSON object in which {}.", desc.join(" and ")),
+    let checks: Vec<Value> = pairs.iter().map(|(k, v)| json!({"type": "json_key", "key": k, "value": v})).collect();
+    inst(
+        format!("Reply with only a JSON object in which {}.", desc.join(" and ")),
         answer.clone(),
         Value::Array(checks),
         format!("object {answer}"),

@@ -35,16 +35,9 @@ pub(crate) fn add_steps(a: i64, b: i64) -> String {
     let mut carry = 0;
     let mut parts = Vec::new();
     for i in 0..n {
-        let (x, y) = (
-            da.get(i).copied().unwrap_or(0),
-            db.get(i).copied().unwrap_or(0),
-        );
+        let (x, y) = (da.get(i).copied().unwrap_or(0), db.get(i).copied().unwrap_or(0));
         let s = x + y + carry;
-        parts.push(if carry > 0 {
-            format!("{x}+{y}+{carry}={s}")
-        } else {
-            format!("{x}+{y}={s}")
-        });
+        parts.push(if carry > 0 { format!("{x}+{y}+{carry}={s}") } else { format!("{x}+{y}={s}") });
         carry = s / 10;
     }
     format!("{} -> {}", parts.join(", "), a + b)
@@ -78,24 +71,14 @@ fn inst(question: String, answer: i64, short: String, long: String) -> Instance 
         messages: vec![Message::user(format!("{question}{ASK}"))],
         answer: answer.to_string(),
         verifier: json!({"kind": "math"}),
-        reference: Reference {
-            short_reasoning: short,
-            long_reasoning: long,
-            content: boxed(answer),
-            steps: vec![],
-        },
+        reference: Reference { short_reasoning: short, long_reasoning: long, content: boxed(answer), steps: vec![] },
     }
 }
 
 pub(crate) fn add(rng: &mut Pcg, difficulty: u32) -> Instance {
     let d = digits_for(difficulty);
     let (a, b) = (operand(rng, d), operand(rng, d));
-    inst(
-        format!("Compute {a}+{b}."),
-        a + b,
-        format!("{a}+{b}={}", a + b),
-        add_steps(a, b),
-    )
+    inst(format!("Compute {a}+{b}."), a + b, format!("{a}+{b}={}", a + b), add_steps(a, b))
 }
 
 pub(crate) fn sub(rng: &mut Pcg, difficulty: u32) -> Instance {
@@ -104,18 +87,9 @@ pub(crate) fn sub(rng: &mut Pcg, difficulty: u32) -> Instance {
     let long = if a >= b {
         sub_steps(a, b)
     } else {
-        format!(
-            "{a}<{b} so {a}-{b}=-({b}-{a}); {} -> {}",
-            sub_steps(b, a),
-            a - b
-        )
+        format!("{a}<{b} so {a}-{b}=-({b}-{a}); {} -> {}", sub_steps(b, a), a - b)
     };
-    inst(
-        format!("Compute {a}-{b}."),
-        a - b,
-        format!("{a}-{b}={}", a - b),
-        long,
-    )
+    inst(format!("Compute {a}-{b}."), a - b, format!("{a}-{b}={}", a - b), long)
 }
 
 pub(crate) fn mul(rng: &mut Pcg, difficulty: u32) -> Instance {
@@ -128,20 +102,11 @@ pub(crate) fn mul(rng: &mut Pcg, difficulty: u32) -> Instance {
     let mut parts = Vec::new();
     for x in &da {
         let p = x * b + carry;
-        parts.push(if carry > 0 {
-            format!("{x}*{b}+{carry}={p}")
-        } else {
-            format!("{x}*{b}={p}")
-        });
+        parts.push(if carry > 0 { format!("{x}*{b}+{carry}={p}") } else { format!("{x}*{b}={p}") });
         carry = p / 10;
     }
     let long = format!("{} -> {}", parts.join(", "), a * b);
-    inst(
-        format!("Compute {a}*{b}."),
-        a * b,
-        format!("{a}*{b}={}", a * b),
-        long,
-    )
+    inst(format!("Compute {a}*{b}."), a * b, format!("{a}*{b}={}", a * b), long)
 }
 
 pub(crate) fn linear(rng: &mut Pcg, difficulty: u32) -> Instance {
@@ -176,9 +141,6 @@ mod tests {
         assert_eq!(add_steps(23, 58), "3+8=11, 2+5+1=8 -> 81");
         assert_eq!(add_steps(999, 1), "9+1=10, 9+0+1=10, 9+0+1=10 -> 1000");
         assert_eq!(sub_steps(71, 26), "1-6 borrow 11-6=5, 6-2=4 -> 45");
-        assert_eq!(
-            sub_steps(100, 1),
-            "0-1 borrow 10-1=9, -1-0 borrow 9-0=9, 0-0=0 -> 99"
-        );
+        assert_eq!(sub_steps(100, 1), "0-1 borrow 10-1=9, -1-0 borrow 9-0=9, 0-0=0 -> 99");
     }
 }

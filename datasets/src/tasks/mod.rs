@@ -93,10 +93,7 @@ impl Task {
     pub fn reference_segments(&self, mode: Mode) -> Vec<(String, bool)> {
         let mut out = Vec::new();
         for step in &self.reference.steps {
-            out.push((
-                render_reply(Some(&step.reasoning), "", &step.tool_calls, mode),
-                true,
-            ));
+            out.push((render_reply(Some(&step.reasoning), "", &step.tool_calls, mode), true));
             out.push((render_tool_results(&step.results, mode), false));
         }
         let reasoning = match mode {
@@ -104,10 +101,7 @@ impl Task {
             Mode::ThinkHigh => Some(self.reference.short_reasoning.as_str()),
             Mode::ThinkMax => Some(self.reference.long_reasoning.as_str()),
         };
-        out.push((
-            render_reply(reasoning, &self.reference.content, &[], mode),
-            true,
-        ));
+        out.push((render_reply(reasoning, &self.reference.content, &[], mode), true));
         out
     }
 
@@ -127,11 +121,7 @@ impl Task {
             Mode::ThinkHigh => Some(self.reference.short_reasoning.clone()),
             Mode::ThinkMax => Some(self.reference.long_reasoning.clone()),
         };
-        m.push(Message::assistant(
-            final_reasoning,
-            self.reference.content.clone(),
-            vec![],
-        ));
+        m.push(Message::assistant(final_reasoning, self.reference.content.clone(), vec![]));
         m
     }
 }
@@ -163,19 +153,13 @@ pub struct Pcg {
 
 impl Pcg {
     pub fn new(seed: u64) -> Self {
-        let mut p = Pcg {
-            state: seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
-        };
+        let mut p = Pcg { state: seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) };
         p.next_u32();
         p
     }
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
-        self.state = old
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.state = old.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
         let rot = (old >> 59) as u32;
         xorshifted.rotate_right(rot)
@@ -196,9 +180,7 @@ impl Pcg {
 
 /// FNV-1a 64 of a string (stable hashing for splits and ids).
 pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Split a problem key belongs to: one in five problems is held out for evaluation.
@@ -320,10 +302,7 @@ pub fn match_domains(pattern: &str) -> crate::error::Result<Vec<&'static DomainI
         let hits: Vec<&DomainInfo> = if p == "*" || p == "all" {
             DOMAINS.iter().collect()
         } else if let Some(prefix) = p.strip_suffix('*') {
-            DOMAINS
-                .iter()
-                .filter(|d| d.domain.starts_with(prefix))
-                .collect()
+            DOMAINS.iter().filter(|d| d.domain.starts_with(prefix)).collect()
         } else {
             DOMAINS.iter().filter(|d| d.domain == p).collect()
         };
@@ -350,23 +329,15 @@ pub fn generate(
     index: u64,
     difficulty: Option<u32>,
 ) -> crate::error::Result<Task> {
-    let info = domain_info(domain)
-        .ok_or_else(|| crate::error::DataError::UnknownDomain(domain.to_string()))?;
+    let info = domain_info(domain).ok_or_else(|| crate::error::DataError::UnknownDomain(domain.to_string()))?;
     let difficulty = difficulty.unwrap_or(info.default_difficulty).clamp(1, 5);
-    let mut rng = Pcg::new(fnv1a(&format!(
-        "{domain}/{}/{seed}/{index}/{difficulty}",
-        split.as_str()
-    )));
+    let mut rng = Pcg::new(fnv1a(&format!("{domain}/{}/{seed}/{index}/{difficulty}", split.as_str())));
     // Draw until the problem falls in the requested split (≈1.25 draws for train, 5 for eval).
     // Tiny problem spaces could contain no eval problem at all: give up after many draws.
     for _ in 0..10_000 {
         let inst = (info.generate)(&mut rng, difficulty);
         // The prompt itself is the problem's identity: splits can never share a prompt.
-        let key: String = inst
-            .messages
-            .iter()
-            .map(|m| format!("{}\u{2}{}\u{3}", m.role, m.content))
-            .collect();
+        let key: String = inst.messages.iter().map(|m| format!("{}\u{2}{}\u{3}", m.role, m.content)).collect();
         if split_of(domain, &key) == split {
             return Ok(Task {
                 prompt_id: format!("{domain}/{}/{seed}/{index}/d{difficulty}", split.as_str()),
@@ -395,15 +366,12 @@ pub fn sample(
     n: usize,
     difficulty: Option<u32>,
 ) -> crate::error::Result<Vec<Task>> {
-    (0..n as u64)
-        .map(|i| generate(domain, split, seed, i, difficulty))
-        .collect()
+    (0..n as u64).map(|i| generate(domain, split, seed, i, difficulty)).collect()
 }
 
 /// Number words used in verbal descriptions.
-pub(crate) const NUMBER_WORDS: [&str; 11] = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-];
+pub(crate) const NUMBER_WORDS: [&str; 11] =
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
 
 #[cfg(test)]
 mod tests {
@@ -414,10 +382,7 @@ mod tests {
     fn at_least_twelve_domains_two_per_family() {
         assert!(domains().len() >= 12);
         for fam in ["math", "code", "agent", "if"] {
-            assert!(
-                domains().iter().filter(|d| d.family == fam).count() >= 2,
-                "{fam}"
-            );
+            assert!(domains().iter().filter(|d| d.family == fam).count() >= 2, "{fam}");
         }
         assert_eq!(match_domains("math.*").unwrap().len(), 4);
         assert_eq!(match_domains("*").unwrap().len(), domains().len());
@@ -437,11 +402,7 @@ mod tests {
                 .map(|t| t.prompt_text(Mode::NonThink))
                 .collect();
             for e in &eval {
-                assert!(
-                    !train_prompts.contains(&e.prompt_text(Mode::NonThink)),
-                    "{}: eval prompt in train",
-                    d.domain
-                );
+                assert!(!train_prompts.contains(&e.prompt_text(Mode::NonThink)), "{}: eval prompt in train", d.domain);
             }
         }
     }

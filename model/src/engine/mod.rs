@@ -40,23 +40,11 @@ pub struct Numerics {
 
 impl Numerics {
     /// No simulation at all (golden `f32_dense`).
-    pub const DENSE: Numerics = Numerics {
-        kv_fp8: false,
-        indexer_fp4: false,
-        act_fp8: false,
-    };
+    pub const DENSE: Numerics = Numerics { kv_fp8: false, indexer_fp4: false, act_fp8: false };
     /// The QAT simulations of the V4 forward (golden `f32_noaq`); the default.
-    pub const QAT: Numerics = Numerics {
-        kv_fp8: true,
-        indexer_fp4: true,
-        act_fp8: false,
-    };
+    pub const QAT: Numerics = Numerics { kv_fp8: true, indexer_fp4: true, act_fp8: false };
     /// QAT plus FP8 activations as the reference kernels compute (golden `f32`).
-    pub const ACT_FP8: Numerics = Numerics {
-        kv_fp8: true,
-        indexer_fp4: true,
-        act_fp8: true,
-    };
+    pub const ACT_FP8: Numerics = Numerics { kv_fp8: true, indexer_fp4: true, act_fp8: true };
 }
 
 impl Default for Numerics {
@@ -75,10 +63,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            numerics: Numerics::QAT,
-            fp4_experts: true,
-        }
+        EngineOptions { numerics: Numerics::QAT, fp4_experts: true }
     }
 }
 
@@ -100,17 +85,9 @@ impl Linear {
     fn f32(w: &ModelWeights, name: &str, quantized_input: bool) -> Result<Self> {
         let t = w.get(name)?;
         if t.shape.len() != 2 {
-            return Err(ModelError::Shape(format!(
-                "`{name}` must be 2-D, got {:?}",
-                t.shape
-            )));
+            return Err(ModelError::Shape(format!("`{name}` must be 2-D, got {:?}", t.shape)));
         }
-        Ok(Linear {
-            w: Weight::F32(t.data.clone()),
-            out: t.shape[0],
-            inp: t.shape[1],
-            quantized_input,
-        })
+        Ok(Linear { w: Weight::F32(t.data.clone()), out: t.shape[0], inp: t.shape[1], quantized_input })
     }
 
     fn expert(w: &ModelWeights, name: &str, fp4: bool) -> Result<Self> {
@@ -121,20 +98,10 @@ impl Linear {
             Some(m) => m.clone(),
             None => {
                 let t = w.get(name)?;
-                Mxfp4Matrix::quantize(
-                    &t.data,
-                    t.shape[0],
-                    t.shape[1],
-                    mxfp4::ScaleRule::DeepSeekCeil,
-                )
+                Mxfp4Matrix::quantize(&t.data, t.shape[0], t.shape[1], mxfp4::ScaleRule::DeepSeekCeil)
             }
         };
-        Ok(Linear {
-            out: m.rows,
-            inp: m.cols,
-            w: Weight::Fp4(m),
-            quantized_input: true,
-        })
+        Ok(Linear { out: m.rows, inp: m.cols, w: Weight::Fp4(m), quantized_input: true })
     }
 
     fn forward(&self, x: &[f32], rows: usize, num: Numerics) -> Vec<f32> {
@@ -302,15 +269,9 @@ pub fn hc_split(
     iters: usize,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let pre: Vec<f32> = (0..n)
-        .map(|i| sigmoid(mixes[i] * scale[0] + base[i]) + eps)
-        .collect();
-    let post: Vec<f32> = (0..n)
-        .map(|i| 2.0 * sigmoid(mixes[n + i] * scale[1] + base[n + i]))
-        .collect();
-    let mut comb: Vec<f32> = (0..n * n)
-        .map(|k| mixes[2 * n + k] * scale[2] + base[2 * n + k])
-        .collect();
+    let pre: Vec<f32> = (0..n).map(|i| sigmoid(mixes[i] * scale[0] + base[i]) + eps).collect();
+    let post: Vec<f32> = (0..n).map(|i| 2.0 * sigmoid(mixes[n + i] * scale[1] + base[n + i])).collect();
+    let mut comb: Vec<f32> = (0..n * n).map(|k| mixes[2 * n + k] * scale[2] + base[2 * n + k]).collect();
     // softmax over each row, + eps
     for r in 0..n {
         let row = &mut comb[r * n..(r + 1) * n];
@@ -375,11 +336,7 @@ fn load_expert(w: &ModelWeights, p: &str, fp4: bool) -> Result<Expert> {
             Linear::f32(w, &format!("{p}{n}.weight"), true)
         }
     };
-    Ok(Expert {
-        w1: mk("w1")?,
-        w2: mk("w2")?,
-        w3: mk("w3")?,
-    })
+    Ok(Expert { w1: mk("w1")?, w2: mk("w2")?, w3: mk("w3")? })
 }
 
 impl Engine {
@@ -392,19 +349,11 @@ impl Engine {
             let p = format!("layers.{l}.");
             let ratio = cfg.ratio(l);
             let a = format!("{p}attn.");
-            let compressor = if ratio > 0 {
-                Some(load_compressor(w, &format!("{a}compressor."))?)
-            } else {
-                None
-            };
+            let compressor = if ratio > 0 { Some(load_compressor(w, &format!("{a}compressor."))?) } else { None };
             let indexer = if ratio == 4 {
                 Some(Indexer {
                     wq_b: Linear::f32(w, &format!("{a}indexer.wq_b.weight"), true)?,
-                    weights_proj: Linear::f32(
-                        w,
-                        &format!("{a}indexer.weights_proj.weight"),
-                        false,
-                    )?,
+                    weights_proj: Linear::f32(w, &format!("{a}indexer.weights_proj.weight"), false)?,
                     compressor: load_compressor(w, &format!("{a}indexer.compressor."))?,
                 })
             } else {
@@ -429,16 +378,8 @@ impl Engine {
                 .collect::<Result<Vec<_>>>()?;
             let moe = Moe {
                 gate: vec_of(w, &format!("{f}gate.weight"))?,
-                bias: if cfg.is_hash_layer(l) {
-                    None
-                } else {
-                    Some(vec_of(w, &format!("{f}gate.bias"))?)
-                },
-                tid2eid: if cfg.is_hash_layer(l) {
-                    Some(w.tid2eid(l)?.to_vec())
-                } else {
-                    None
-                },
+                bias: if cfg.is_hash_layer(l) { None } else { Some(vec_of(w, &format!("{f}gate.bias"))?) },
+                tid2eid: if cfg.is_hash_layer(l) { Some(w.tid2eid(l)?.to_vec()) } else { None },
                 experts,
                 shared: if cfg.n_shared_experts > 0 {
                     Some(load_expert(w, &format!("{f}shared_experts."), false)?)
@@ -482,20 +423,10 @@ impl Engine {
         let mut experts = 0;
         let mut other = 4 * (self.embed.len() + self.head.len() + self.norm.len());
         for l in &self.layers {
-            experts += l
-                .moe
-                .experts
-                .iter()
-                .map(|e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes())
-                .sum::<usize>();
+            experts += l.moe.experts.iter().map(|e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes()).sum::<usize>();
             let a = &l.attn;
-            other +=
-                a.wq_a.bytes() + a.wq_b.bytes() + a.wkv.bytes() + a.wo_b.bytes() + 4 * a.wo_a.len();
-            other += l
-                .moe
-                .shared
-                .as_ref()
-                .map_or(0, |e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes());
+            other += a.wq_a.bytes() + a.wq_b.bytes() + a.wkv.bytes() + a.wo_b.bytes() + 4 * a.wo_a.len();
+            other += l.moe.shared.as_ref().map_or(0, |e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes());
             other += 4 * (l.hc_attn.fn_.len() + l.hc_ffn.fn_.len() + l.moe.gate.len());
         }
         (experts, other)
@@ -506,11 +437,7 @@ impl Engine {
         let cfg = &self.config;
         let (d, hc, n) = (cfg.dim, cfg.hc_mult, rows.len());
         if n == 0 {
-            return Ok(Output {
-                rows: vec![],
-                values: vec![],
-                width: 0,
-            });
+            return Ok(Output { rows: vec![], values: vec![], width: 0 });
         }
         // Positions, and the rows of each sequence in order.
         let mut next_pos: HashMap<usize, usize> = HashMap::new();
@@ -532,10 +459,7 @@ impl Engine {
             }
             let p = next_pos.entry(r.seq).or_insert(states[r.seq].pos);
             if *p >= cfg.max_seq_len {
-                return Err(ModelError::Input(format!(
-                    "sequence {} exceeds max_seq_len {}",
-                    r.seq, cfg.max_seq_len
-                )));
+                return Err(ModelError::Input(format!("sequence {} exceeds max_seq_len {}", r.seq, cfg.max_seq_len)));
             }
             positions.push(*p);
             *p += 1;
@@ -555,8 +479,7 @@ impl Engine {
         // Disjoint mutable states per group.
         let mut seq_states: Vec<(&mut DecodeState, &[usize])> = Vec::with_capacity(groups.len());
         {
-            let mut by_seq: HashMap<usize, &[usize]> =
-                groups.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+            let mut by_seq: HashMap<usize, &[usize]> = groups.iter().map(|(s, v)| (*s, v.as_slice())).collect();
             for (si, st) in states.iter_mut().enumerate() {
                 if let Some(rs) = by_seq.remove(&si) {
                     seq_states.push((st, rs));
@@ -586,36 +509,21 @@ impl Engine {
         // Which rows produce output.
         let out_rows: Vec<usize> = match want {
             Want::AllLogits | Want::AllHidden => (0..n).collect(),
-            Want::LastLogits => groups
-                .iter()
-                .map(|(_, v)| *v.last().unwrap_or(&0))
-                .collect(),
+            Want::LastLogits => groups.iter().map(|(_, v)| *v.last().unwrap_or(&0)).collect(),
         };
         let mut hidden = vec![0f32; out_rows.len() * d];
         for (o, &i) in out_rows.iter().enumerate() {
             let xi = self.hc_head_row(&h[i * hc * d..(i + 1) * hc * d]);
             hidden[o * d..(o + 1) * d].copy_from_slice(&xi);
-            rms_norm(
-                &mut hidden[o * d..(o + 1) * d],
-                Some(&self.norm),
-                cfg.norm_eps,
-            );
+            rms_norm(&mut hidden[o * d..(o + 1) * d], Some(&self.norm), cfg.norm_eps);
         }
         if want == Want::AllHidden {
-            return Ok(Output {
-                rows: out_rows,
-                values: hidden,
-                width: d,
-            });
+            return Ok(Output { rows: out_rows, values: hidden, width: d });
         }
         let v = cfg.vocab_size;
         let mut logits = vec![0f32; out_rows.len() * v];
         kernels::matmul_f32(&hidden, out_rows.len(), d, &self.head, v, &mut logits);
-        Ok(Output {
-            rows: out_rows,
-            values: logits,
-            width: v,
-        })
+        Ok(Output { rows: out_rows, values: logits, width: v })
     }
 
     /// `hc_pre`: returns the sub-layer input `[n, D]`, `post [n, hc]` and `comb [n, hc, hc]`.
@@ -629,26 +537,13 @@ impl Engine {
         let mut comb = vec![0f32; n * hc * hc];
         for i in 0..n {
             let hi = &h[i * hc * d..(i + 1) * hc * d];
-            let r = 1.0
-                / (hi.iter().map(|v| v * v).sum::<f32>() / (hc * d) as f32 + cfg.norm_eps).sqrt();
-            let m: Vec<f32> = mixes[i * mix..(i + 1) * mix]
-                .iter()
-                .map(|v| v * r)
-                .collect();
-            let (pre, po, co) = hc_split(
-                &m,
-                &site.scale,
-                &site.base,
-                hc,
-                cfg.hc_sinkhorn_iters,
-                cfg.hc_eps,
-            );
+            let r = 1.0 / (hi.iter().map(|v| v * v).sum::<f32>() / (hc * d) as f32 + cfg.norm_eps).sqrt();
+            let m: Vec<f32> = mixes[i * mix..(i + 1) * mix].iter().map(|v| v * r).collect();
+            let (pre, po, co) = hc_split(&m, &site.scale, &site.base, hc, cfg.hc_sinkhorn_iters, cfg.hc_eps);
             let xi = &mut x[i * d..(i + 1) * d];
             for s in 0..hc {
                 let stream = &hi[s * d..(s + 1) * d];
-                xi.iter_mut()
-                    .zip(stream)
-                    .for_each(|(a, b)| *a += pre[s] * b);
+                xi.iter_mut().zip(stream).for_each(|(a, b)| *a += pre[s] * b);
             }
             post[i * hc..(i + 1) * hc].copy_from_slice(&po);
             comb[i * hc * hc..(i + 1) * hc * hc].copy_from_slice(&co);
@@ -659,15 +554,12 @@ impl Engine {
     fn hc_head_row(&self, hi: &[f32]) -> Vec<f32> {
         let cfg = &self.config;
         let (d, hc) = (cfg.dim, cfg.hc_mult);
-        let r =
-            1.0 / (hi.iter().map(|v| v * v).sum::<f32>() / (hc * d) as f32 + cfg.norm_eps).sqrt();
+        let r = 1.0 / (hi.iter().map(|v| v * v).sum::<f32>() / (hc * d) as f32 + cfg.norm_eps).sqrt();
         let mut x = vec![0f32; d];
         for s in 0..hc {
             let mix = kernels::dot(&self.hc_head.fn_[s * hc * d..(s + 1) * hc * d], hi) * r;
             let pre = sigmoid(mix * self.hc_head.scale[0] + self.hc_head.base[s]) + cfg.hc_eps;
-            x.iter_mut()
-                .zip(&hi[s * d..(s + 1) * d])
-                .for_each(|(a, b)| *a += pre * b);
+            x.iter_mut().zip(&hi[s * d..(s + 1) * d]).for_each(|(a, b)| *a += pre * b);
         }
         x
     }
@@ -698,8 +590,7 @@ impl Engine {
         for row in kv.chunks_mut(hd) {
             rms_norm(row, Some(&at.kv_norm), cfg.norm_eps);
         }
-        let rope_cs: Vec<(Vec<f32>, Vec<f32>)> =
-            positions.iter().map(|&p| at.rope.cos_sin(p)).collect();
+        let rope_cs: Vec<(Vec<f32>, Vec<f32>)> = positions.iter().map(|&p| at.rope.cos_sin(p)).collect();
         for i in 0..n {
             let (c, s) = &rope_cs[i];
             for head in q[i * h * hd..(i + 1) * h * hd].chunks_mut(hd) {
@@ -713,10 +604,7 @@ impl Engine {
             }
         }
         // Compressor and indexer projections (batched).
-        let comp = at
-            .compressor
-            .as_ref()
-            .map(|c| (c.wkv.forward(x, n, num), c.wgate.forward(x, n, num)));
+        let comp = at.compressor.as_ref().map(|c| (c.wkv.forward(x, n, num), c.wgate.forward(x, n, num)));
         let idx = at.indexer.as_ref().map(|ix| {
             let (ih, ihd) = (cfg.index_n_heads, cfg.index_head_dim);
             let mut qi = ix.wq_b.forward(&qr, n, num);
@@ -748,19 +636,15 @@ impl Engine {
                     let ls = &mut st.layers[li];
                     // window ring buffer
                     let slot = pos % window;
-                    ls.window[slot * hd..(slot + 1) * hd]
-                        .copy_from_slice(&kv[i * hd..(i + 1) * hd]);
+                    ls.window[slot * hd..(slot + 1) * hd].copy_from_slice(&kv[i * hd..(i + 1) * hd]);
                     // compressors
                     if let (Some(c), Some((ckv, cg))) = (&at.compressor, &comp) {
                         let w = if layer.ratio == 4 { 2 * hd } else { hd };
-                        if let Some(entry) = ls.compressor.as_mut().and_then(|cs| {
-                            cs.push(
-                                pos,
-                                &ckv[i * w..(i + 1) * w],
-                                &cg[i * w..(i + 1) * w],
-                                &c.ape,
-                            )
-                        }) {
+                        if let Some(entry) = ls
+                            .compressor
+                            .as_mut()
+                            .and_then(|cs| cs.push(pos, &ckv[i * w..(i + 1) * w], &cg[i * w..(i + 1) * w], &c.ape))
+                        {
                             let e = self.finish_entry(entry, &c.norm, at, layer.ratio, pos, false);
                             ls.entries.extend_from_slice(&e);
                         }
@@ -768,12 +652,7 @@ impl Engine {
                     if let (Some(ix), Some((_, _, ikv, ig))) = (&at.indexer, &idx) {
                         let w = 2 * cfg.index_head_dim;
                         if let Some(entry) = ls.index_compressor.as_mut().and_then(|cs| {
-                            cs.push(
-                                pos,
-                                &ikv[i * w..(i + 1) * w],
-                                &ig[i * w..(i + 1) * w],
-                                &ix.compressor.ape,
-                            )
+                            cs.push(pos, &ikv[i * w..(i + 1) * w], &ig[i * w..(i + 1) * w], &ix.compressor.ape)
                         }) {
                             let e = self.finish_entry(entry, &ix.compressor.norm, at, 4, pos, true);
                             ls.index_keys.extend_from_slice(&e);
@@ -785,15 +664,11 @@ impl Engine {
                         LayerKind::Window => vec![],
                         LayerKind::Hca => (0..n_entries).collect(),
                         LayerKind::Csa => {
-                            let forced = st
-                                .forced
-                                .as_ref()
-                                .and_then(|f| f.topk.get(&(li, pos)).cloned());
+                            let forced = st.forced.as_ref().and_then(|f| f.topk.get(&(li, pos)).cloned());
                             let sel = match forced {
                                 Some(s) => s.into_iter().filter(|&e| e < n_entries).collect(),
                                 None => {
-                                    let (qi, wts, _, _) =
-                                        idx.as_ref().expect("CSA layer has an indexer");
+                                    let (qi, wts, _, _) = idx.as_ref().expect("CSA layer has an indexer");
                                     self.index_select(
                                         &qi[i * cfg.index_n_heads * cfg.index_head_dim
                                             ..(i + 1) * cfg.index_n_heads * cfg.index_head_dim],
@@ -822,8 +697,7 @@ impl Engine {
                             scores.push(kernels::dot(qh, &ls.window[s * hd..(s + 1) * hd]) * scale);
                         }
                         for &e in &selected {
-                            scores
-                                .push(kernels::dot(qh, &ls.entries[e * hd..(e + 1) * hd]) * scale);
+                            scores.push(kernels::dot(qh, &ls.entries[e * hd..(e + 1) * hd]) * scale);
                         }
                         let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                         let mut z = 0f32;
@@ -837,16 +711,12 @@ impl Engine {
                         for p in start..=pos {
                             let s = p % window;
                             let wgt = scores[k] / z;
-                            oh.iter_mut()
-                                .zip(&ls.window[s * hd..(s + 1) * hd])
-                                .for_each(|(a, b)| *a += wgt * b);
+                            oh.iter_mut().zip(&ls.window[s * hd..(s + 1) * hd]).for_each(|(a, b)| *a += wgt * b);
                             k += 1;
                         }
                         for &e in &selected {
                             let wgt = scores[k] / z;
-                            oh.iter_mut()
-                                .zip(&ls.entries[e * hd..(e + 1) * hd])
-                                .for_each(|(a, b)| *a += wgt * b);
+                            oh.iter_mut().zip(&ls.entries[e * hd..(e + 1) * hd]).for_each(|(a, b)| *a += wgt * b);
                             k += 1;
                         }
                         let (c, s) = &rope_cs[i];
@@ -868,22 +738,10 @@ impl Engine {
         let gw = h * hd / g;
         let mut oa = vec![0f32; n * g * lora];
         for gi in 0..g {
-            let xg: Vec<f32> = (0..n)
-                .flat_map(|i| {
-                    o[i * h * hd + gi * gw..i * h * hd + (gi + 1) * gw]
-                        .iter()
-                        .copied()
-                })
-                .collect();
+            let xg: Vec<f32> =
+                (0..n).flat_map(|i| o[i * h * hd + gi * gw..i * h * hd + (gi + 1) * gw].iter().copied()).collect();
             let mut yg = vec![0f32; n * lora];
-            kernels::matmul_f32(
-                &xg,
-                n,
-                gw,
-                &at.wo_a[gi * lora * gw..(gi + 1) * lora * gw],
-                lora,
-                &mut yg,
-            );
+            kernels::matmul_f32(&xg, n, gw, &at.wo_a[gi * lora * gw..(gi + 1) * lora * gw], lora, &mut yg);
             for i in 0..n {
                 oa[i * g * lora + gi * lora..i * g * lora + (gi + 1) * lora]
                     .copy_from_slice(&yg[i * lora..(i + 1) * lora]);
@@ -949,12 +807,7 @@ impl Engine {
     ) -> Vec<f32> {
         let cfg = &self.config;
         let num = self.options.numerics;
-        let (n, d, k, ne) = (
-            rows.len(),
-            cfg.dim,
-            cfg.n_activated_experts,
-            cfg.n_routed_experts,
-        );
+        let (n, d, k, ne) = (rows.len(), cfg.dim, cfg.n_activated_experts, cfg.n_routed_experts);
         let moe = &layer.moe;
         let mut logits = vec![0f32; n * ne];
         kernels::matmul_f32(x, n, d, &moe.gate, ne, &mut logits);
@@ -974,10 +827,7 @@ impl Engine {
         let mut sel = vec![0u32; n * k];
         let mut wts = vec![0f32; n * k];
         for i in 0..n {
-            let scores: Vec<f32> = logits[i * ne..(i + 1) * ne]
-                .iter()
-                .map(|&l| softplus(l).sqrt())
-                .collect();
+            let scores: Vec<f32> = logits[i * ne..(i + 1) * ne].iter().map(|&l| softplus(l).sqrt()).collect();
             let ids: Vec<u32> = if let Some(f) = forced[i].take() {
                 f
             } else if let Some(t) = &moe.tid2eid {
@@ -1001,10 +851,7 @@ impl Engine {
         for (st, rs) in seq_states.iter_mut() {
             if let Some(rec) = st.record.as_mut() {
                 for &i in rs.iter() {
-                    let e = rec
-                        .routes
-                        .entry(positions[i])
-                        .or_insert_with(|| vec![0; cfg.n_layers * k]);
+                    let e = rec.routes.entry(positions[i]).or_insert_with(|| vec![0; cfg.n_layers * k]);
                     e[li * k..(li + 1) * k].copy_from_slice(&sel[i * k..(i + 1) * k]);
                 }
             }
@@ -1022,24 +869,15 @@ impl Engine {
             .enumerate()
             .filter(|(_, a)| !a.is_empty())
             .map(|(e, a)| {
-                let xs: Vec<f32> = a
-                    .iter()
-                    .flat_map(|(i, _)| x[i * d..(i + 1) * d].iter().copied())
-                    .collect();
+                let xs: Vec<f32> = a.iter().flat_map(|(i, _)| x[i * d..(i + 1) * d].iter().copied()).collect();
                 let w: Vec<f32> = a.iter().map(|(_, w)| *w).collect();
-                (
-                    e,
-                    expert_forward(&moe.experts[e], &xs, a.len(), Some(&w), limit, num),
-                )
+                (e, expert_forward(&moe.experts[e], &xs, a.len(), Some(&w), limit, num))
             })
             .collect();
         let mut y = vec![0f32; n * d];
         for (e, out) in outputs {
             for (r, (i, _)) in assign[e].iter().enumerate() {
-                y[i * d..(i + 1) * d]
-                    .iter_mut()
-                    .zip(&out[r * d..(r + 1) * d])
-                    .for_each(|(a, b)| *a += b);
+                y[i * d..(i + 1) * d].iter_mut().zip(&out[r * d..(r + 1) * d]).for_each(|(a, b)| *a += b);
             }
         }
         if let Some(sh) = &moe.shared {
@@ -1052,14 +890,7 @@ impl Engine {
 
 /// SwiGLU expert with the V4 clamp; the routing weight multiplies the hidden activation
 /// before `w2`, as in the reference.
-fn expert_forward(
-    e: &Expert,
-    x: &[f32],
-    rows: usize,
-    route_w: Option<&[f32]>,
-    limit: f32,
-    num: Numerics,
-) -> Vec<f32> {
+fn expert_forward(e: &Expert, x: &[f32], rows: usize, route_w: Option<&[f32]>, limit: f32, num: Numerics) -> Vec<f32> {
     let g = e.w1.forward(x, rows, num);
     let u = e.w3.forward(x, rows, num);
     let inter = e.w1.out;
@@ -1091,9 +922,7 @@ fn hc_post(h: &mut [f32], f: &[f32], post: &[f32], comb: &[f32], n: usize, hc: u
             nj.iter_mut().zip(fi).for_each(|(a, b)| *a = pj * b);
             for s in 0..hc {
                 let c = comb[i * hc * hc + s * hc + j];
-                nj.iter_mut()
-                    .zip(&hi[s * d..(s + 1) * d])
-                    .for_each(|(a, b)| *a += c * b);
+                nj.iter_mut().zip(&hi[s * d..(s + 1) * d]).for_each(|(a, b)| *a += c * b);
             }
         }
         h[i * hc * d..(i + 1) * hc * d].copy_from_slice(&new);

@@ -29,20 +29,9 @@ impl CompressorState {
     pub fn new(ratio: usize, d: usize) -> Self {
         let coff = if ratio == 4 { 2 } else { 1 };
         let n = ratio * coff * d;
-        let (prev_kv, prev_score) = if coff == 2 {
-            (vec![0.0; n], vec![f32::NEG_INFINITY; n])
-        } else {
-            (vec![], vec![])
-        };
-        CompressorState {
-            ratio,
-            coff,
-            d,
-            cur_kv: vec![0.0; n],
-            cur_score: vec![0.0; n],
-            prev_kv,
-            prev_score,
-        }
+        let (prev_kv, prev_score) =
+            if coff == 2 { (vec![0.0; n], vec![f32::NEG_INFINITY; n]) } else { (vec![], vec![]) };
+        CompressorState { ratio, coff, d, cur_kv: vec![0.0; n], cur_score: vec![0.0; n], prev_kv, prev_score }
     }
 
     /// Record token `pos`'s projections; when its window closes return the pooled entry
@@ -145,18 +134,11 @@ impl DecodeState {
                     entries: Vec::new(),
                     compressor: (ratio > 0).then(|| CompressorState::new(ratio, cfg.head_dim)),
                     index_keys: Vec::new(),
-                    index_compressor: (ratio == 4)
-                        .then(|| CompressorState::new(4, cfg.index_head_dim)),
+                    index_compressor: (ratio == 4).then(|| CompressorState::new(4, cfg.index_head_dim)),
                 }
             })
             .collect();
-        DecodeState {
-            pos: 0,
-            layers,
-            record: None,
-            forced: None,
-            tokens: Vec::new(),
-        }
+        DecodeState { pos: 0, layers, record: None, forced: None, tokens: Vec::new() }
     }
 
     /// Start recording routing and indexer decisions.
@@ -180,9 +162,7 @@ impl DecodeState {
             b.entries += 4 * l.entries.len();
             b.index_keys += 4 * l.index_keys.len();
             b.carry += l.compressor.as_ref().map_or(0, CompressorState::bytes)
-                + l.index_compressor
-                    .as_ref()
-                    .map_or(0, CompressorState::bytes);
+                + l.index_compressor.as_ref().map_or(0, CompressorState::bytes);
         }
         b
     }

@@ -120,11 +120,7 @@ pub fn quantize_blocks(
     block_cols: usize,
     clamp_min: f32,
 ) -> Fp8Blocks {
-    assert_eq!(
-        w.len(),
-        rows * cols,
-        "quantize_blocks: data does not match shape"
-    );
+    assert_eq!(w.len(), rows * cols, "quantize_blocks: data does not match shape");
     let br_n = rows.div_ceil(block_rows);
     let bc_n = cols.div_ceil(block_cols);
     let mut scales = vec![0u8; br_n * bc_n];
@@ -150,23 +146,13 @@ pub fn quantize_blocks(
             }
         }
     }
-    Fp8Blocks {
-        rows,
-        cols,
-        block_rows,
-        block_cols,
-        data,
-        scales,
-    }
+    Fp8Blocks { rows, cols, block_rows, block_cols, data, scales }
 }
 
 /// In-place FP8 fake quantisation of one contiguous block (reference `act_quant(..., inplace=True)`):
 /// scale from the block amax (floored at [`ACT_AMAX_FLOOR`]), round to E4M3, multiply back.
 pub fn fake_quant_block(x: &mut [f32]) {
-    let amax = x
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(ACT_AMAX_FLOOR);
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(ACT_AMAX_FLOOR);
     let s = e8m0_to_f32(block_scale_byte(amax));
     for v in x.iter_mut() {
         *v = e4m3_round((*v / s).clamp(-E4M3_MAX, E4M3_MAX)) * s;

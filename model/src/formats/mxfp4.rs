@@ -18,9 +18,8 @@ pub const BLOCK: usize = 32;
 pub const E2M1_MAX: f32 = 6.0;
 
 /// Value of each 4-bit code.
-pub const E2M1_LUT: [f32; 16] = [
-    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-];
+pub const E2M1_LUT: [f32; 16] =
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
 /// How the shared block scale is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,16 +81,10 @@ pub fn scale_byte(amax: f32, rule: ScaleRule) -> u8 {
 
 /// Quantise one block (≤ 32 values): returns the scale byte and one code per element.
 pub fn quantize_block(x: &[f32], rule: ScaleRule) -> (u8, Vec<u8>) {
-    let amax = x.iter().fold(
-        0f32,
-        |m, v| if v.is_nan() { f32::NAN } else { m.max(v.abs()) },
-    );
+    let amax = x.iter().fold(0f32, |m, v| if v.is_nan() { f32::NAN } else { m.max(v.abs()) });
     let b = scale_byte(amax, rule);
     let s = e8m0_to_f32(b);
-    let codes = x
-        .iter()
-        .map(|v| e2m1_encode((*v / s).clamp(-E2M1_MAX, E2M1_MAX)))
-        .collect();
+    let codes = x.iter().map(|v| e2m1_encode((*v / s).clamp(-E2M1_MAX, E2M1_MAX))).collect();
     (b, codes)
 }
 
@@ -109,10 +102,7 @@ pub fn fake_quant(x: &mut [f32]) {
 
 /// Pack codes two per byte, element `2k` in the low nibble.
 pub fn pack_codes(codes: &[u8]) -> Vec<u8> {
-    codes
-        .chunks(2)
-        .map(|p| (p[0] & 0x0F) | (p.get(1).copied().unwrap_or(0) << 4))
-        .collect()
+    codes.chunks(2).map(|p| (p[0] & 0x0F) | (p.get(1).copied().unwrap_or(0) << 4)).collect()
 }
 
 /// Unpack bytes into codes (low nibble first).
@@ -134,16 +124,8 @@ pub struct Mxfp4Matrix {
 impl Mxfp4Matrix {
     /// Quantise a row-major f32 matrix along its rows.
     pub fn quantize(w: &[f32], rows: usize, cols: usize, rule: ScaleRule) -> Self {
-        assert_eq!(
-            w.len(),
-            rows * cols,
-            "Mxfp4Matrix::quantize: data does not match shape"
-        );
-        assert_eq!(
-            cols % BLOCK,
-            0,
-            "MXFP4 needs the input dimension to be a multiple of 32"
-        );
+        assert_eq!(w.len(), rows * cols, "Mxfp4Matrix::quantize: data does not match shape");
+        assert_eq!(cols % BLOCK, 0, "MXFP4 needs the input dimension to be a multiple of 32");
         let mut packed = Vec::with_capacity(rows * cols / 2);
         let mut scales = Vec::with_capacity(rows * cols / BLOCK);
         for block in w.chunks(BLOCK) {
@@ -151,12 +133,7 @@ impl Mxfp4Matrix {
             scales.push(b);
             packed.extend(pack_codes(&codes));
         }
-        Mxfp4Matrix {
-            rows,
-            cols,
-            packed,
-            scales,
-        }
+        Mxfp4Matrix { rows, cols, packed, scales }
     }
 
     /// Exact f32 values.
@@ -182,15 +159,7 @@ mod tests {
 
     #[test]
     fn ties_go_to_even_codes() {
-        let cases = [
-            (0.25, 0.0),
-            (0.75, 1.0),
-            (1.25, 1.0),
-            (1.75, 2.0),
-            (2.5, 2.0),
-            (3.5, 4.0),
-            (5.0, 4.0),
-        ];
+        let cases = [(0.25, 0.0), (0.75, 1.0), (1.25, 1.0), (1.75, 2.0), (2.5, 2.0), (3.5, 4.0), (5.0, 4.0)];
         for (x, want) in cases {
             assert_eq!(e2m1_round(x), want, "{x}");
             assert_eq!(e2m1_round(-x), -want, "-{x}");
@@ -201,9 +170,7 @@ mod tests {
 
     #[test]
     fn fake_quant_is_idempotent() {
-        let mut x: Vec<f32> = (0..64)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173)
-            .collect();
+        let mut x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173).collect();
         fake_quant(&mut x);
         let once = x.clone();
         fake_quant(&mut x);

@@ -12,6 +12,7 @@
 //! Right padding is harmless: a query never attends a later key, compressed entries only pool
 //! complete windows, and MoE is per token, so padded positions never leak into real ones.
 
+pub mod attention;
 pub mod ops;
 pub mod prof;
 
@@ -40,11 +41,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions {
-            numerics: Numerics::QAT,
-            qat_experts: true,
-            indexer_loss: true,
-        }
+        TrainOptions { numerics: Numerics::QAT, qat_experts: true, indexer_loss: true }
     }
 }
 
@@ -85,13 +82,14 @@ impl TrainModel {
     pub fn from_weights(w: &ModelWeights, dtype: DType, options: TrainOptions) -> Result<Self> {
         w.validate()?;
         if options.numerics.act_fp8 {
-            return Err(ModelError::Input("FP8 activation quantisation is an inference simulation; the trainer does not support it".into()));
+            return Err(ModelError::Input(
+                "FP8 activation quantisation is an inference simulation; the trainer does not support it".into(),
+            ));
         }
         let device = Device::Cpu;
         let mut vars = BTreeMap::new();
         for (name, t) in &w.tensors {
-            let tensor =
-                Tensor::from_slice(&t.data, t.shape.as_slice(), &device)?.to_dtype(dtype)?;
+            let tensor = Tensor::from_slice(&t.data, t.shape.as_slice(), &device)?.to_dtype(dtype)?;
             vars.insert(name.clone(), Var::from_tensor(&tensor)?);
         }
         let cfg = &w.config;
@@ -103,15 +101,7 @@ impl TrainModel {
         } else {
             None
         };
-        Ok(TrainModel {
-            config: cfg.clone(),
-            options,
-            dtype,
-            device,
-            vars,
-            tid2eid: w.tid2eid.clone(),
-            hadamard,
-        })
+        Ok(TrainModel { config: cfg.clone(), options, dtype, device, vars, tid2eid: w.tid2eid.clone(), hadamard })
     }
 
     pub fn dtype(&self) -> DType {
@@ -141,31 +131,19 @@ impl TrainModel {
             let data = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             tensors.insert(name.clone(), Tensor32::new(t.dims().to_vec(), data));
         }
-        Ok(ModelWeights {
-            config: self.config.clone(),
-            tensors,
-            tid2eid: self.tid2eid.clone(),
-            fp4: BTreeMap::new(),
-        })
+        Ok(ModelWeights { config: self.config.clone(), tensors, tid2eid: self.tid2eid.clone(), fp4: BTreeMap::new() })
     }
 
     /// Overwrite parameters from weights with the same names and shapes.
     pub fn load_weights(&self, w: &ModelWeights) -> Result<()> {
         for (name, v) in &self.vars {
             let t = w.get_shaped(name, v.as_tensor().dims())?;
-            v.set(
-                &Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?
-                    .to_dtype(self.dtype)?,
-            )?;
+            v.set(&Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?.to_dtype(self.dtype)?)?;
         }
         Ok(())
     }
 
-    fn cos_sin(
-        &self,
-        freqs: &RopeFreqs,
-        positions: impl Iterator<Item = usize>,
-    ) -> Result<(Tensor, Tensor)> {
+    fn cos_sin(&self, freqs: &RopeFreqs, positions: impl Iterator<Item = usize>) -> Result<(Tensor, Tensor)> {
         let mut c = Vec::new();
         let mut s = Vec::new();
         let mut n = 0;
@@ -192,24 +170,16 @@ impl TrainModel {
         let lengths: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
         let s = *lengths.iter().max().unwrap_or(&0);
         if s == 0 {
-            return Err(ModelError::Input(
-                "every sequence in the batch is empty".into(),
-            ));
+            return Err(ModelError::Input("every sequence in the batch is empty".into()));
         }
         if s > cfg.max_seq_len {
-            return Err(ModelError::Input(format!(
-                "sequence of {s} tokens exceeds max_seq_len {}",
-                cfg.max_seq_len
-            )));
+            return Err(ModelError::Input(format!("sequence of {s} tokens exceeds max_seq_len {}", cfg.max_seq_len)));
         }
         let (d, hc) = (cfg.dim, cfg.hc_mult);
         let mut ids = Vec::with_capacity(b * s);
         for seq in batch {
             if let Some(t) = seq.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(ModelError::Input(format!(
-                    "token id {t} is outside the vocabulary ({})",
-                    cfg.vocab_size
-                )));
+                return Err(ModelError::Input(format!("token id {t} is outside the vocabulary ({})", cfg.vocab_size)));
             }
             ids.extend_from_slice(&seq.tokens);
             ids.extend(std::iter::repeat_n(0u32, s - seq.tokens.len()));
@@ -224,83 +194,35 @@ impl TrainModel {
         let rope_yarn = RopeFreqs::new(
             cfg.rope_head_dim,
             cfg.compress_rope_theta,
-            Some((
-                cfg.original_seq_len,
-                cfg.rope_factor,
-                cfg.beta_fast,
-                cfg.beta_slow,
-            )),
+            Some((cfg.original_seq_len, cfg.rope_factor, cfg.beta_fast, cfg.beta_slow)),
         );
-        let tables = [
-            self.cos_sin(&rope_plain, 0..s)?,
-            self.cos_sin(&rope_yarn, 0..s)?,
-        ];
+        let tables = [self.cos_sin(&rope_plain, 0..s)?, self.cos_sin(&rope_yarn, 0..s)?];
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}.");
             let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_attn")))?;
-            let x = rms_norm(
-                &x,
-                Some(self.var(&format!("{p}attn_norm.weight"))?),
-                cfg.norm_eps as f64,
-            )?;
-            let table = if cfg.ratio(l) > 0 {
-                &tables[1]
-            } else {
-                &tables[0]
-            };
+            let x = rms_norm(&x, Some(self.var(&format!("{p}attn_norm.weight"))?), cfg.norm_eps as f64)?;
+            let table = if cfg.ratio(l) > 0 { &tables[1] } else { &tables[0] };
             let y = prof::time("attention", || {
-                self.attention(
-                    l,
-                    &x,
-                    b,
-                    s,
-                    &lengths,
-                    batch,
-                    table,
-                    &rope_yarn,
-                    &mut decisions,
-                    &mut aux,
-                )
+                self.attention(l, &x, b, s, &lengths, batch, table, &rope_yarn, &mut decisions, &mut aux)
             })?;
             h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
             let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_ffn")))?;
-            let x = rms_norm(
-                &x,
-                Some(self.var(&format!("{p}ffn_norm.weight"))?),
-                cfg.norm_eps as f64,
-            )?;
-            let y = prof::time("moe", || {
-                self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions)
-            })?;
+            let x = rms_norm(&x, Some(self.var(&format!("{p}ffn_norm.weight"))?), cfg.norm_eps as f64)?;
+            let y = prof::time("moe", || self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions))?;
             h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
         }
         // hc_head + final norm
         let flat = h.reshape((n, hc * d))?;
-        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?
-            .sqrt()?
-            .recip()?;
-        let mixes = flat
-            .matmul(&self.var("hc_head_fn")?.t()?)?
-            .broadcast_mul(&rs)?;
-        let pre = (sigmoid(
-            &mixes
-                .broadcast_mul(self.var("hc_head_scale")?)?
-                .broadcast_add(self.var("hc_head_base")?)?,
-        )? + cfg.hc_eps as f64)?;
+        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?.sqrt()?.recip()?;
+        let mixes = flat.matmul(&self.var("hc_head_fn")?.t()?)?.broadcast_mul(&rs)?;
+        let pre =
+            (sigmoid(&mixes.broadcast_mul(self.var("hc_head_scale")?)?.broadcast_add(self.var("hc_head_base")?)?)?
+                + cfg.hc_eps as f64)?;
         let x = pre.unsqueeze(2)?.broadcast_mul(&h)?.sum(1)?;
-        let hidden = rms_norm(&x, Some(self.var("norm.weight")?), cfg.norm_eps as f64)?
-            .reshape((b, s, d))?;
-        let indexer_loss = if aux.is_empty() {
-            None
-        } else {
-            Some((Tensor::stack(&aux, 0)?.sum_all()? / aux.len() as f64)?)
-        };
-        Ok(TrainOutput {
-            hidden,
-            lengths,
-            indexer_loss,
-            decisions,
-        })
+        let hidden = rms_norm(&x, Some(self.var("norm.weight")?), cfg.norm_eps as f64)?.reshape((b, s, d))?;
+        let indexer_loss =
+            if aux.is_empty() { None } else { Some((Tensor::stack(&aux, 0)?.sum_all()? / aux.len() as f64)?) };
+        Ok(TrainOutput { hidden, lengths, indexer_loss, decisions })
     }
 
     /// Logits `[.., V]` of head inputs.
@@ -322,12 +244,8 @@ impl TrainModel {
         let (n, hc, d) = h.dims3()?;
         let eps = cfg.hc_eps as f64;
         let flat = h.reshape((n, hc * d))?;
-        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?
-            .sqrt()?
-            .recip()?;
-        let mixes = flat
-            .matmul(&self.var(&format!("{site}_fn"))?.t()?)?
-            .broadcast_mul(&rs)?;
+        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?.sqrt()?.recip()?;
+        let mixes = flat.matmul(&self.var(&format!("{site}_fn"))?.t()?)?.broadcast_mul(&rs)?;
         let scale = self.var(&format!("{site}_scale"))?;
         let base = self.var(&format!("{site}_base"))?;
         let part = |i: usize, w: usize| -> Result<Tensor> {
@@ -400,8 +318,7 @@ impl TrainModel {
             (c, z)
         } else {
             let zeros = Tensor::zeros((b, 1, ratio, d), self.dtype, &self.device)?;
-            let negs =
-                Tensor::full(NEG as f32, (b, 1, ratio, d), &self.device)?.to_dtype(self.dtype)?;
+            let negs = Tensor::full(NEG as f32, (b, 1, ratio, d), &self.device)?.to_dtype(self.dtype)?;
             let (prev_c, prev_z) = if ne > 1 {
                 (
                     Tensor::cat(&[zeros, c.narrow(1, 0, ne - 1)?.narrow(3, 0, d)?], 1)?,
@@ -410,43 +327,25 @@ impl TrainModel {
             } else {
                 (zeros, negs)
             };
-            (
-                Tensor::cat(&[prev_c, c.narrow(3, d, d)?], 2)?,
-                Tensor::cat(&[prev_z, z.narrow(3, d, d)?], 2)?,
-            )
+            (Tensor::cat(&[prev_c, c.narrow(3, d, d)?], 2)?, Tensor::cat(&[prev_z, z.narrow(3, d, d)?], 2)?)
         };
         let p = softmax_dim(&cand_z, 2)?;
         let entry = (p * cand_c)?.sum(2)?; // [B, ne, d]
-        let entry = rms_norm(
-            &entry,
-            Some(self.var(&format!("{prefix}norm.weight"))?),
-            cfg.norm_eps as f64,
-        )?;
+        let entry = rms_norm(&entry, Some(self.var(&format!("{prefix}norm.weight"))?), cfg.norm_eps as f64)?;
         let (cos, sin) = self.cos_sin(freqs, (0..ne).map(|i| i * ratio))?;
         let entry = rope(&entry, &cos.unsqueeze(0)?, &sin.unsqueeze(0)?, false)?;
         let num = self.options.numerics;
         Ok(Some(if indexer {
-            let hm = self
-                .hadamard
-                .as_ref()
-                .ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
-            let r = entry
-                .reshape((b * ne, d))?
-                .matmul(hm)?
-                .reshape((b, ne, d))?;
+            let hm =
+                self.hadamard.as_ref().ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
+            let r = entry.reshape((b * ne, d))?.matmul(hm)?.reshape((b, ne, d))?;
             if num.indexer_fp4 {
                 fake_quant(&r, FakeQuant::Fp4)?
             } else {
                 r
             }
         } else if num.kv_fp8 {
-            fake_quant(
-                &entry,
-                FakeQuant::KvFp8 {
-                    width: d,
-                    rope: cfg.rope_head_dim,
-                },
-            )?
+            fake_quant(&entry, FakeQuant::KvFp8 { width: d, rope: cfg.rope_head_dim })?
         } else {
             entry
         }))
@@ -479,18 +378,10 @@ impl TrainModel {
             Some(self.var(&format!("{a}q_norm.weight"))?),
             cfg.norm_eps as f64,
         )?;
-        let q = self
-            .linear(&qr, &format!("{a}wq_b.weight"))?
-            .reshape((b, s, h, hd))?;
+        let q = self.linear(&qr, &format!("{a}wq_b.weight"))?.reshape((b, s, h, hd))?;
         let q = rms_norm(&q, None, cfg.norm_eps as f64)?;
-        let q = rope(
-            &q,
-            &cos.unsqueeze(0)?.unsqueeze(2)?,
-            &sin.unsqueeze(0)?.unsqueeze(2)?,
-            false,
-        )?;
-        let q = q.transpose(1, 2)?.contiguous()?; // [B, H, S, hd]
-                                                  // keys = values [B, S, hd]
+        let q = rope(&q, &cos.unsqueeze(0)?.unsqueeze(2)?, &sin.unsqueeze(0)?.unsqueeze(2)?, false)?;
+        // keys = values [B, S, hd]
         let kv = rms_norm(
             &self.linear(x, &format!("{a}wkv.weight"))?,
             Some(self.var(&format!("{a}kv_norm.weight"))?),
@@ -498,109 +389,66 @@ impl TrainModel {
         )?
         .reshape((b, s, hd))?;
         let kv = rope(&kv, &cos.unsqueeze(0)?, &sin.unsqueeze(0)?, false)?;
-        let kv = if num.kv_fp8 {
-            fake_quant(
-                &kv,
-                FakeQuant::KvFp8 {
-                    width: hd,
-                    rope: rd,
-                },
-            )?
-        } else {
-            kv
-        };
+        let kv = if num.kv_fp8 { fake_quant(&kv, FakeQuant::KvFp8 { width: hd, rope: rd })? } else { kv };
         let scale = (hd as f64).powf(-0.5);
-        let qf = q.reshape((b, h * s, hd))?;
-        let sw = (qf.matmul(&kv.transpose(1, 2)?)? * scale)?.reshape((b, h, s, s))?;
-        let win = cfg.window_size;
-        let mut mask_w = vec![NEG as f32; s * s];
-        for t in 0..s {
-            for p in (t + 1).saturating_sub(win)..=t {
-                mask_w[t * s + p] = 0.0;
-            }
-        }
-        let mask_w = Tensor::from_vec(mask_w, (s, s), &self.device)?.to_dtype(self.dtype)?;
-        let mut parts = vec![sw.broadcast_add(&mask_w)?];
-        let mut entries: Option<Tensor> = None;
-        if ratio > 0 {
+        let entries = if ratio > 0 {
             let x3 = x.reshape((b, s, cfg.dim))?;
-            entries = prof::time("compress", || {
-                self.compress(
-                    &x3,
-                    b,
-                    s,
-                    &format!("{a}compressor."),
-                    ratio,
-                    hd,
-                    rope_yarn,
-                    false,
-                )
-            })?;
-        }
+            prof::time("compress", || {
+                self.compress(&x3, b, s, &format!("{a}compressor."), ratio, hd, rope_yarn, false)
+            })?
+        } else {
+            None
+        };
         let ne = entries.as_ref().map_or(0, |e| e.dim(1).unwrap_or(0));
+        // compressed entries each query attends: all visible ones (HCA) or the indexer's top-k (CSA)
+        let mut selected: Vec<Vec<u32>> = vec![Vec::new(); b * s];
         if let Some(e) = &entries {
-            let sc = (qf.matmul(&e.transpose(1, 2)?)? * scale)?.reshape((b, h, s, ne))?;
-            // visibility (and, for CSA, indexer selection) per batch row and query
-            let mut mask_c = vec![NEG as f32; b * s * ne];
-            if kind == LayerKind::Csa {
-                let selected = prof::time("indexer", || {
-                    self.indexer(
-                        l, x, &qr, b, s, lengths, batch, table, rope_yarn, &sc, decisions, aux,
-                    )
-                })?;
-                for (bi, rows) in selected.iter().enumerate() {
-                    for (t, sel) in rows.iter().enumerate() {
-                        for &e in sel {
-                            mask_c[(bi * s + t) * ne + e] = 0.0;
+            match kind {
+                LayerKind::Csa => {
+                    // dense main scores over entries (detached): the indexer's training target
+                    let sc = (q.detach().reshape((b, s * h, hd))?.matmul(&e.detach().transpose(1, 2)?)? * scale)?
+                        .reshape((b, s, h, ne))?;
+                    let sel = prof::time("indexer", || {
+                        self.indexer(l, x, &qr, b, s, lengths, batch, table, rope_yarn, &sc, decisions, aux)
+                    })?;
+                    for (bi, rows) in sel.into_iter().enumerate() {
+                        for (t, v) in rows.into_iter().enumerate() {
+                            selected[bi * s + t] = v.into_iter().map(|x| x as u32).collect();
                         }
                     }
                 }
-            } else {
-                for bi in 0..b {
-                    for t in 0..s {
-                        for e in 0..((t + 1) / ratio).min(ne) {
-                            mask_c[(bi * s + t) * ne + e] = 0.0;
+                _ => {
+                    for bi in 0..b {
+                        for t in 0..s {
+                            selected[bi * s + t] = (0..((t + 1) / ratio).min(ne) as u32).collect();
                         }
                     }
                 }
             }
-            let mask_c =
-                Tensor::from_vec(mask_c, (b, 1, s, ne), &self.device)?.to_dtype(self.dtype)?;
-            parts.push(sc.broadcast_add(&mask_c)?);
         }
-        let sink = self
-            .var(&format!("{a}attn_sink"))?
-            .reshape((1, h, 1, 1))?
-            .broadcast_as((b, h, s, 1))?;
-        parts.push(sink);
-        let pr = softmax_last(&Tensor::cat(&parts, 3)?)?;
-        let pw = pr.narrow(3, 0, s)?.reshape((b, h * s, s))?;
-        let mut o = pw.matmul(&kv)?;
-        if let Some(e) = &entries {
-            let pc = pr.narrow(3, s, ne)?.reshape((b, h * s, ne))?;
-            o = (o + pc.matmul(e)?)?;
-        }
-        let o = o.reshape((b, h, s, hd))?;
-        let o = rope(
-            &o,
-            &cos.unsqueeze(0)?.unsqueeze(0)?,
-            &sin.unsqueeze(0)?.unsqueeze(0)?,
-            true,
-        )?;
-        let o = o.transpose(1, 2)?.contiguous()?.reshape((b * s, h * hd))?;
+        let kvc = match &entries {
+            Some(e) => Tensor::cat(&[&kv, e], 1)?,
+            None => kv,
+        };
+        let op = attention::SparseAttention {
+            batch: b,
+            seq: s,
+            heads: h,
+            head_dim: hd,
+            entries: ne,
+            window: cfg.window_size,
+            scale: scale as f32,
+            selected: std::sync::Arc::new(selected),
+        };
+        let o = attention::sparse_attention(&q, &kvc, self.var(&format!("{a}attn_sink"))?, op)?; // [B, S, H, hd]
+        let o = rope(&o, &cos.unsqueeze(0)?.unsqueeze(2)?, &sin.unsqueeze(0)?.unsqueeze(2)?, true)?;
+        let o = o.reshape((b * s, h * hd))?;
         // grouped low-rank output projection
         let (g, lora) = (cfg.o_groups, cfg.o_lora_rank);
         let gw = h * hd / g;
         let og = o.reshape((b * s, g, gw))?.transpose(0, 1)?.contiguous()?; // [g, N, gw]
-        let wa = self
-            .var(&format!("{a}wo_a.weight"))?
-            .reshape((g, lora, gw))?
-            .transpose(1, 2)?; // [g, gw, lora]
-        let oa = og
-            .matmul(&wa.contiguous()?)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((b * s, g * lora))?;
+        let wa = self.var(&format!("{a}wo_a.weight"))?.reshape((g, lora, gw))?.transpose(1, 2)?; // [g, gw, lora]
+        let oa = og.matmul(&wa.contiguous()?)?.transpose(0, 1)?.contiguous()?.reshape((b * s, g * lora))?;
         self.linear(&oa, &format!("{a}wo_b.weight"))
     }
 
@@ -629,50 +477,22 @@ impl TrainModel {
         // Detached inputs: the indexer learns only from its own loss.
         let xd = x.detach();
         let qrd = qr.detach();
-        let keys = self.compress(
-            &xd.reshape((b, s, cfg.dim))?,
-            b,
-            s,
-            &format!("{a}compressor."),
-            4,
-            ihd,
-            rope_yarn,
-            true,
-        )?;
+        let keys =
+            self.compress(&xd.reshape((b, s, cfg.dim))?, b, s, &format!("{a}compressor."), 4, ihd, rope_yarn, true)?;
         let keys = match keys {
             Some(k) => k,
             None => return Ok(vec![vec![vec![]; s]; b]),
         };
         let ne = keys.dim(1)?;
-        let qi = self
-            .linear(&qrd, &format!("{a}wq_b.weight"))?
-            .reshape((b, s, ih, ihd))?;
-        let qi = rope(
-            &qi,
-            &cos.unsqueeze(0)?.unsqueeze(2)?,
-            &sin.unsqueeze(0)?.unsqueeze(2)?,
-            false,
-        )?;
-        let hm = self
-            .hadamard
-            .as_ref()
-            .ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
+        let qi = self.linear(&qrd, &format!("{a}wq_b.weight"))?.reshape((b, s, ih, ihd))?;
+        let qi = rope(&qi, &cos.unsqueeze(0)?.unsqueeze(2)?, &sin.unsqueeze(0)?.unsqueeze(2)?, false)?;
+        let hm = self.hadamard.as_ref().ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
         let qi = qi.reshape((b * s * ih, ihd))?.matmul(hm)?;
-        let qi = if self.options.numerics.indexer_fp4 {
-            fake_quant(&qi, FakeQuant::Fp4)?
-        } else {
-            qi
-        };
+        let qi = if self.options.numerics.indexer_fp4 { fake_quant(&qi, FakeQuant::Fp4)? } else { qi };
         let qi = qi.reshape((b, s * ih, ihd))?;
         let wscale = (ihd as f64).powf(-0.5) * (ih as f64).powf(-0.5);
-        let w = (self.linear(&xd, &format!("{a}weights_proj.weight"))? * wscale)?
-            .reshape((b, s, ih, 1))?;
-        let scores = qi
-            .matmul(&keys.transpose(1, 2)?)?
-            .reshape((b, s, ih, ne))?
-            .relu()?
-            .broadcast_mul(&w)?
-            .sum(2)?; // [B, S, ne]
+        let w = (self.linear(&xd, &format!("{a}weights_proj.weight"))? * wscale)?.reshape((b, s, ih, 1))?;
+        let scores = qi.matmul(&keys.transpose(1, 2)?)?.reshape((b, s, ih, ne))?.relu()?.broadcast_mul(&w)?.sum(2)?; // [B, S, ne]
         let vals: Vec<f32> = scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let mut selected = vec![vec![Vec::new(); s]; b];
         for bi in 0..b {
@@ -718,16 +538,12 @@ impl TrainModel {
                 let vis = Tensor::from_vec(vis, (b, s, ne), &self.device)?.to_dtype(self.dtype)?;
                 let rows = Tensor::from_vec(rows, (b, s, 1), &self.device)?.to_dtype(self.dtype)?;
                 let h = cfg.n_heads;
-                let target =
-                    softmax_last(&main_scores.detach().broadcast_add(&vis.unsqueeze(1)?)?)?
-                        .sum(1)?; // [B, S, ne]
+                let target = softmax_last(&main_scores.detach().broadcast_add(&vis.unsqueeze(2)?)?)?.sum(2)?; // [B, S, ne]
                 let target = (target / h as f64)?.broadcast_mul(&rows)?;
                 let logp = ops::log_softmax_last(&scores.broadcast_add(&vis)?)?;
                 // KL(target ‖ p_indexer); target·log(target) is a constant.
                 let tl = target.clamp(1e-30, 1.0)?.log()?;
-                let kl = (target.clone() * (tl - logp)?)?
-                    .broadcast_mul(&rows)?
-                    .sum_all()?;
+                let kl = (target.clone() * (tl - logp)?)?.broadcast_mul(&rows)?.sum_all()?;
                 aux.push((kl / n_rows as f64)?);
             }
         }
@@ -754,26 +570,19 @@ impl TrainModel {
         let bias = if cfg.is_hash_layer(l) {
             None
         } else {
-            Some(
-                self.var(&format!("{f}gate.bias"))?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?,
-            )
+            Some(self.var(&format!("{f}gate.bias"))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
         };
         let mut sel = vec![0u32; n * k];
         for i in 0..n {
             let (bi, t) = (i / s, i % s);
-            let forced = batch[bi]
-                .forced
-                .as_ref()
-                .and_then(|fd| fd.routes.get(&t))
-                .filter(|r| r.len() >= (l + 1) * k);
+            let forced = batch[bi].forced.as_ref().and_then(|fd| fd.routes.get(&t)).filter(|r| r.len() >= (l + 1) * k);
             let chosen: Vec<u32> = if let Some(r) = forced {
                 r[l * k..(l + 1) * k].to_vec()
             } else if cfg.is_hash_layer(l) {
-                let table = self.tid2eid.get(&l).ok_or_else(|| {
-                    ModelError::Checkpoint(format!("missing tid2eid of layer {l}"))
-                })?;
+                let table = self
+                    .tid2eid
+                    .get(&l)
+                    .ok_or_else(|| ModelError::Checkpoint(format!("missing tid2eid of layer {l}")))?;
                 table[ids[i] as usize * k..(ids[i] as usize + 1) * k].to_vec()
             } else {
                 let bias = bias.as_deref().unwrap_or(&[]);
@@ -794,10 +603,7 @@ impl TrainModel {
                 order[..k].iter().map(|(_, e)| *e).collect()
             };
             if t < lengths[bi] {
-                let rec = decisions[bi]
-                    .routes
-                    .entry(t)
-                    .or_insert_with(|| vec![0; cfg.n_layers * k]);
+                let rec = decisions[bi].routes.entry(t).or_insert_with(|| vec![0; cfg.n_layers * k]);
                 rec[l * k..(l + 1) * k].copy_from_slice(&chosen);
             }
             sel[i * k..(i + 1) * k].copy_from_slice(&chosen);
@@ -805,8 +611,7 @@ impl TrainModel {
         let sel_t = Tensor::from_slice(&sel, (n, k), &self.device)?;
         let gathered = logits.gather(&sel_t, 1)?;
         let sc = (ops::softplus(&gathered)? + 1e-30)?.sqrt()?;
-        let wts =
-            (sc.broadcast_div(&sc.sum_keepdim(1)?)? * cfg.route_scale as f64)?.flatten_all()?; // [N·k]
+        let wts = (sc.broadcast_div(&sc.sum_keepdim(1)?)? * cfg.route_scale as f64)?.flatten_all()?; // [N·k]
         let mut y = Tensor::zeros((n, cfg.dim), self.dtype, &self.device)?;
         let mut rows_of: Vec<Vec<(u32, u32)>> = vec![Vec::new(); ne];
         for i in 0..n {
@@ -819,24 +624,11 @@ impl TrainModel {
                 continue;
             }
             let m = rows.len();
-            let ri = Tensor::from_vec(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                m,
-                &self.device,
-            )?;
-            let fi = Tensor::from_vec(
-                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-                m,
-                &self.device,
-            )?;
+            let ri = Tensor::from_vec(rows.iter().map(|r| r.0).collect::<Vec<_>>(), m, &self.device)?;
+            let fi = Tensor::from_vec(rows.iter().map(|r| r.1).collect::<Vec<_>>(), m, &self.device)?;
             let xe = x.index_select(&ri, 0)?;
             let we = wts.index_select(&fi, 0)?.unsqueeze(1)?;
-            let ye = self.expert(
-                &xe,
-                &format!("{f}experts.{e}."),
-                Some(&we),
-                self.options.qat_experts,
-            )?;
+            let ye = self.expert(&xe, &format!("{f}experts.{e}."), Some(&we), self.options.qat_experts)?;
             y = y.index_add(&ri, &ye, 0)?;
         }
         if cfg.n_shared_experts > 0 {
@@ -848,11 +640,7 @@ impl TrainModel {
     fn expert(&self, x: &Tensor, p: &str, route_w: Option<&Tensor>, qat: bool) -> Result<Tensor> {
         let w = |n: &str| -> Result<Tensor> {
             let t = self.var(&format!("{p}{n}.weight"))?;
-            Ok(if qat {
-                fake_quant(t, FakeQuant::Fp4)?
-            } else {
-                t.clone()
-            })
+            Ok(if qat { fake_quant(t, FakeQuant::Fp4)? } else { t.clone() })
         };
         let limit = self.config.swiglu_limit as f64;
         let mut g = x.matmul(&w("w1")?.t()?)?;

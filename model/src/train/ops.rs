@@ -33,18 +33,12 @@ impl CustomOp1 for Sigmoid {
             }
         }
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(
-                contiguous_slice(v, l, self.name())?
-                    .iter()
-                    .map(|&x| sig(x))
-                    .collect(),
-            ),
-            CpuStorage::F64(v) => CpuStorage::F64(
-                contiguous_slice(v, l, self.name())?
-                    .iter()
-                    .map(|&x| sig(x))
-                    .collect(),
-            ),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(contiguous_slice(v, l, self.name())?.iter().map(|&x| sig(x)).collect())
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(contiguous_slice(v, l, self.name())?.iter().map(|&x| sig(x)).collect())
+            }
             _ => bail!("v4-sigmoid: only f32/f64"),
         };
         Ok((out, l.shape().clone()))
@@ -58,11 +52,7 @@ impl CustomOp1 for Sigmoid {
 /// Minimal float trait so the sigmoid kernel serves f32 and f64.
 mod num_like {
     pub trait Float:
-        Copy
-        + PartialOrd
-        + std::ops::Neg<Output = Self>
-        + std::ops::Div<Output = Self>
-        + std::ops::Add<Output = Self>
+        Copy + PartialOrd + std::ops::Neg<Output = Self> + std::ops::Div<Output = Self> + std::ops::Add<Output = Self>
     {
         fn zero() -> Self;
         fn one() -> Self;

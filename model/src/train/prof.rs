@@ -33,11 +33,6 @@ pub fn time<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
 pub fn take() -> Vec<(&'static str, Duration, u64)> {
     table()
         .lock()
-        .map(|mut m| {
-            std::mem::take(&mut *m)
-                .into_iter()
-                .map(|(k, (d, n))| (k, d, n))
-                .collect()
-        })
+        .map(|mut m| std::mem::take(&mut *m).into_iter().map(|(k, (d, n))| (k, d, n)).collect())
         .unwrap_or_default()
 }

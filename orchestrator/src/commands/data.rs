@@ -19,10 +19,7 @@ pub fn tasks_list(json_out: bool) -> Result<()> {
     }
     println!("{:<14} {:<7} {:<5} description", "domain", "family", "diff");
     for d in ds {
-        println!(
-            "{:<14} {:<7} {:<5} {}",
-            d.domain, d.family, d.default_difficulty, d.description
-        );
+        println!("{:<14} {:<7} {:<5} {}", d.domain, d.family, d.default_difficulty, d.description);
     }
     println!("\n{} domains in {} families", ds.len(), {
         let mut f: Vec<_> = ds.iter().map(|d| d.family).collect();
@@ -43,15 +40,8 @@ pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
         }
     }
     let ts = tasks::sample(&a.domain, split, a.seed, a.n, a.difficulty)?;
-    datasets::prompts::write_tasks(&a.out, &ts)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!(
-        "wrote {} {} prompts of {} to {}",
-        ts.len(),
-        split.as_str(),
-        a.domain,
-        a.out.display()
-    );
+    datasets::prompts::write_tasks(&a.out, &ts).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {} {} prompts of {} to {}", ts.len(), split.as_str(), a.domain, a.out.display());
     Ok(())
 }
 
@@ -63,21 +53,15 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
         let task = datasets::prompts::task_from_record(&a.input, i + 1, rec, i)?;
         let response = match rec.get("response") {
             Some(Value::String(s)) => s.clone(),
-            Some(other) => bail!(
-                "{}: row {}: column `response`: expected a string, got {other}",
-                a.input.display(),
-                i + 1
-            ),
-            None => bail!(
-                "{}: row {}: column `response`: missing",
-                a.input.display(),
-                i + 1
-            ),
+            Some(other) => {
+                bail!("{}: row {}: column `response`: expected a string, got {other}", a.input.display(), i + 1)
+            }
+            None => bail!("{}: row {}: column `response`: missing", a.input.display(), i + 1),
         };
         let mode = match rec.get("mode").and_then(Value::as_str) {
-            Some(m) => m.parse::<Mode>().map_err(|e| {
-                anyhow::anyhow!("{}: row {}: column `mode`: {e}", a.input.display(), i + 1)
-            })?,
+            Some(m) => m
+                .parse::<Mode>()
+                .map_err(|e| anyhow::anyhow!("{}: row {}: column `mode`: {e}", a.input.display(), i + 1))?,
             None if response.contains("</think>") => Mode::ThinkHigh,
             None => Mode::NonThink,
         };
@@ -85,14 +69,9 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
         let e = by_domain.entry(task.domain.clone()).or_default();
         e.0 += r.value as f64;
         e.1 += 1;
-        rows.push(
-            json!({"index": i, "domain": task.domain, "reward": r.value, "detail": r.detail}),
-        );
+        rows.push(json!({"index": i, "domain": task.domain, "reward": r.value, "detail": r.detail}));
     }
-    let acc: BTreeMap<&String, f64> = by_domain
-        .iter()
-        .map(|(k, (s, n))| (k, s / *n as f64))
-        .collect();
+    let acc: BTreeMap<&String, f64> = by_domain.iter().map(|(k, (s, n))| (k, s / *n as f64)).collect();
     if a.json {
         print_json(&json!({"rows": rows, "by_domain": acc}));
     } else {
@@ -102,12 +81,7 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
         }
         let total: usize = by_domain.values().map(|v| v.1).sum();
         let sum: f64 = by_domain.values().map(|v| v.0).sum();
-        println!(
-            "{:<16} {:>6} {:>9.3}",
-            "all",
-            total,
-            sum / total.max(1) as f64
-        );
+        println!("{:<16} {:>6} {:>9.3}", "all", total, sum / total.max(1) as f64);
     }
     Ok(())
 }
@@ -126,10 +100,8 @@ pub fn shard_dirs(path: &Path) -> Result<Vec<PathBuf>> {
         if !store::list_shards(&d)?.is_empty() {
             out.push(d.clone());
         }
-        let mut subs: Vec<PathBuf> = std::fs::read_dir(&d)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
+        let mut subs: Vec<PathBuf> =
+            std::fs::read_dir(&d)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
         subs.sort();
         stack.extend(subs.into_iter().rev());
     }
@@ -146,14 +118,11 @@ fn read_trajs(path: &Path) -> Result<Vec<Trajectory>> {
             all.extend(trajectories::read_all(dir.path(), &ReadFilter::default())?);
             continue;
         }
-        if d.components()
-            .any(|c| c.as_os_str() == "metrics" || c.as_os_str() == "teacher_states")
-        {
+        if d.components().any(|c| c.as_os_str() == "metrics" || c.as_os_str() == "teacher_states") {
             continue;
         }
         all.extend(
-            trajectories::read_all(&d, &ReadFilter::default())
-                .with_context(|| format!("reading {}", d.display()))?,
+            trajectories::read_all(&d, &ReadFilter::default()).with_context(|| format!("reading {}", d.display()))?,
         );
     }
     if all.is_empty() {
@@ -197,10 +166,7 @@ pub fn traj_inspect(path: &Path, n: usize, json_out: bool) -> Result<()> {
         let text: String = t.response_text.chars().take(300).collect();
         println!("   response: {}", text.replace('\n', "⏎"));
         if !t.reward_detail.is_empty() {
-            println!(
-                "   detail: {}",
-                t.reward_detail.chars().take(200).collect::<String>()
-            );
+            println!("   detail: {}", t.reward_detail.chars().take(200).collect::<String>());
         }
     }
     println!("({} of {} rows)", n.min(ts.len()), ts.len());
@@ -241,31 +207,11 @@ pub fn traj_stats(path: &Path, json_out: bool) -> Result<()> {
             response_tokens,
             generated
         );
-        println!(
-            "finish reasons: {}",
-            finish
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "{:<16} {:>7} {:>12} {:>10}",
-            "domain", "rows", "reward_mean", "resp_tok"
-        );
+        println!("finish reasons: {}", finish.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+        println!("{:<16} {:>7} {:>12} {:>10}", "domain", "rows", "reward_mean", "resp_tok");
         for (d, (n, rs, rn, tok)) in &dom {
-            let rm = if *rn > 0 {
-                format!("{:.3}", rs / *rn as f64)
-            } else {
-                "-".into()
-            };
-            println!(
-                "{:<16} {:>7} {:>12} {:>10.1}",
-                d,
-                n,
-                rm,
-                *tok as f64 / *n as f64
-            );
+            let rm = if *rn > 0 { format!("{:.3}", rs / *rn as f64) } else { "-".into() };
+            println!("{:<16} {:>7} {:>12} {:>10.1}", d, n, rm, *tok as f64 / *n as f64);
         }
     }
     Ok(())
@@ -298,9 +244,7 @@ pub fn bench_store(n: usize, tokens: usize, json_out: bool) -> Result<()> {
             response_tokens: (0..tokens).map(|_| zipf()).collect(),
             response_logprobs: {
                 let mut r = tasks::Pcg::new(!(i as u64));
-                (0..tokens)
-                    .map(|_| -(4.0 * r.unit().powi(2)) as f32)
-                    .collect()
+                (0..tokens).map(|_| -(4.0 * r.unit().powi(2)) as f32).collect()
             },
             finish_reason: "eos".into(),
             reward: Some((i % 2) as f32),
@@ -317,10 +261,8 @@ pub fn bench_store(n: usize, tokens: usize, json_out: bool) -> Result<()> {
         written += st.write(&batch)?.written;
     }
     let write_s = t0.elapsed().as_secs_f64();
-    let bytes: u64 = store::list_shards(dir.path())?
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let bytes: u64 =
+        store::list_shards(dir.path())?.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let t1 = Instant::now();
     let back = trajectories::read_all(dir.path(), &ReadFilter::default())?;
     let read_s = t1.elapsed().as_secs_f64();

@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod model_cmd;
+pub mod train_cmd;
 
 use crate::cli::{BenchCmd, Command, ModelCmd, TasksCmd, TrajCmd};
 use anyhow::Result;
@@ -11,19 +12,18 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Tasks(TasksCmd::List { json }) => data::tasks_list(json),
         Command::Tasks(TasksCmd::Sample(a)) => data::tasks_sample(&a),
         Command::Score(a) => data::score(&a),
-        Command::Trajectories(TrajCmd::Inspect { path, n, json }) => {
-            data::traj_inspect(&path, n, json)
-        }
+        Command::Trajectories(TrajCmd::Inspect { path, n, json }) => data::traj_inspect(&path, n, json),
         Command::Trajectories(TrajCmd::Stats { path, json }) => data::traj_stats(&path, json),
         Command::Model(ModelCmd::Info(a)) => model_cmd::info(&a.source, a.json),
         Command::Model(ModelCmd::Forward(a)) => model_cmd::forward(&a),
-        Command::Model(ModelCmd::Quantize {
-            input,
-            out,
-            format,
-            shard_mib,
-        }) => model_cmd::quantize(&input, &out, &format, shard_mib),
+        Command::Model(ModelCmd::Quantize { input, out, format, shard_mib }) => {
+            model_cmd::quantize(&input, &out, &format, shard_mib)
+        }
         Command::Bench(BenchCmd::Store { n, tokens, json }) => data::bench_store(n, tokens, json),
         Command::Bench(BenchCmd::Forward(a)) => model_cmd::bench_forward(&a),
+        Command::Pretrain(a) => train_cmd::sft(&a, true),
+        Command::Sft(a) => train_cmd::sft(&a, false),
+        Command::Grpo(a) => train_cmd::grpo(&a),
+        Command::Eval(a) => train_cmd::eval(&a),
     }
 }

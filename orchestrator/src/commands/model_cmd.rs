@@ -28,15 +28,8 @@ pub fn info(src: &ConfigSource, json_out: bool) -> Result<()> {
         .collect();
     let ctx = 1 << 20;
     let kv = c.kv_bytes_per_token(ctx, 2);
-    let kv_json: serde_json::Map<String, serde_json::Value> = kv
-        .iter()
-        .map(|(k, n, b)| {
-            (
-                k.name().to_string(),
-                json!({"layers": n, "bytes_per_token": b}),
-            )
-        })
-        .collect();
+    let kv_json: serde_json::Map<String, serde_json::Value> =
+        kv.iter().map(|(k, n, b)| (k.name().to_string(), json!({"layers": n, "bytes_per_token": b}))).collect();
     let kv_total: f64 = kv.iter().map(|(_, _, b)| b).sum();
     if json_out {
         print_json(&json!({
@@ -62,15 +55,20 @@ pub fn info(src: &ConfigSource, json_out: bool) -> Result<()> {
         pc.active,
         fmt(pc.mtp)
     );
-    println!("dim {} · {} layers · {} heads × {} · vocab {} · {} experts (top-{}, {} shared) · window {}", c.dim, c.n_layers, c.n_heads, c.head_dim, c.vocab_size, c.n_routed_experts, c.n_activated_experts, c.n_shared_experts, c.window_size);
+    println!(
+        "dim {} · {} layers · {} heads × {} · vocab {} · {} experts (top-{}, {} shared) · window {}",
+        c.dim,
+        c.n_layers,
+        c.n_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.n_routed_experts,
+        c.n_activated_experts,
+        c.n_shared_experts,
+        c.window_size
+    );
     let sched: Vec<String> = (0..c.n_layers)
-        .map(|l| {
-            format!(
-                "{}{}",
-                c.layer_kind(l).name(),
-                if c.is_hash_layer(l) { "*" } else { "" }
-            )
-        })
+        .map(|l| format!("{}{}", c.layer_kind(l).name(), if c.is_hash_layer(l) { "*" } else { "" }))
         .collect();
     println!("layers (* = hash-routed MoE): {}", sched.join(" "));
     println!("KV cache at 1M context (bf16 entries), bytes per token:");
@@ -91,23 +89,12 @@ fn parse_numerics(s: &str) -> Result<Numerics> {
 }
 
 pub fn forward(a: &ForwardArgs) -> Result<()> {
-    let w = checkpoint::load(&a.checkpoint)
-        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
-    let engine = Engine::new(
-        &w,
-        EngineOptions {
-            numerics: parse_numerics(&a.numerics)?,
-            fp4_experts: !a.f32_experts,
-        },
-    )?;
-    let text = std::fs::read_to_string(&a.tokens)
-        .with_context(|| format!("reading {}", a.tokens.display()))?;
-    let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: expected a JSON list of token-id lists",
-            a.tokens.display()
-        )
-    })?;
+    let w = checkpoint::load(&a.checkpoint).with_context(|| format!("loading {}", a.checkpoint.display()))?;
+    let engine =
+        Engine::new(&w, EngineOptions { numerics: parse_numerics(&a.numerics)?, fp4_experts: !a.f32_experts })?;
+    let text = std::fs::read_to_string(&a.tokens).with_context(|| format!("reading {}", a.tokens.display()))?;
+    let seqs: Vec<Vec<u32>> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of token-id lists", a.tokens.display()))?;
     let v = engine.config.vocab_size;
     let mut out: HashMap<String, (Vec<usize>, Vec<u8>)> = HashMap::new();
     for (i, toks) in seqs.iter().enumerate() {
@@ -123,85 +110,50 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
                 engine
                     .forward(
                         &mut states,
-                        &toks
-                            .iter()
-                            .map(|&t| Row { seq: 0, token: t })
-                            .collect::<Vec<_>>(),
+                        &toks.iter().map(|&t| Row { seq: 0, token: t }).collect::<Vec<_>>(),
                         Want::AllLogits,
                     )?
                     .values
             }
             Some(k) => {
                 if k == 0 || k > toks.len() {
-                    bail!(
-                        "--decode-from {k} must be between 1 and the sequence length ({})",
-                        toks.len()
-                    );
+                    bail!("--decode-from {k} must be between 1 and the sequence length ({})", toks.len());
                 }
                 let mut all = engine
                     .forward(
                         &mut states,
-                        &toks[..k]
-                            .iter()
-                            .map(|&t| Row { seq: 0, token: t })
-                            .collect::<Vec<_>>(),
+                        &toks[..k].iter().map(|&t| Row { seq: 0, token: t }).collect::<Vec<_>>(),
                         Want::AllLogits,
                     )?
                     .values;
                 for &t in &toks[k..] {
-                    all.extend(
-                        engine
-                            .forward(&mut states, &[Row { seq: 0, token: t }], Want::LastLogits)?
-                            .values,
-                    );
+                    all.extend(engine.forward(&mut states, &[Row { seq: 0, token: t }], Want::LastLogits)?.values);
                 }
                 all
             }
         };
-        out.insert(
-            format!("logits.{i}"),
-            (
-                vec![toks.len(), v],
-                logits.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-        );
+        out.insert(format!("logits.{i}"), (vec![toks.len(), v], logits.iter().flat_map(|x| x.to_le_bytes()).collect()));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = out
         .iter()
         .map(|(k, (shape, bytes))| {
-            Ok((
-                k.clone(),
-                safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::F32,
-                    shape.clone(),
-                    bytes,
-                )?,
-            ))
+            Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<_>>()?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    safetensors::serialize_to_file(views, None, &a.out)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!(
-        "wrote logits of {} sequences to {}",
-        seqs.len(),
-        a.out.display()
-    );
+    safetensors::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote logits of {} sequences to {}", seqs.len(), a.out.display());
     Ok(())
 }
 
 pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>) -> Result<()> {
     let fmt: SaveFormat = format.parse()?;
     let w = checkpoint::load(input).with_context(|| format!("loading {}", input.display()))?;
-    checkpoint::save(&w, out, fmt, shard_mib.map(|m| m << 20))
-        .with_context(|| format!("writing {}", out.display()))?;
-    let bytes: u64 = std::fs::read_dir(out)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    checkpoint::save(&w, out, fmt, shard_mib.map(|m| m << 20)).with_context(|| format!("writing {}", out.display()))?;
+    let bytes: u64 =
+        std::fs::read_dir(out)?.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
     eprintln!(
         "wrote {format} checkpoint ({} params, {:.2} MB) to {}",
         w.num_params(),
@@ -214,9 +166,7 @@ pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>
 /// Weights for a benchmark: a checkpoint, or a preset with seeded random weights.
 pub fn bench_weights(preset: Option<&str>, ckpt: Option<&Path>) -> Result<ModelWeights> {
     match (preset, ckpt) {
-        (_, Some(p)) => {
-            Ok(checkpoint::load(p).with_context(|| format!("loading {}", p.display()))?)
-        }
+        (_, Some(p)) => Ok(checkpoint::load(p).with_context(|| format!("loading {}", p.display()))?),
         (Some(p), None) => {
             let c = Config::preset(p)?;
             let n = c.param_counts().total;
@@ -243,9 +193,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn bench_tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| (2 + (i * 2654435761usize + seed * 40503) % (vocab - 2)) as u32)
-        .collect()
+    (0..n).map(|i| (2 + (i * 2654435761usize + seed * 40503) % (vocab - 2)) as u32).collect()
 }
 
 pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
@@ -264,22 +212,15 @@ pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
     }
     prefill.remove(0); // warm-up
     let model = TrainModel::from_weights(&w, DType::F32, TrainOptions::default())?;
-    let batch: Vec<SeqInput> = (0..4)
-        .map(|b| SeqInput {
-            tokens: bench_tokens(128, cfg.vocab_size, b + 2),
-            forced: None,
-        })
-        .collect();
+    let batch: Vec<SeqInput> =
+        (0..4).map(|b| SeqInput { tokens: bench_tokens(128, cfg.vocab_size, b + 2), forced: None }).collect();
     let mut train = Vec::new();
     for _ in 0..reps.min(3) + 1 {
         let t = Instant::now();
         let out = model.forward(&batch)?;
         let logits = model.logits(&out.hidden)?;
         let targets = Tensor::from_vec(
-            batch
-                .iter()
-                .flat_map(|s| s.tokens.iter().map(|&t| t as u32))
-                .collect::<Vec<u32>>(),
+            batch.iter().flat_map(|s| s.tokens.iter().map(|&t| t as u32)).collect::<Vec<u32>>(),
             (4 * 128,),
             model.device(),
         )?;

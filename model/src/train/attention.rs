@@ -1,0 +1,277 @@
+//! Fused sparse attention for training: sliding window ∪ selected compressed entries, with
+//! the attention sink, forward and backward written out (a candle `CustomOp3`).
+//!
+//! For query `(b, t)` and head `h` the keys are the raw KV vectors at positions
+//! `max(0, t−W+1) ..= t` and the compressed entries selected for `(b, t)`; K = V. With scores
+//! `s_j = q·k_j · scale`, `p_j = e^{s_j − m} / (Σ_i e^{s_i − m} + e^{sink_h − m})` and
+//! `o = Σ_j p_j k_j`. Cost is `O(S · (W + k))` per head instead of the dense `O(S²)`.
+//!
+//! Backward (`dP_j = dO·k_j`, `D = Σ_j p_j dP_j`, `dS_j = p_j (dP_j − D)`):
+//! `dq = scale Σ_j dS_j k_j`, `dk_j += scale dS_j q + p_j dO`, `dsink_h = −p_sink D`.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Shape and sparsity description of one attention call.
+#[derive(Debug, Clone)]
+pub struct SparseAttention {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Compressed entries per batch row (stored after the `seq` raw vectors in `kvc`).
+    pub entries: usize,
+    pub window: usize,
+    pub scale: f32,
+    /// Selected entries per `(b, t)` (length `batch · seq`).
+    pub selected: Arc<Vec<Vec<u32>>>,
+}
+
+/// Minimal float abstraction so one implementation serves f32 (training) and f64 (checks).
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + PartialOrd
+{
+    fn zero() -> Self;
+    fn from_f32(v: f32) -> Self;
+    fn exp(self) -> Self;
+}
+impl Real for f32 {
+    fn zero() -> Self {
+        0.0
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+}
+impl Real for f64 {
+    fn zero() -> Self {
+        0.0
+    }
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+}
+
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut s = T::zero();
+    for (x, y) in a.iter().zip(b) {
+        s = s + *x * *y;
+    }
+    s
+}
+
+impl SparseAttention {
+    /// Key rows (indices into the batch row's `kvc`) of query `t`.
+    fn keys(&self, b: usize, t: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let start = (t + 1).saturating_sub(self.window);
+        out.extend(start..=t);
+        out.extend(self.selected[b * self.seq + t].iter().map(|&e| self.seq + e as usize));
+    }
+
+    /// Softmax weights of one (b, t, h): `p` over `keys`, and the sink's weight.
+    fn probs<T: Real>(&self, q: &[T], kv: &[T], keys: &[usize], sink: T, p: &mut Vec<T>) -> T {
+        let hd = self.head_dim;
+        let scale = T::from_f32(self.scale);
+        p.clear();
+        let mut m = sink;
+        for &k in keys {
+            let s = dot(q, &kv[k * hd..(k + 1) * hd]) * scale;
+            if s > m {
+                m = s;
+            }
+            p.push(s);
+        }
+        let mut z = (sink - m).exp();
+        for v in p.iter_mut() {
+            *v = (*v - m).exp();
+            z = z + *v;
+        }
+        for v in p.iter_mut() {
+            *v = *v / z;
+        }
+        (sink - m).exp() / z
+    }
+
+    fn forward<T: Real>(&self, q: &[T], kvc: &[T], sink: &[T]) -> Vec<T> {
+        let (s, h, hd, ne) = (self.seq, self.heads, self.head_dim, self.entries);
+        let mut out = vec![T::zero(); self.batch * s * h * hd];
+        out.par_chunks_mut(h * hd).enumerate().for_each(|(row, o)| {
+            let (b, t) = (row / s, row % s);
+            let kv = &kvc[b * (s + ne) * hd..(b + 1) * (s + ne) * hd];
+            let mut keys = Vec::new();
+            let mut p = Vec::new();
+            self.keys(b, t, &mut keys);
+            for head in 0..h {
+                let qh = &q[(row * h + head) * hd..(row * h + head + 1) * hd];
+                self.probs(qh, kv, &keys, sink[head], &mut p);
+                let oh = &mut o[head * hd..(head + 1) * hd];
+                for (&k, &pj) in keys.iter().zip(&p) {
+                    for (x, v) in oh.iter_mut().zip(&kv[k * hd..(k + 1) * hd]) {
+                        *x = *x + pj * *v;
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// Gradients `(dq, dkvc, dsink)`; parallel over batch rows (each owns its `kvc` slice).
+    fn backward<T: Real>(&self, q: &[T], kvc: &[T], sink: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (s, h, hd, ne) = (self.seq, self.heads, self.head_dim, self.entries);
+        let scale = T::from_f32(self.scale);
+        let per_b: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..self.batch)
+            .into_par_iter()
+            .map(|b| {
+                let kv = &kvc[b * (s + ne) * hd..(b + 1) * (s + ne) * hd];
+                let mut dq = vec![T::zero(); s * h * hd];
+                let mut dkv = vec![T::zero(); (s + ne) * hd];
+                let mut dsink = vec![T::zero(); h];
+                let mut keys = Vec::new();
+                let mut p = Vec::new();
+                let mut dp = Vec::new();
+                for t in 0..s {
+                    self.keys(b, t, &mut keys);
+                    let row = b * s + t;
+                    for head in 0..h {
+                        let qh = &q[(row * h + head) * hd..(row * h + head + 1) * hd];
+                        let go = &grad[(row * h + head) * hd..(row * h + head + 1) * hd];
+                        let psink = self.probs(qh, kv, &keys, sink[head], &mut p);
+                        dp.clear();
+                        let mut big_d = T::zero();
+                        for (&k, &pj) in keys.iter().zip(&p) {
+                            let d = dot(go, &kv[k * hd..(k + 1) * hd]);
+                            dp.push(d);
+                            big_d = big_d + pj * d;
+                        }
+                        dsink[head] = dsink[head] - psink * big_d;
+                        let dqh = &mut dq[(t * h + head) * hd..(t * h + head + 1) * hd];
+                        for ((&k, &pj), &d) in keys.iter().zip(&p).zip(&dp) {
+                            let ds = pj * (d - big_d) * scale;
+                            let kk = &kv[k * hd..(k + 1) * hd];
+                            for (x, v) in dqh.iter_mut().zip(kk) {
+                                *x = *x + ds * *v;
+                            }
+                            let dk = &mut dkv[k * hd..(k + 1) * hd];
+                            for i in 0..hd {
+                                dk[i] = dk[i] + ds * qh[i] + pj * go[i];
+                            }
+                        }
+                    }
+                }
+                (dq, dkv, dsink)
+            })
+            .collect();
+        let mut dq = Vec::with_capacity(self.batch * s * h * hd);
+        let mut dkv = Vec::with_capacity(self.batch * (s + ne) * hd);
+        let mut ds = vec![T::zero(); h];
+        for (a, b, c) in per_b {
+            dq.extend(a);
+            dkv.extend(b);
+            for (x, y) in ds.iter_mut().zip(c) {
+                *x = *x + y;
+            }
+        }
+        (dq, dkv, ds)
+    }
+
+    fn check(&self, lq: &Layout, lk: &Layout, ls: &Layout) -> candle_core::Result<()> {
+        let (b, s, h, hd, ne) = (self.batch, self.seq, self.heads, self.head_dim, self.entries);
+        if lq.shape().dims() != [b, s, h, hd] || lk.shape().dims() != [b, s + ne, hd] || ls.shape().dims() != [h] {
+            bail!(
+                "sparse-attention: shapes q {:?} kvc {:?} sink {:?} do not match b={b} s={s} h={h} hd={hd} ne={ne}",
+                lq.shape(),
+                lk.shape(),
+                ls.shape()
+            );
+        }
+        if self.selected.len() != b * s {
+            bail!("sparse-attention: selection for {} rows, expected {}", self.selected.len(), b * s);
+        }
+        Ok(())
+    }
+}
+
+fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("sparse-attention: inputs must be contiguous"),
+    }
+}
+
+impl CustomOp3 for SparseAttention {
+    fn name(&self) -> &'static str {
+        "v4-sparse-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.check(l1, l2, l3)?;
+        let shape = Shape::from((self.batch, self.seq, self.heads, self.head_dim));
+        match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(s)) => {
+                Ok((CpuStorage::F32(self.forward(slice(q, l1)?, slice(k, l2)?, slice(s, l3)?)), shape))
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(s)) => {
+                Ok((CpuStorage::F64(self.forward(slice(q, l1)?, slice(k, l2)?, slice(s, l3)?)), shape))
+            }
+            _ => bail!("sparse-attention: f32 or f64 inputs of one dtype"),
+        }
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kvc: &Tensor,
+        sink: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dev = q.device();
+        macro_rules! run {
+            ($t:ty) => {{
+                let qv: Vec<$t> = q.flatten_all()?.to_vec1()?;
+                let kv: Vec<$t> = kvc.flatten_all()?.to_vec1()?;
+                let sv: Vec<$t> = sink.flatten_all()?.to_vec1()?;
+                let gv: Vec<$t> = grad.flatten_all()?.to_vec1()?;
+                let (dq, dk, ds) = self.backward(&qv, &kv, &sv, &gv);
+                (
+                    Tensor::from_vec(dq, q.dims(), dev)?,
+                    Tensor::from_vec(dk, kvc.dims(), dev)?,
+                    Tensor::from_vec(ds, sink.dims(), dev)?,
+                )
+            }};
+        }
+        let (dq, dk, ds) = match q.dtype() {
+            candle_core::DType::F32 => run!(f32),
+            candle_core::DType::F64 => run!(f64),
+            d => bail!("sparse-attention: unsupported dtype {d:?}"),
+        };
+        Ok((Some(dq), Some(dk), Some(ds)))
+    }
+}
+
+/// Apply the op: `q [B,S,H,hd]`, `kvc [B,S+NE,hd]`, `sink [H]` → `[B,S,H,hd]`.
+pub fn sparse_attention(q: &Tensor, kvc: &Tensor, sink: &Tensor, op: SparseAttention) -> candle_core::Result<Tensor> {
+    q.contiguous()?.apply_op3(&kvc.contiguous()?, &sink.contiguous()?, op)
+}

@@ -1,0 +1,406 @@
+//! `pretrain`, `sft`, `grpo`, `eval`.
+
+use crate::ui::{print_json, Bars};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use datasets::chat::Mode;
+use datasets::progress::NoProgress;
+use datasets::prompts::PromptSource;
+use datasets::store::{MetricsWriter, TrajectoryStore};
+use datasets::tasks::{self, Split};
+use datasets::ByteTokenizer;
+use model::checkpoint::{self, SaveFormat};
+use model::train::{TrainModel, TrainOptions};
+use model::{Config, Engine, EngineOptions, ModelWeights};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, RoutingMode};
+use trainer::losses::{Aggregation, GrpoLossConfig, KlKind};
+use trainer::optim::OptimConfig;
+use trainer::sft::{run_sft, SftConfig};
+use trainer::Session;
+
+/// Where the starting weights come from.
+#[derive(Args, Debug, Clone)]
+pub struct BaseArgs {
+    /// Start from this checkpoint directory.
+    #[arg(long, conflicts_with = "preset")]
+    pub base: Option<PathBuf>,
+    /// Start from random weights of a preset (tiny, small).
+    #[arg(long)]
+    pub preset: Option<String>,
+}
+
+/// Optimizer flags shared by the trainers.
+#[derive(Args, Debug, Clone)]
+pub struct OptimArgs {
+    /// Muon learning rate (matrices).
+    #[arg(long, default_value_t = 0.02)]
+    pub lr_muon: f32,
+    /// AdamW learning rate (embeddings, head, norms, mHC gates/biases, sinks).
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr_adamw: f32,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f32,
+    /// Decoupled weight decay of Muon parameters.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+}
+
+impl OptimArgs {
+    pub fn config(&self) -> OptimConfig {
+        OptimConfig {
+            muon_lr: self.lr_muon,
+            adamw_lr: self.lr_adamw,
+            clip_norm: self.clip,
+            muon_weight_decay: self.weight_decay,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SftArgs {
+    #[command(flatten)]
+    pub base: BaseArgs,
+    /// Domains whose reference solutions are learned (`math.*,if.*`, `*`).
+    #[arg(long, default_value = "*")]
+    pub domains: String,
+    /// Output checkpoint directory (final weights; `train/` holds resumable checkpoints).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub steps: u64,
+    /// Packed sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Reasoning modes of the examples.
+    #[arg(long, value_delimiter = ',', default_value = "non_think,think_high,think_max")]
+    pub modes: Vec<String>,
+    #[arg(long)]
+    pub difficulty: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from the latest checkpoint in OUT/train.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    pub base: BaseArgs,
+    /// The domain this expert is built for (a pattern trains one policy on several).
+    #[arg(long)]
+    pub domain: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 8)]
+    pub prompts: usize,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
+    /// Preset of loss and sampling choices: v32 (DeepSeek-V3.2: clip-higher, token-mean,
+    /// k3-IS KL, off-policy masking, Keep Routing/Sampling Mask), grpo, dapo, dr-grpo.
+    #[arg(long, default_value = "v32")]
+    pub variant: String,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// KL coefficient to the frozen base (0 = no reference model).
+    #[arg(long)]
+    pub beta: Option<f32>,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub minibatch: usize,
+    #[arg(long, value_delimiter = ',', default_value = "think_high")]
+    pub modes: Vec<String>,
+    /// Routing in the training forward: keep (sampler's ids), free, or anticipatory:DT.
+    #[arg(long, default_value = "keep")]
+    pub routing: String,
+    #[arg(long)]
+    pub difficulty: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "*")]
+    pub domains: String,
+    #[arg(long, default_value = "eval")]
+    pub split: String,
+    /// Prompts per domain.
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    #[arg(long, default_value = "think_high")]
+    pub mode: String,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    #[arg(long)]
+    pub difficulty: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print this many responses per domain.
+    #[arg(long, default_value_t = 0)]
+    pub show: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_modes(v: &[String]) -> Result<Vec<Mode>> {
+    v.iter().map(|m| m.parse::<Mode>().map_err(anyhow::Error::msg)).collect()
+}
+
+pub fn base_weights(b: &BaseArgs, seed: u64) -> Result<ModelWeights> {
+    match (&b.base, &b.preset) {
+        (Some(p), _) => checkpoint::load(p).with_context(|| format!("loading base checkpoint {}", p.display())),
+        (None, Some(p)) => {
+            let c = Config::preset(p)?;
+            if c.param_counts().total > 200_000_000 {
+                bail!(
+                    "preset `{p}` is too large to train from scratch here; use tiny or small, or --base a checkpoint"
+                );
+            }
+            Ok(ModelWeights::random(&c, seed)?)
+        }
+        (None, None) => bail!("give --base CHECKPOINT or --preset NAME"),
+    }
+}
+
+/// Final weights: F32 model at `out`, plus the FP4 rollout export under `out/rollout`.
+pub fn write_outputs(w: &ModelWeights, out: &Path) -> Result<()> {
+    checkpoint::save(w, out, SaveFormat::F32, None)?;
+    checkpoint::save(w, &out.join("rollout"), SaveFormat::Rollout, None)?;
+    Ok(())
+}
+
+fn open_session(base: &BaseArgs, out: &Path, resume: bool, seed: u64, optim: OptimConfig) -> Result<Session> {
+    let root = out.join("train");
+    if resume {
+        if let Some(latest) = Session::latest(&root) {
+            eprintln!("resuming from {}", latest.display());
+            return Ok(Session::load(&latest, TrainOptions::default(), optim)?);
+        }
+        eprintln!("--resume: no checkpoint in {}, starting fresh", root.display());
+    }
+    Ok(Session::new(&base_weights(base, seed)?, TrainOptions::default(), optim, seed)?)
+}
+
+pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
+    let modes = parse_modes(&a.modes)?;
+    tasks::match_domains(&a.domains)?;
+    let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config())?;
+    eprintln!("optimizer: {}", s.opt.describe());
+    let stage = if pretrain { "pretrain" } else { "sft" };
+    let cfg = SftConfig {
+        steps: a.steps,
+        batch: a.batch,
+        max_len: a.max_len,
+        grad_accum: a.grad_accum,
+        modes,
+        domains: a.domains.clone(),
+        difficulty: a.difficulty,
+        train_on_prompt: pretrain,
+        checkpoint_every: a.checkpoint_every,
+        stage: stage.into(),
+        warmup: (a.steps / 20).max(1),
+        ..Default::default()
+    };
+    let mut metrics = MetricsWriter::new(&a.out.join("metrics"), stage)?;
+    let bars = Bars::new(a.json);
+    let rep = run_sft(&mut s, &cfg, &ByteTokenizer, &mut metrics, &bars, Some(&a.out.join("train")))?;
+    s.save(&a.out.join("train"))?;
+    write_outputs(&s.weights()?, &a.out)?;
+    let out = json!({"stage": stage, "steps": rep.steps, "first_loss": rep.first_loss, "final_loss": rep.final_loss, "tokens": rep.tokens, "seconds": rep.seconds, "out": a.out});
+    if a.json {
+        print_json(&out);
+    } else {
+        eprintln!(
+            "{stage}: {} steps, loss {:.3} → {:.3}, {} tokens in {:.0}s; weights in {}",
+            rep.steps,
+            rep.first_loss,
+            rep.final_loss,
+            rep.tokens,
+            rep.seconds,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
+    let mut loss = GrpoLossConfig::default();
+    let mut c = GrpoConfig::default();
+    match a.variant.as_str() {
+        "v32" => {}
+        "grpo" => {
+            loss = GrpoLossConfig {
+                clip_low: 0.2,
+                clip_high: 0.2,
+                kl: KlKind::K3,
+                beta: 0.04,
+                aggregation: Aggregation::SeqMeanTokenMean,
+                opsm_delta: None,
+                ..loss
+            };
+            c.dynamic_sampling = false;
+        }
+        "dapo" => {
+            loss = GrpoLossConfig {
+                kl: KlKind::None,
+                beta: 0.0,
+                aggregation: Aggregation::TokenMean,
+                opsm_delta: None,
+                ..loss
+            }
+        }
+        "dr-grpo" => {
+            loss = GrpoLossConfig {
+                kl: KlKind::None,
+                beta: 0.0,
+                aggregation: Aggregation::SeqMeanTokenSum,
+                opsm_delta: None,
+                ..loss
+            };
+            c.use_std = false;
+        }
+        o => bail!("unknown --variant `{o}` (v32, grpo, dapo, dr-grpo)"),
+    }
+    if let Some(b) = a.beta {
+        loss.beta = b;
+        if b > 0.0 && loss.kl == KlKind::None {
+            loss.kl = KlKind::K3Is;
+        }
+    }
+    c.loss = loss;
+    c.steps = a.steps;
+    c.prompts_per_step = a.prompts;
+    c.group_size = a.group;
+    c.temperature = a.temperature;
+    c.top_p = a.top_p;
+    c.top_k = a.top_k;
+    c.epochs = a.epochs;
+    c.minibatch = a.minibatch;
+    c.modes = parse_modes(&a.modes)?;
+    c.routing = match a.routing.as_str() {
+        "keep" => RoutingMode::Keep,
+        "free" => RoutingMode::Free,
+        r => match r.strip_prefix("anticipatory:").and_then(|x| x.parse().ok()) {
+            Some(dt) => RoutingMode::Anticipatory { dt },
+            None => bail!("--routing must be keep, free or anticipatory:DT"),
+        },
+    };
+    c.checkpoint_every = a.checkpoint_every;
+    c.stage = format!("grpo-{}", a.domain.replace(['*', ','], "_"));
+    Ok(c)
+}
+
+pub fn grpo(a: &GrpoArgs) -> Result<()> {
+    let cfg = grpo_config(a)?;
+    tasks::match_domains(&a.domain)?;
+    let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config())?;
+    let reference = if cfg.loss.beta > 0.0 {
+        let base = base_weights(&a.base, a.seed)?;
+        Some(TrainModel::from_weights(&base, candle_core::DType::F32, TrainOptions::default())?)
+    } else {
+        None
+    };
+    let source = PromptSource::Builtin {
+        domains: a.domain.clone(),
+        split: Split::Train,
+        seed: a.seed,
+        difficulty: a.difficulty,
+    };
+    let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
+    let bars = Bars::new(a.json);
+    let mut rollouts = LocalRollouts {
+        tok: &ByteTokenizer,
+        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(&cfg.stage))?),
+        opts: Default::default(),
+        progress: &NoProgress,
+    };
+    let rep = run_grpo(
+        &mut s,
+        &cfg,
+        &source,
+        &mut rollouts,
+        "grpo",
+        reference.as_ref(),
+        &mut metrics,
+        &bars,
+        Some(&a.out.join("train")),
+    )?;
+    s.save(&a.out.join("train"))?;
+    write_outputs(&s.weights()?, &a.out)?;
+    let out = json!({"steps": rep.steps, "reward_first": rep.mean_reward_first, "reward_last": rep.mean_reward_last, "sampled_tokens": rep.sampled_tokens, "seconds": rep.seconds, "out": a.out});
+    if a.json {
+        print_json(&out);
+    } else {
+        eprintln!(
+            "grpo {}: {} steps, reward {:.3} → {:.3}, {} sampled tokens in {:.0}s; expert in {}",
+            a.domain,
+            rep.steps,
+            rep.mean_reward_first,
+            rep.mean_reward_last,
+            rep.sampled_tokens,
+            rep.seconds,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn eval(a: &EvalArgs) -> Result<()> {
+    let mode: Mode = a.mode.parse().map_err(anyhow::Error::msg)?;
+    let split: Split = a.split.parse().map_err(anyhow::Error::msg)?;
+    let w = checkpoint::load(&a.checkpoint).with_context(|| format!("loading {}", a.checkpoint.display()))?;
+    let engine = Engine::new(&w, EngineOptions::default())?;
+    let mut ts = Vec::new();
+    for d in tasks::match_domains(&a.domains)? {
+        ts.extend(tasks::sample(d.domain, split, a.seed, a.n, a.difficulty)?);
+    }
+    let max_tokens = a.max_tokens.unwrap_or_else(|| rewards::shaping::LengthShaping::default().for_mode(mode).max_len);
+    let bars = Bars::new(a.json);
+    let rep = rollout::evaluate(&engine, &ByteTokenizer, &ts, mode, max_tokens, a.show, &bars)?;
+    if a.json {
+        print_json(&serde_json::to_value(&rep)?);
+    } else {
+        println!("{:<14} {:>8} {:>9}", "domain", "accuracy", "mean_len");
+        for (d, acc) in &rep.by_domain {
+            println!("{:<14} {:>8.3} {:>9.1}", d, acc, rep.mean_len[d]);
+        }
+        println!("{:<14} {:>8.3}   ({} prompts, {} mode, greedy)", "all", rep.accuracy, rep.n, rep.mode);
+        for e in &rep.examples {
+            println!("\n[{}] reward {} | {}\n  → {:?}", e.domain, e.reward, e.prompt, e.response);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! GRPO and its variants for building domain experts.
+//!
+//! Per step: take prompts, sample a group of `G` responses each with the current policy
+//! (through a [`Rollouts`] backend: in-process or distributed workers), score them, shape
+//! rewards by length per reasoning mode, drop groups with no reward variance and refill
+//! (dynamic sampling), compute group-relative advantages, then take `epochs × minibatches`
+//! gradient steps of the clipped surrogate with importance correction against the sampler's
+//! log-probabilities (optionally with Keep Routing, Keep Sampling Mask, a KL penalty to a
+//! frozen reference, off-policy sequence masking, Anticipatory Routing).
+
+use crate::error::{Result, TrainError};
+use crate::losses::{advantages, grpo_loss, token_logprobs, GrpoLossConfig, KlKind};
+use crate::optim::lr_schedule;
+use crate::session::Session;
+use candle_core::{DType, Tensor};
+use datasets::chat::Mode;
+use datasets::progress::Progress;
+use datasets::prompts::PromptSource;
+use datasets::store::{MetricsWriter, Trajectory, TrajectoryStore};
+use datasets::tasks::fnv1a;
+use datasets::Tokenizer;
+use model::train::{SeqInput, TrainModel};
+use model::{Decisions, Engine, EngineOptions, ModelWeights};
+use rewards::shaping::LengthShaping;
+use rollout::{GenOptions, RolloutJob, SamplingParams};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where expert routing decisions in the training forward come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RoutingMode {
+    /// Recomputed by the training forward.
+    Free,
+    /// Replay the sampler's expert ids (Keep Routing).
+    Keep,
+    /// Indices from a parameter snapshot `dt` steps old (Anticipatory Routing).
+    Anticipatory { dt: u64 },
+}
+
+/// GRPO settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    pub steps: u64,
+    pub prompts_per_step: usize,
+    pub group_size: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    /// Modes the prompts are sampled in (chosen per prompt).
+    pub modes: Vec<Mode>,
+    pub loss: GrpoLossConfig,
+    /// Divide advantages by the group's std (GRPO) or not (Dr. GRPO).
+    pub use_std: bool,
+    pub adv_eps: f32,
+    /// Gradient passes over each batch.
+    pub epochs: usize,
+    /// Sequences per optimizer step.
+    pub minibatch: usize,
+    /// Drop groups with zero reward variance and sample more prompts.
+    pub dynamic_sampling: bool,
+    pub max_refill_rounds: usize,
+    pub routing: RoutingMode,
+    pub keep_sampling_mask: bool,
+    pub shaping: LengthShaping,
+    pub warmup: u64,
+    pub min_lr_ratio: f32,
+    pub indexer_loss_coef: f32,
+    pub checkpoint_every: u64,
+    pub stage: String,
+    /// Rollout batch (sequences decoding together).
+    pub rollout_batch: usize,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            steps: 20,
+            prompts_per_step: 8,
+            group_size: 8,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            modes: vec![Mode::ThinkHigh],
+            loss: GrpoLossConfig::default(),
+            use_std: true,
+            adv_eps: 1e-6,
+            epochs: 1,
+            minibatch: 32,
+            dynamic_sampling: true,
+            max_refill_rounds: 2,
+            routing: RoutingMode::Keep,
+            keep_sampling_mask: true,
+            shaping: LengthShaping::default(),
+            warmup: 0,
+            min_lr_ratio: 0.5,
+            indexer_loss_coef: 1.0,
+            checkpoint_every: 0,
+            stage: "grpo".into(),
+            rollout_batch: 64,
+        }
+    }
+}
+
+/// Something that samples scored trajectories for a rollout job with the session's policy.
+pub trait Rollouts {
+    /// Sample `job` with the current weights of `session` (its `policy_version`); returns
+    /// trajectories with rewards. Implementations store what they sample.
+    fn sample(&mut self, job: &RolloutJob, policy: &ModelWeights) -> Result<Vec<Trajectory>>;
+}
+
+/// In-process rollouts: build the FP4 decode engine from the current weights and run the job.
+pub struct LocalRollouts<'a> {
+    pub tok: &'a dyn Tokenizer,
+    pub store: Option<TrajectoryStore>,
+    pub opts: GenOptions,
+    pub progress: &'a dyn Progress,
+}
+
+impl Rollouts for LocalRollouts<'_> {
+    fn sample(&mut self, job: &RolloutJob, policy: &ModelWeights) -> Result<Vec<Trajectory>> {
+        let engine = Engine::new(policy, EngineOptions::default())?;
+        let (trajs, _) = rollout::run_job(&engine, self.tok, job, &self.opts, self.progress)?;
+        if let Some(st) = self.store.as_mut() {
+            st.write(&trajs)?;
+        }
+        Ok(trajs)
+    }
+}
+
+/// Forced decisions of a trajectory from its routing record (unknown positions left free).
+pub fn recorded_routes(t: &Trajectory) -> Decisions {
+    let mut d = Decisions::default();
+    let w = t.routing_width as usize;
+    if w == 0 {
+        return d;
+    }
+    let all = t.prompt_routing.iter().flatten().chain(t.routing.iter().flatten());
+    let v: Vec<u16> = all.copied().collect();
+    for (pos, chunk) in v.chunks(w).enumerate() {
+        if chunk.len() == w && chunk.iter().all(|&x| x != u16::MAX) {
+            d.routes.insert(pos, chunk.iter().map(|&x| x as u32).collect());
+        }
+    }
+    d
+}
+
+/// One training row of a batch: the sequence and which response tokens count.
+struct Row<'a> {
+    t: &'a Trajectory,
+    adv: f32,
+    forced: Option<Arc<Decisions>>,
+}
+
+/// Log-probabilities `[n]` of the counted response tokens of `rows` under `model`, plus the
+/// per-row counts, the sampler's log-probs, the mean entropy and the decisions used.
+fn policy_logprobs(
+    model: &TrainModel,
+    rows: &[Row],
+    tau: f32,
+    keep_mask: bool,
+) -> Result<(Tensor, Vec<usize>, Vec<f32>, f32, Vec<Decisions>, Option<Tensor>)> {
+    let inputs: Vec<SeqInput> = rows
+        .iter()
+        .map(|r| {
+            let mut toks = r.t.prompt_tokens.clone();
+            toks.extend(&r.t.response_tokens);
+            SeqInput { tokens: toks, forced: r.forced.clone() }
+        })
+        .collect();
+    let out = model.forward(&inputs)?;
+    let s = out.hidden.dim(1)?;
+    let d = out.hidden.dim(2)?;
+    let mut idx = Vec::new();
+    let mut targets = Vec::new();
+    let mut masks = Vec::new();
+    let mut counts = Vec::new();
+    let mut old = Vec::new();
+    for (b, r) in rows.iter().enumerate() {
+        let p = r.t.prompt_tokens.len();
+        let mut c = 0;
+        for (j, &tok) in r.t.response_tokens.iter().enumerate() {
+            if r.t.response_mask.as_ref().is_some_and(|m| m[j] == 0) {
+                continue;
+            }
+            idx.push((b * s + p - 1 + j) as u32);
+            targets.push(tok);
+            old.push(r.t.response_logprobs[j]);
+            masks.push(if keep_mask {
+                r.t.sample_mask.as_ref().and_then(|m| m.get(j)).filter(|k| !k.is_empty()).cloned()
+            } else {
+                None
+            });
+            c += 1;
+        }
+        counts.push(c);
+    }
+    let h = out.hidden.reshape((rows.len() * s, d))?;
+    let sel = Tensor::from_vec(idx, targets.len(), h.device())?;
+    let logits = model.logits(&h.index_select(&sel, 0)?)?;
+    // mean entropy of the (tempered) policy at the trained positions, detached
+    let lv: Vec<f32> = (&logits / tau as f64)?.detach().flatten_all()?.to_vec1()?;
+    let v = model.config.vocab_size;
+    let mut ent = 0f64;
+    for row in lv.chunks(v) {
+        let lp = rollout::sampling::log_softmax(row, 1.0);
+        ent -= lp.iter().map(|l| (l.exp() * l) as f64).sum::<f64>();
+    }
+    let ent = (ent / (lv.len() / v).max(1) as f64) as f32;
+    let any_mask = masks.iter().any(Option::is_some);
+    let lp = token_logprobs(&logits, &targets, tau, any_mask.then_some(masks))?;
+    Ok((lp, counts, old, ent, out.decisions, out.indexer_loss))
+}
+
+/// Outcome of a GRPO run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GrpoReport {
+    pub steps: u64,
+    pub sampled_tokens: u64,
+    pub mean_reward_first: f64,
+    pub mean_reward_last: f64,
+    pub seconds: f64,
+}
+
+fn mode_for(modes: &[Mode], seed: u64, prompt_id: &str) -> Mode {
+    modes[(fnv1a(&format!("{seed}/{prompt_id}")) % modes.len() as u64) as usize]
+}
+
+/// Run GRPO from the session's step to `cfg.steps`.
+pub fn run_grpo(
+    session: &mut Session,
+    cfg: &GrpoConfig,
+    source: &PromptSource,
+    rollouts: &mut dyn Rollouts,
+    run: &str,
+    reference: Option<&TrainModel>,
+    metrics: &mut MetricsWriter,
+    progress: &dyn Progress,
+    ckpt_root: Option<&Path>,
+) -> Result<GrpoReport> {
+    if cfg.group_size < 2 || cfg.prompts_per_step == 0 || cfg.modes.is_empty() || cfg.minibatch == 0 || cfg.epochs == 0
+    {
+        return Err(TrainError::Input(
+            "GRPO needs group_size ≥ 2, prompts_per_step ≥ 1, modes, minibatch ≥ 1, epochs ≥ 1".into(),
+        ));
+    }
+    if cfg.loss.beta > 0.0 && cfg.loss.kl != KlKind::None && reference.is_none() {
+        return Err(TrainError::Input("a KL penalty needs a reference model".into()));
+    }
+    let mut report = GrpoReport { mean_reward_first: f64::NAN, ..Default::default() };
+    let start = Instant::now();
+    let mut snapshots: VecDeque<ModelWeights> = VecDeque::new();
+    let params = SamplingParams {
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
+        top_k: cfg.top_k,
+        max_tokens: 128,
+        stop: vec![],
+    };
+    let max_tokens: Vec<(Mode, usize)> = Mode::ALL.iter().map(|&m| (m, cfg.shaping.for_mode(m).max_len)).collect();
+    progress.start(&cfg.stage, cfg.steps);
+    progress.advance(session.counters.step);
+    progress.message(&format!("optimizer groups: {}", session.opt.describe()));
+    while session.counters.step < cfg.steps {
+        let step = session.counters.step;
+        let t0 = Instant::now();
+        let policy = session.weights()?;
+        // ---- sample, with dynamic-sampling refills
+        let mut groups: BTreeMap<(String, String), Vec<Trajectory>> = BTreeMap::new();
+        let mut raw_rewards = Vec::new();
+        let mut kept = 0usize;
+        let mut seen = 0usize;
+        let mut round = 0;
+        while kept < cfg.prompts_per_step && round <= cfg.max_refill_rounds {
+            let need = if round == 0 { cfg.prompts_per_step } else { cfg.prompts_per_step - kept };
+            let tasks = source.take(need, session.counters.cursor)?;
+            session.counters.cursor += need as u64;
+            let modes: Vec<Mode> =
+                tasks.iter().map(|t| mode_for(&cfg.modes, session.counters.seed, &t.prompt_id)).collect();
+            let job = RolloutJob {
+                job_id: format!("{}:{step}:{round}", cfg.stage),
+                run: run.to_string(),
+                stage: cfg.stage.clone(),
+                step,
+                policy_version: step,
+                teachers: vec![None; tasks.len()],
+                tasks,
+                modes,
+                n: cfg.group_size,
+                params: params.clone(),
+                max_tokens: max_tokens.clone(),
+                seed: session.counters.seed ^ ((round as u64) << 48),
+            };
+            progress.message(&format!("step {step}: sampling {} × {}", need, cfg.group_size));
+            let trajs = rollouts.sample(&job, &policy)?;
+            let mut fresh: BTreeMap<(String, String), Vec<Trajectory>> = BTreeMap::new();
+            for t in trajs {
+                report.sampled_tokens += t.generated_tokens() as u64;
+                session.counters.sampled_tokens += t.generated_tokens() as u64;
+                raw_rewards.push((t.domain.clone(), t.mode.clone(), t.reward.unwrap_or(0.0), t.generated_tokens()));
+                fresh.entry((t.prompt_id.clone(), t.mode.clone())).or_default().push(t);
+            }
+            for (k, g) in fresh {
+                seen += 1;
+                let rs: Vec<f32> = g.iter().map(|t| t.reward.unwrap_or(0.0)).collect();
+                let varies = rs.iter().any(|&r| (r - rs[0]).abs() > 1e-6);
+                if !cfg.dynamic_sampling || varies {
+                    if kept < cfg.prompts_per_step {
+                        groups.insert(k, g);
+                        kept += 1;
+                    }
+                }
+            }
+            round += 1;
+            if !cfg.dynamic_sampling {
+                break;
+            }
+        }
+        let reward_mean = raw_rewards.iter().map(|r| r.2 as f64).sum::<f64>() / raw_rewards.len().max(1) as f64;
+        if report.mean_reward_first.is_nan() {
+            report.mean_reward_first = reward_mean;
+        }
+        report.mean_reward_last = reward_mean;
+        let rollout_s = t0.elapsed().as_secs_f64();
+        // ---- advantages from length-shaped rewards
+        let mut rows_data: Vec<(Trajectory, f32)> = Vec::new();
+        for ((_, mode), g) in &groups {
+            let mode: Mode = mode.parse().unwrap_or(Mode::ThinkHigh);
+            let rs: Vec<f32> = g.iter().map(|t| t.reward.unwrap_or(0.0)).collect();
+            let lens: Vec<usize> = g.iter().map(Trajectory::generated_tokens).collect();
+            let correct: Vec<bool> = rs.iter().map(|&r| r >= 1.0).collect();
+            let shaped = cfg.shaping.apply(mode, &rs, &lens, &correct);
+            let adv = advantages(&shaped, cfg.use_std, cfg.adv_eps);
+            for (t, a) in g.iter().zip(adv) {
+                rows_data.push((t.clone(), a));
+            }
+        }
+        // ---- anticipatory routing: indices from a snapshot dt steps old
+        snapshots.push_back(policy.clone());
+        let anticipatory = match cfg.routing {
+            RoutingMode::Anticipatory { dt } => {
+                while snapshots.len() > dt as usize + 1 {
+                    snapshots.pop_front();
+                }
+                let old = snapshots.front().cloned().unwrap_or_else(|| policy.clone());
+                Some(TrainModel::from_weights(&old, DType::F32, session.model.options)?)
+            }
+            _ => {
+                snapshots.clear();
+                None
+            }
+        };
+        let mut rows: Vec<Row> = Vec::with_capacity(rows_data.len());
+        for (t, a) in &rows_data {
+            let forced = match (cfg.routing, &anticipatory) {
+                (RoutingMode::Keep, _) => Some(Arc::new(recorded_routes(t))),
+                (RoutingMode::Anticipatory { .. }, Some(m)) => {
+                    let mut toks = t.prompt_tokens.clone();
+                    toks.extend(&t.response_tokens);
+                    let out = m.forward(&[SeqInput { tokens: toks, forced: None }])?;
+                    Some(Arc::new(Decisions { routes: out.decisions[0].routes.clone(), topk: Default::default() }))
+                }
+                _ => None,
+            };
+            rows.push(Row { t, adv: *a, forced });
+        }
+        // ---- policy update
+        let t1 = Instant::now();
+        let lr = lr_schedule(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
+        let (mut clip, mut kl, mut ent, mut gnorm, mut n_updates, mut masked, mut train_tokens) =
+            (0f32, 0f32, 0f32, 0f32, 0usize, 0usize, 0usize);
+        let mut decisions = Vec::new();
+        for _epoch in 0..cfg.epochs {
+            for mb in rows.chunks(cfg.minibatch) {
+                if mb.iter().all(|r| r.adv == 0.0) && cfg.loss.beta == 0.0 {
+                    continue;
+                }
+                let (lp, counts, old, e, dec, aux) =
+                    policy_logprobs(&session.model, mb, cfg.temperature.max(1e-3), cfg.keep_sampling_mask)?;
+                if counts.iter().sum::<usize>() == 0 {
+                    continue;
+                }
+                let ref_lp = match reference {
+                    Some(r) if cfg.loss.beta > 0.0 => Some(
+                        policy_logprobs(r, mb, cfg.temperature.max(1e-3), cfg.keep_sampling_mask)?
+                            .0
+                            .detach()
+                            .to_vec1::<f32>()?,
+                    ),
+                    _ => None,
+                };
+                let adv: Vec<f32> = mb.iter().map(|r| r.adv).collect();
+                // sequences without counted tokens carry no loss
+                let (lens, advs): (Vec<usize>, Vec<f32>) =
+                    counts.iter().zip(&adv).filter(|(c, _)| **c > 0).map(|(c, a)| (*c, *a)).unzip();
+                let (loss, st) = grpo_loss(&lp, &old, ref_lp.as_deref(), &lens, &advs, &cfg.loss)?;
+                let lv = loss.to_scalar::<f32>()?;
+                if !lv.is_finite() {
+                    return Err(TrainError::NonFinite(format!("GRPO loss at step {step}")));
+                }
+                let total = match aux {
+                    Some(a) if cfg.indexer_loss_coef > 0.0 => (loss + (a * cfg.indexer_loss_coef as f64)?)?,
+                    _ => loss,
+                };
+                let grads = total.backward()?;
+                let s = session.step(&grads, lr)?;
+                clip += st.clip_fraction;
+                kl += st.kl_mean;
+                ent += e;
+                gnorm += s.grad_norm;
+                masked += st.masked_sequences;
+                train_tokens += lens.iter().sum::<usize>();
+                n_updates += 1;
+                decisions.extend(dec);
+            }
+        }
+        session.balance_router(&decisions)?;
+        session.counters.step += 1;
+        let train_s = t1.elapsed().as_secs_f64();
+        // ---- metrics
+        let st = session.counters.step;
+        let tok = session.counters.sampled_tokens;
+        let n = n_updates.max(1) as f64;
+        let none = (None, None, None);
+        let stage = cfg.stage.as_str();
+        metrics.log(stage, st, "grpo/reward_mean", reward_mean, none, tok);
+        let mut by_domain: BTreeMap<&str, (f64, f64, usize)> = BTreeMap::new();
+        let mut by_mode: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+        for (d, m, r, l) in &raw_rewards {
+            let e = by_domain.entry(d.as_str()).or_default();
+            e.0 += *r as f64;
+            e.1 += (*r as f64).powi(2);
+            e.2 += 1;
+            let em = by_mode.entry(m.as_str()).or_default();
+            em.0 += *l as f64;
+            em.1 += 1;
+        }
+        for (d, (s1, s2, c)) in &by_domain {
+            let mean = s1 / *c as f64;
+            metrics.log(stage, st, "grpo/reward_mean", mean, (None, Some(d), None), tok);
+            metrics.log(
+                stage,
+                st,
+                "grpo/reward_std",
+                (s2 / *c as f64 - mean * mean).max(0.0).sqrt(),
+                (None, Some(d), None),
+                tok,
+            );
+        }
+        for (m, (l, c)) in &by_mode {
+            metrics.log(stage, st, "rollout/response_len", l / *c as f64, (None, None, Some(m)), tok);
+        }
+        metrics.log(stage, st, "grpo/clip_fraction", clip as f64 / n, none, tok);
+        metrics.log(stage, st, "grpo/kl", kl as f64 / n, none, tok);
+        metrics.log(stage, st, "grpo/entropy", ent as f64 / n, none, tok);
+        metrics.log(stage, st, "train/grad_norm", gnorm as f64 / n, none, tok);
+        metrics.log(stage, st, "grpo/kept_groups", kept as f64 / seen.max(1) as f64, none, tok);
+        metrics.log(stage, st, "grpo/masked_sequences", masked as f64, none, tok);
+        metrics.log(
+            stage,
+            st,
+            "rollout/tokens_per_s",
+            raw_rewards.iter().map(|r| r.3 as f64).sum::<f64>() / rollout_s.max(1e-9),
+            none,
+            tok,
+        );
+        metrics.log(stage, st, "train/tokens_per_s", train_tokens as f64 / train_s.max(1e-9), none, tok);
+        metrics.maybe_flush()?;
+        progress.advance(1);
+        progress.message(&format!("step {st}: reward {reward_mean:.3} clip {:.3} kept {kept}/{seen}", clip as f64 / n));
+        if let Some(root) = ckpt_root {
+            if cfg.checkpoint_every > 0 && st % cfg.checkpoint_every == 0 {
+                session.save(root)?;
+            }
+        }
+    }
+    metrics.flush()?;
+    progress.finish();
+    report.steps = session.counters.step;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
