@@ -66,7 +66,7 @@ fn train_graph_matches_f32_dense_golden_logits() {
         )
         .unwrap();
         // two sequences of different lengths in one padded batch
-        let batch: Vec<SeqInput> = [0usize, 1]
+        let batch: Vec<SeqInput> = [0usize, 1, 2]
             .iter()
             .map(|&c| SeqInput {
                 tokens: i64s(&bytes, &format!("case{c}.input_ids")).1.into_iter().map(|t| t as u32).collect(),
@@ -76,7 +76,7 @@ fn train_graph_matches_f32_dense_golden_logits() {
         let out = m.forward(&batch).unwrap();
         let logits = m.logits(&out.hidden).unwrap();
         assert!(out.indexer_loss.is_some());
-        for (bi, c) in [0usize, 1].iter().enumerate() {
+        for (bi, c) in [0usize, 1, 2].iter().enumerate() {
             let len = out.lengths[bi];
             let got: Vec<f32> =
                 logits.get(bi).unwrap().narrow(0, 0, len).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -94,24 +94,44 @@ fn train_graph_matches_f32_dense_golden_logits() {
 
 #[test]
 fn train_graph_qat_numerics_match_f32_noaq() {
+    // With the FP8 KV fake-quant on, a one-ulp difference upstream (candle's GEMM vs the
+    // reference's) can flip one E4M3 rounding; early in a sequence that shifts every later
+    // logit a little. Per the golden README: strict where no flip happens (median ≤ 1e-4,
+    // all positions within 0.1), and for a case with a flip the logits must still agree
+    // statistically (mean |Δ| ≤ 0.05, argmax agreement ≥ 0.95). At least two of the three
+    // cases must be strict.
     let bytes = load_cases();
     let w = checkpoint::load(&golden_dir()).unwrap();
     let (nl, k, v) = (w.config.n_layers, w.config.n_activated_experts, w.config.vocab_size);
     let m = TrainModel::from_weights(&w, DType::F32, TrainOptions::default()).unwrap();
-    let toks: Vec<u32> = i64s(&bytes, "case2.input_ids").1.into_iter().map(|t| t as u32).collect();
-    let out = m
-        .forward(&[SeqInput { tokens: toks, forced: Some(Arc::new(decisions(&bytes, 2, "f32_noaq", nl, k))) }])
-        .unwrap();
-    let got: Vec<f32> = m.logits(&out.hidden).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let want = f32s(&bytes, "case2.f32_noaq.prefill_logits");
-    let mut pp: Vec<f32> = got
-        .chunks(v)
-        .zip(want.chunks(v))
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
-        .collect();
-    pp.sort_by(f32::total_cmp);
-    let median = pp[pp.len() / 2];
-    let worst = *pp.last().unwrap();
-    eprintln!("train graph noaq: median {median:.2e} worst {worst:.2e}");
-    assert!(median <= 1e-4 && worst <= 0.1);
+    let mut strict = 0;
+    for c in 0..3 {
+        let toks: Vec<u32> = i64s(&bytes, &format!("case{c}.input_ids")).1.into_iter().map(|t| t as u32).collect();
+        let out = m
+            .forward(&[SeqInput { tokens: toks, forced: Some(Arc::new(decisions(&bytes, c, "f32_noaq", nl, k))) }])
+            .unwrap();
+        let got: Vec<f32> = m.logits(&out.hidden).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want = f32s(&bytes, &format!("case{c}.f32_noaq.prefill_logits"));
+        let mut pp: Vec<f32> = got
+            .chunks(v)
+            .zip(want.chunks(v))
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
+            .collect();
+        let mean = got.iter().zip(&want).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / want.len() as f64;
+        let argmax = |x: &[f32]| {
+            x.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &y)| if y > m.1 { (i, y) } else { m }).0
+        };
+        let agree =
+            got.chunks(v).zip(want.chunks(v)).filter(|(a, b)| argmax(a) == argmax(b)).count() as f64 / pp.len() as f64;
+        pp.sort_by(f32::total_cmp);
+        let median = pp[pp.len() / 2];
+        let worst = *pp.last().unwrap();
+        eprintln!("train graph noaq case {c}: median {median:.2e} worst {worst:.2e} mean {mean:.2e} argmax {agree:.3}");
+        if median <= 1e-4 && worst <= 0.1 {
+            strict += 1;
+        } else {
+            assert!(mean <= 0.05 && agree >= 0.95, "case {c}: mean {mean}, argmax agreement {agree}");
+        }
+    }
+    assert!(strict >= 2, "only {strict} cases matched strictly");
 }

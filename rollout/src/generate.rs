@@ -92,6 +92,16 @@ pub struct GenStats {
     pub max_state_bytes: usize,
 }
 
+/// A sample whose prompt is prefilled, waiting for a decode slot.
+struct Waiting {
+    req: usize,
+    g: usize,
+    st: DecodeState,
+    /// Logits after the last prompt token.
+    logits: Vec<f32>,
+    prompt_routing: Option<Vec<u16>>,
+}
+
 struct Seq {
     req: usize,
     g: usize,
@@ -142,14 +152,14 @@ pub fn generate(
     let mut pending: VecDeque<usize> = (0..reqs.len()).filter(|&i| reqs[i].n > 0).collect();
     let mut seqs: Vec<Seq> = Vec::new();
     let mut states: Vec<DecodeState> = Vec::new();
-    // (request, sample index) not started yet, filled as slots free up
-    let mut waiting: VecDeque<(usize, usize, DecodeState, Vec<f32>, Option<Vec<u16>>)> = VecDeque::new();
+    // Prefilled samples not started yet, started as slots free up.
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let max_batch = opts.max_batch.max(1);
     loop {
         // Fill free slots: prefill new prompts (several in one forward call) when no prefilled
         // samples are waiting.
         while seqs.len() < max_batch {
-            if let Some((req, g, st, logits, prompt_routing)) = waiting.pop_front() {
+            if let Some(Waiting { req, g, st, logits, prompt_routing }) = waiting.pop_front() {
                 let r = &reqs[req];
                 let mut rng = Pcg::new(fnv1a(&format!("{}/{g}", r.seed)));
                 let s = sample(&logits, &r.params, &mut rng);
@@ -201,7 +211,13 @@ pub fn generate(
                 stats.prompt_tokens += reqs[r].prompt_tokens.len();
                 let prompt_routing = routes_u16(st, 0, st.pos, width);
                 for g in 0..reqs[r].n {
-                    waiting.push_back((r, g, st.clone(), out.row(si).to_vec(), prompt_routing.clone()));
+                    waiting.push_back(Waiting {
+                        req: r,
+                        g,
+                        st: st.clone(),
+                        logits: out.row(si).to_vec(),
+                        prompt_routing: prompt_routing.clone(),
+                    });
                 }
             }
         }

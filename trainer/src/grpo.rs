@@ -156,14 +156,22 @@ struct Row<'a> {
     forced: Option<Arc<Decisions>>,
 }
 
-/// Log-probabilities `[n]` of the counted response tokens of `rows` under `model`, plus the
-/// per-row counts, the sampler's log-probs, the mean entropy and the decisions used.
-fn policy_logprobs(
-    model: &TrainModel,
-    rows: &[Row],
-    tau: f32,
-    keep_mask: bool,
-) -> Result<(Tensor, Vec<usize>, Vec<f32>, f32, Vec<Decisions>, Option<Tensor>)> {
+/// The policy's view of a minibatch.
+struct PolicyEval {
+    /// Log-probabilities `[n]` of the counted response tokens.
+    logprobs: Tensor,
+    /// Counted tokens per row.
+    counts: Vec<usize>,
+    /// The sampler's log-probabilities of the same tokens.
+    old: Vec<f32>,
+    /// Mean entropy at the counted positions.
+    entropy: f32,
+    decisions: Vec<Decisions>,
+    indexer_loss: Option<Tensor>,
+}
+
+/// Evaluate the counted response tokens of `rows` under `model`.
+fn policy_logprobs(model: &TrainModel, rows: &[Row], tau: f32, keep_mask: bool) -> Result<PolicyEval> {
     let inputs: Vec<SeqInput> = rows
         .iter()
         .map(|r| {
@@ -213,7 +221,7 @@ fn policy_logprobs(
     let ent = (ent / (lv.len() / v).max(1) as f64) as f32;
     let any_mask = masks.iter().any(Option::is_some);
     let lp = token_logprobs(&logits, &targets, tau, any_mask.then_some(masks))?;
-    Ok((lp, counts, old, ent, out.decisions, out.indexer_loss))
+    Ok(PolicyEval { logprobs: lp, counts, old, entropy: ent, decisions: out.decisions, indexer_loss: out.indexer_loss })
 }
 
 /// Outcome of a GRPO run.
@@ -308,11 +316,9 @@ pub fn run_grpo(
                 seen += 1;
                 let rs: Vec<f32> = g.iter().map(|t| t.reward.unwrap_or(0.0)).collect();
                 let varies = rs.iter().any(|&r| (r - rs[0]).abs() > 1e-6);
-                if !cfg.dynamic_sampling || varies {
-                    if kept < cfg.prompts_per_step {
-                        groups.insert(k, g);
-                        kept += 1;
-                    }
+                if (!cfg.dynamic_sampling || varies) && kept < cfg.prompts_per_step {
+                    groups.insert(k, g);
+                    kept += 1;
                 }
             }
             round += 1;
@@ -379,7 +385,7 @@ pub fn run_grpo(
                 if mb.iter().all(|r| r.adv == 0.0) && cfg.loss.beta == 0.0 {
                     continue;
                 }
-                let (lp, counts, old, e, dec, aux) =
+                let PolicyEval { logprobs: lp, counts, old, entropy: e, decisions: dec, indexer_loss: aux } =
                     policy_logprobs(&session.model, mb, cfg.temperature.max(1e-3), cfg.keep_sampling_mask)?;
                 if counts.iter().sum::<usize>() == 0 {
                     continue;
@@ -387,7 +393,7 @@ pub fn run_grpo(
                 let ref_lp = match reference {
                     Some(r) if cfg.loss.beta > 0.0 => Some(
                         policy_logprobs(r, mb, cfg.temperature.max(1e-3), cfg.keep_sampling_mask)?
-                            .0
+                            .logprobs
                             .detach()
                             .to_vec1::<f32>()?,
                     ),

@@ -67,6 +67,7 @@ impl Session {
             let shape = var.as_tensor().dims().to_vec();
             var.set(&Tensor::from_vec(data, shape, self.model.device())?)?;
         }
+        self.model.invalidate_cache();
         self.counters.optimizer_step = self.opt.step;
         Ok(stats)
     }

@@ -210,7 +210,7 @@ pub fn run_sft(
             grads = Some(match grads {
                 None => g,
                 Some(mut acc) => {
-                    for (_, var) in session.model.vars() {
+                    for var in session.model.vars().values() {
                         if let Some(gn) = g.get(var.as_tensor()) {
                             let sum = match acc.get(var.as_tensor()) {
                                 Some(a) => (a + gn)?,

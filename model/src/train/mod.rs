@@ -13,17 +13,17 @@
 //! complete windows, and MoE is per token, so padded positions never leak into real ones.
 
 pub mod attention;
+pub mod fused;
 pub mod ops;
 pub mod prof;
 
 use crate::config::{Config, LayerKind};
 use crate::engine::{Decisions, Numerics};
 use crate::error::{ModelError, Result};
-use crate::hadamard;
 use crate::rope::RopeFreqs;
 use crate::weights::{ModelWeights, Tensor32};
 use candle_core::{DType, Device, Tensor, Var};
-use ops::{fake_quant, rms_norm, rope, sigmoid, softmax_dim, softmax_last, FakeQuant};
+use ops::{fake_quant, sigmoid, softmax_dim, softmax_last, FakeQuant};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -53,6 +53,13 @@ pub struct SeqInput {
     pub forced: Option<Arc<Decisions>>,
 }
 
+/// Rotary context of one layer type: its frequencies and the position of every row.
+#[derive(Clone)]
+struct RopeCtx {
+    freqs: Arc<Vec<f32>>,
+    positions: Arc<Vec<usize>>,
+}
+
 /// Result of [`TrainModel::forward`].
 pub struct TrainOutput {
     /// Head inputs `[B, S, D]` (after `hc_head` and the final norm).
@@ -72,7 +79,11 @@ pub struct TrainModel {
     device: Device,
     vars: BTreeMap<String, Var>,
     tid2eid: BTreeMap<usize, Vec<u32>>,
-    hadamard: Option<Tensor>,
+    /// When set, the residual streams after every block are kept (conformance debugging).
+    trace: std::sync::Mutex<Option<Vec<Tensor>>>,
+    /// FP4 fake-quantised expert weights of the current parameter values (QAT); cleared by
+    /// [`invalidate_cache`](Self::invalidate_cache) whenever a parameter changes.
+    fq_cache: std::sync::Mutex<std::collections::HashMap<String, Tensor>>,
 }
 
 const NEG: f64 = -1e30;
@@ -93,15 +104,16 @@ impl TrainModel {
             vars.insert(name.clone(), Var::from_tensor(&tensor)?);
         }
         let cfg = &w.config;
-        let hadamard = if cfg.compress_ratios.contains(&4) {
-            let n = cfg.index_head_dim;
-            let s = (n as f32).powf(-0.5);
-            let m: Vec<f32> = hadamard::matrix(n).into_iter().map(|v| v * s).collect();
-            Some(Tensor::from_vec(m, (n, n), &device)?.to_dtype(dtype)?)
-        } else {
-            None
-        };
-        Ok(TrainModel { config: cfg.clone(), options, dtype, device, vars, tid2eid: w.tid2eid.clone(), hadamard })
+        Ok(TrainModel {
+            config: cfg.clone(),
+            options,
+            dtype,
+            device,
+            vars,
+            tid2eid: w.tid2eid.clone(),
+            trace: Default::default(),
+            fq_cache: Default::default(),
+        })
     }
 
     pub fn dtype(&self) -> DType {
@@ -140,24 +152,17 @@ impl TrainModel {
             let t = w.get_shaped(name, v.as_tensor().dims())?;
             v.set(&Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?.to_dtype(self.dtype)?)?;
         }
+        self.invalidate_cache();
         Ok(())
     }
 
-    fn cos_sin(&self, freqs: &RopeFreqs, positions: impl Iterator<Item = usize>) -> Result<(Tensor, Tensor)> {
-        let mut c = Vec::new();
-        let mut s = Vec::new();
-        let mut n = 0;
-        for p in positions {
-            let (cc, ss) = freqs.cos_sin(p);
-            c.extend(cc);
-            s.extend(ss);
-            n += 1;
-        }
-        let half = freqs.freqs.len();
-        Ok((
-            Tensor::from_vec(c, (n, half), &self.device)?.to_dtype(self.dtype)?,
-            Tensor::from_vec(s, (n, half), &self.device)?.to_dtype(self.dtype)?,
-        ))
+    /// Fused RMSNorm with the config's epsilon.
+    fn norm(&self, x: &Tensor, weight: Option<&str>) -> Result<Tensor> {
+        let w = match weight {
+            Some(n) => Some(self.var(n)?),
+            None => None,
+        };
+        Ok(fused::rms_norm(x, w, self.config.norm_eps)?)
     }
 
     /// Forward a batch of sequences (right-padded internally).
@@ -196,20 +201,27 @@ impl TrainModel {
             cfg.compress_rope_theta,
             Some((cfg.original_seq_len, cfg.rope_factor, cfg.beta_fast, cfg.beta_slow)),
         );
-        let tables = [self.cos_sin(&rope_plain, 0..s)?, self.cos_sin(&rope_yarn, 0..s)?];
+        // Rotary frequencies of window-only and compressed layers; row (b, t) is at position t.
+        let freqs = [Arc::new(rope_plain.freqs.clone()), Arc::new(rope_yarn.freqs.clone())];
+        let positions: Arc<Vec<usize>> = Arc::new((0..b * s).map(|r| r % s).collect());
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}.");
             let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_attn")))?;
-            let x = rms_norm(&x, Some(self.var(&format!("{p}attn_norm.weight"))?), cfg.norm_eps as f64)?;
-            let table = if cfg.ratio(l) > 0 { &tables[1] } else { &tables[0] };
+            let x = self.norm(&x, Some(&format!("{p}attn_norm.weight")))?;
+            let table = RopeCtx { freqs: freqs[usize::from(cfg.ratio(l) > 0)].clone(), positions: positions.clone() };
             let y = prof::time("attention", || {
-                self.attention(l, &x, b, s, &lengths, batch, table, &rope_yarn, &mut decisions, &mut aux)
+                self.attention(l, &x, b, s, &lengths, batch, &table, &freqs[1], &mut decisions, &mut aux)
             })?;
             h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
             let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_ffn")))?;
-            let x = rms_norm(&x, Some(self.var(&format!("{p}ffn_norm.weight"))?), cfg.norm_eps as f64)?;
+            let x = self.norm(&x, Some(&format!("{p}ffn_norm.weight")))?;
             let y = prof::time("moe", || self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions))?;
             h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
+            if let Ok(mut t) = self.trace.lock() {
+                if let Some(v) = t.as_mut() {
+                    v.push(h.detach());
+                }
+            }
         }
         // hc_head + final norm
         let flat = h.reshape((n, hc * d))?;
@@ -219,10 +231,29 @@ impl TrainModel {
             (sigmoid(&mixes.broadcast_mul(self.var("hc_head_scale")?)?.broadcast_add(self.var("hc_head_base")?)?)?
                 + cfg.hc_eps as f64)?;
         let x = pre.unsqueeze(2)?.broadcast_mul(&h)?.sum(1)?;
-        let hidden = rms_norm(&x, Some(self.var("norm.weight")?), cfg.norm_eps as f64)?.reshape((b, s, d))?;
+        let hidden = self.norm(&x, Some("norm.weight"))?.reshape((b, s, d))?;
         let indexer_loss =
             if aux.is_empty() { None } else { Some((Tensor::stack(&aux, 0)?.sum_all()? / aux.len() as f64)?) };
         Ok(TrainOutput { hidden, lengths, indexer_loss, decisions })
+    }
+
+    /// Forget derived copies of the weights (call after changing any parameter).
+    pub fn invalidate_cache(&self) {
+        if let Ok(mut c) = self.fq_cache.lock() {
+            c.clear();
+        }
+    }
+
+    /// Keep the residual streams `[B·S, hc, D]` after every block of the next forward calls.
+    pub fn start_trace(&self) {
+        if let Ok(mut t) = self.trace.lock() {
+            *t = Some(Vec::new());
+        }
+    }
+
+    /// The streams kept since [`start_trace`](Self::start_trace), and stop keeping them.
+    pub fn take_trace(&self) -> Vec<Tensor> {
+        self.trace.lock().ok().and_then(|mut t| t.take()).unwrap_or_default()
     }
 
     /// Logits `[.., V]` of head inputs.
@@ -242,31 +273,20 @@ impl TrainModel {
     fn hc_pre(&self, h: &Tensor, site: &str) -> Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.config;
         let (n, hc, d) = h.dims3()?;
-        let eps = cfg.hc_eps as f64;
         let flat = h.reshape((n, hc * d))?;
         let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?.sqrt()?.recip()?;
         let mixes = flat.matmul(&self.var(&format!("{site}_fn"))?.t()?)?.broadcast_mul(&rs)?;
-        let scale = self.var(&format!("{site}_scale"))?;
-        let base = self.var(&format!("{site}_base"))?;
-        let part = |i: usize, w: usize| -> Result<Tensor> {
-            Ok(mixes
-                .narrow(1, i * hc, w)?
-                .broadcast_mul(&scale.narrow(0, i.min(2), 1)?)?
-                .broadcast_add(&base.narrow(0, i * hc, w)?)?)
-        };
-        let pre = (sigmoid(&part(0, hc)?)? + eps)?;
-        let post = (sigmoid(&part(1, hc)?)? * 2.0)?;
-        let logits = mixes
-            .narrow(1, 2 * hc, hc * hc)?
-            .broadcast_mul(&scale.narrow(0, 2, 1)?)?
-            .broadcast_add(&base.narrow(0, 2 * hc, hc * hc)?)?
-            .reshape((n, hc, hc))?;
-        let mut comb = (softmax_last(&logits)? + eps)?;
-        comb = comb.broadcast_div(&(comb.sum_keepdim(1)? + eps)?)?;
-        for _ in 1..cfg.hc_sinkhorn_iters {
-            comb = comb.broadcast_div(&(comb.sum_keepdim(2)? + eps)?)?;
-            comb = comb.broadcast_div(&(comb.sum_keepdim(1)? + eps)?)?;
-        }
+        let split = fused::hc_split(
+            &mixes,
+            self.var(&format!("{site}_scale"))?,
+            self.var(&format!("{site}_base"))?,
+            hc,
+            cfg.hc_sinkhorn_iters,
+            cfg.hc_eps,
+        )?;
+        let pre = split.narrow(1, 0, hc)?;
+        let post = split.narrow(1, hc, hc)?;
+        let comb = split.narrow(1, 2 * hc, hc * hc)?.reshape((n, hc, hc))?;
         let x = pre.unsqueeze(2)?.broadcast_mul(h)?.sum(1)?;
         Ok((x, post, comb))
     }
@@ -294,7 +314,7 @@ impl TrainModel {
         prefix: &str,
         ratio: usize,
         d: usize,
-        freqs: &RopeFreqs,
+        freqs: &Arc<Vec<f32>>,
         indexer: bool,
     ) -> Result<Option<Tensor>> {
         let cfg = &self.config;
@@ -331,14 +351,12 @@ impl TrainModel {
         };
         let p = softmax_dim(&cand_z, 2)?;
         let entry = (p * cand_c)?.sum(2)?; // [B, ne, d]
-        let entry = rms_norm(&entry, Some(self.var(&format!("{prefix}norm.weight"))?), cfg.norm_eps as f64)?;
-        let (cos, sin) = self.cos_sin(freqs, (0..ne).map(|i| i * ratio))?;
-        let entry = rope(&entry, &cos.unsqueeze(0)?, &sin.unsqueeze(0)?, false)?;
+        let entry = self.norm(&entry, Some(&format!("{prefix}norm.weight")))?;
+        let pos: Arc<Vec<usize>> = Arc::new((0..b * ne).map(|r| (r % ne) * ratio).collect());
+        let entry = fused::rope(&entry, freqs, &pos, 1, false)?;
         let num = self.options.numerics;
         Ok(Some(if indexer {
-            let hm =
-                self.hadamard.as_ref().ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
-            let r = entry.reshape((b * ne, d))?.matmul(hm)?.reshape((b, ne, d))?;
+            let r = fused::hadamard(&entry)?;
             if num.indexer_fp4 {
                 fake_quant(&r, FakeQuant::Fp4)?
             } else {
@@ -360,8 +378,8 @@ impl TrainModel {
         s: usize,
         lengths: &[usize],
         batch: &[SeqInput],
-        table: &(Tensor, Tensor),
-        rope_yarn: &RopeFreqs,
+        table: &RopeCtx,
+        rope_yarn: &Arc<Vec<f32>>,
         decisions: &mut [Decisions],
         aux: &mut Vec<Tensor>,
     ) -> Result<Tensor> {
@@ -371,24 +389,16 @@ impl TrainModel {
         let a = format!("layers.{l}.attn.");
         let ratio = cfg.ratio(l);
         let kind = cfg.layer_kind(l);
-        let (cos, sin) = table;
-        // queries [B, H, S, hd]
-        let qr = rms_norm(
-            &self.linear(x, &format!("{a}wq_a.weight"))?,
-            Some(self.var(&format!("{a}q_norm.weight"))?),
-            cfg.norm_eps as f64,
-        )?;
+        // queries [B, S, H, hd]: low-rank, per-head RMS norm, RoPE
+        let qr = self.norm(&self.linear(x, &format!("{a}wq_a.weight"))?, Some(&format!("{a}q_norm.weight")))?;
         let q = self.linear(&qr, &format!("{a}wq_b.weight"))?.reshape((b, s, h, hd))?;
-        let q = rms_norm(&q, None, cfg.norm_eps as f64)?;
-        let q = rope(&q, &cos.unsqueeze(0)?.unsqueeze(2)?, &sin.unsqueeze(0)?.unsqueeze(2)?, false)?;
+        let q = self.norm(&q, None)?;
+        let q = fused::rope(&q, &table.freqs, &table.positions, h, false)?;
         // keys = values [B, S, hd]
-        let kv = rms_norm(
-            &self.linear(x, &format!("{a}wkv.weight"))?,
-            Some(self.var(&format!("{a}kv_norm.weight"))?),
-            cfg.norm_eps as f64,
-        )?
-        .reshape((b, s, hd))?;
-        let kv = rope(&kv, &cos.unsqueeze(0)?, &sin.unsqueeze(0)?, false)?;
+        let kv = self
+            .norm(&self.linear(x, &format!("{a}wkv.weight"))?, Some(&format!("{a}kv_norm.weight")))?
+            .reshape((b, s, hd))?;
+        let kv = fused::rope(&kv, &table.freqs, &table.positions, 1, false)?;
         let kv = if num.kv_fp8 { fake_quant(&kv, FakeQuant::KvFp8 { width: hd, rope: rd })? } else { kv };
         let scale = (hd as f64).powf(-0.5);
         let entries = if ratio > 0 {
@@ -441,7 +451,7 @@ impl TrainModel {
             selected: std::sync::Arc::new(selected),
         };
         let o = attention::sparse_attention(&q, &kvc, self.var(&format!("{a}attn_sink"))?, op)?; // [B, S, H, hd]
-        let o = rope(&o, &cos.unsqueeze(0)?.unsqueeze(2)?, &sin.unsqueeze(0)?.unsqueeze(2)?, true)?;
+        let o = fused::rope(&o, &table.freqs, &table.positions, h, true)?;
         let o = o.reshape((b * s, h * hd))?;
         // grouped low-rank output projection
         let (g, lora) = (cfg.o_groups, cfg.o_lora_rank);
@@ -464,8 +474,8 @@ impl TrainModel {
         s: usize,
         lengths: &[usize],
         batch: &[SeqInput],
-        table: &(Tensor, Tensor),
-        rope_yarn: &RopeFreqs,
+        table: &RopeCtx,
+        rope_yarn: &Arc<Vec<f32>>,
         main_scores: &Tensor,
         decisions: &mut [Decisions],
         aux: &mut Vec<Tensor>,
@@ -473,7 +483,6 @@ impl TrainModel {
         let cfg = &self.config;
         let a = format!("layers.{l}.attn.indexer.");
         let (ih, ihd) = (cfg.index_n_heads, cfg.index_head_dim);
-        let (cos, sin) = table;
         // Detached inputs: the indexer learns only from its own loss.
         let xd = x.detach();
         let qrd = qr.detach();
@@ -485,9 +494,8 @@ impl TrainModel {
         };
         let ne = keys.dim(1)?;
         let qi = self.linear(&qrd, &format!("{a}wq_b.weight"))?.reshape((b, s, ih, ihd))?;
-        let qi = rope(&qi, &cos.unsqueeze(0)?.unsqueeze(2)?, &sin.unsqueeze(0)?.unsqueeze(2)?, false)?;
-        let hm = self.hadamard.as_ref().ok_or_else(|| ModelError::Input("indexer without Hadamard matrix".into()))?;
-        let qi = qi.reshape((b * s * ih, ihd))?.matmul(hm)?;
+        let qi = fused::rope(&qi, &table.freqs, &table.positions, ih, false)?;
+        let qi = fused::hadamard(&qi)?.reshape((b * s * ih, ihd))?;
         let qi = if self.options.numerics.indexer_fp4 { fake_quant(&qi, FakeQuant::Fp4)? } else { qi };
         let qi = qi.reshape((b, s * ih, ihd))?;
         let wscale = (ihd as f64).powf(-0.5) * (ih as f64).powf(-0.5);
@@ -639,8 +647,20 @@ impl TrainModel {
 
     fn expert(&self, x: &Tensor, p: &str, route_w: Option<&Tensor>, qat: bool) -> Result<Tensor> {
         let w = |n: &str| -> Result<Tensor> {
-            let t = self.var(&format!("{p}{n}.weight"))?;
-            Ok(if qat { fake_quant(t, FakeQuant::Fp4)? } else { t.clone() })
+            let name = format!("{p}{n}.weight");
+            let t = self.var(&name)?;
+            if !qat {
+                return Ok(t.clone());
+            }
+            // Weights change only at optimizer steps: quantise once per step, not per forward.
+            if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(&name).cloned()) {
+                return Ok(c);
+            }
+            let q = fake_quant(t, FakeQuant::Fp4)?;
+            if let Ok(mut c) = self.fq_cache.lock() {
+                c.insert(name, q.clone());
+            }
+            Ok(q)
         };
         let limit = self.config.swiglu_limit as f64;
         let mut g = x.matmul(&w("w1")?.t()?)?;

@@ -220,7 +220,7 @@ pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
         let out = model.forward(&batch)?;
         let logits = model.logits(&out.hidden)?;
         let targets = Tensor::from_vec(
-            batch.iter().flat_map(|s| s.tokens.iter().map(|&t| t as u32)).collect::<Vec<u32>>(),
+            batch.iter().flat_map(|s| s.tokens.iter().copied()).collect::<Vec<u32>>(),
             (4 * 128,),
             model.device(),
         )?;
