@@ -137,6 +137,109 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_fn()(a, b)
 }
 
+/// `e^x` in f32 without a libm call, so loops over it vectorise: Cody–Waite reduction
+/// `x = n ln2 + r`, a degree-6 Taylor polynomial on |r| ≤ ln2/2 (relative error < 2e-7),
+/// and the exponent placed by bit arithmetic. Inputs below −87 give ~0 (not subnormals).
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// One operand of [`gemm`]: a row-major `[rows, cols]` buffer, used as is or transposed.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, transposed: false }
+    }
+    pub fn t(self) -> Self {
+        Mat { transposed: !self.transposed, ..self }
+    }
+    /// (rows, cols) of the operand as used (after the optional transpose).
+    fn dims(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+    /// (row stride, column stride) of the operand as used.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// `out[m, n] (+)= a[m, k] · b[k, n]` with either operand optionally transposed (row-major
+/// `out`); `accumulate` adds to `out` instead of overwriting it; `parallel` lets `gemm`
+/// use the rayon pool (leave it off when already inside a parallel loop).
+pub fn gemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool, parallel: bool) {
+    let (m, k) = a.dims();
+    let (k2, n) = b.dims();
+    assert_eq!(k, k2, "gemm: inner dimensions {k} and {k2} differ");
+    assert!(
+        a.data.len() >= a.rows * a.cols && b.data.len() >= b.rows * b.cols && out.len() >= m * n,
+        "gemm: buffer too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (ars, acs) = a.strides();
+    let (brs, bcs) = b.strides();
+    let par = if parallel && m * n * k >= PAR_MIN_WORK && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index `gemm` computes from these dims/strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            acs,
+            ars,
+            b.data.as_ptr(),
+            bcs,
+            brs,
+            if accumulate { 1.0f32 } else { 0.0f32 },
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// `out[rows, n] = x[rows, k] · w[n, k]ᵀ` for f32 weights.
 pub fn matmul_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n, "matmul_f32: buffer too small");
@@ -349,6 +452,20 @@ fn matmul_fp4_with(f: Fp4RowFn, x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &m
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exp_approx_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let e = (x as f64).exp();
+            let rel = ((super::exp_approx(x) as f64 - e) / e).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert!(super::exp_approx(-1000.0) < 1e-37 && super::exp_approx(0.0) == 1.0);
+    }
+
     use super::*;
     use crate::formats::mxfp4::ScaleRule;
     use crate::weights::SeededNormal;

@@ -49,6 +49,9 @@ pub enum Command {
     Grpo(crate::commands::train_cmd::GrpoArgs),
     /// Per-domain accuracy of a checkpoint (greedy decoding, verifiers).
     Eval(crate::commands::train_cmd::EvalArgs),
+    /// Multi-teacher on-policy distillation: the student samples, minimises the full-vocabulary
+    /// reverse KL to each sample's teacher (teachers from a TOML registry).
+    Opd(crate::commands::train_cmd::OpdArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +188,8 @@ pub enum BenchCmd {
     },
     /// Prefill and training throughput of a preset or checkpoint.
     Forward(BenchModelArgs),
+    /// Fused chunked full-vocabulary reverse KL vs naive autograd: time, peak memory, differences.
+    OpdKl(crate::commands::bench_cmd::OpdKlArgs),
 }
 
 #[derive(Args, Debug)]

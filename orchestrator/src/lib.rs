@@ -1,5 +1,6 @@
 //! The `v4post` orchestrator: CLI, queues, workers and staged pipelines.
 
+pub mod alloc;
 pub mod cli;
 pub mod commands;
 pub mod ui;

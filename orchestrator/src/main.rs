@@ -4,6 +4,10 @@ use clap::Parser;
 use orchestrator::cli::Cli;
 use std::process::ExitCode;
 
+/// Counts heap bytes so benchmarks can report measured peak memory.
+#[global_allocator]
+static ALLOC: orchestrator::alloc::Counting = orchestrator::alloc::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     orchestrator::ui::init_logging(cli.verbose, cli.quiet);

@@ -5,11 +5,15 @@
 //! * [`losses`]: fused log-prob gather (Keep Sampling Mask), SFT and GRPO-family losses;
 //! * [`session`]: model + optimizer + counters, checkpoints that resume bit-identically;
 //! * [`sft`]: supervised fine-tuning / pre-training on the suite's reference solutions;
-//! * [`grpo`]: GRPO / DAPO / Dr. GRPO / V3.2 variants with pluggable rollouts.
+//! * [`grpo`]: GRPO / DAPO / Dr. GRPO / V3.2 variants with pluggable rollouts;
+//! * [`kl`]: the fused, chunked full-vocabulary reverse KL (custom op with closed-form gradient);
+//! * [`opd`]: multi-teacher on-policy distillation.
 
 pub mod error;
 pub mod grpo;
+pub mod kl;
 pub mod losses;
+pub mod opd;
 pub mod optim;
 pub mod session;
 pub mod sft;

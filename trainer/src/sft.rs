@@ -100,26 +100,41 @@ pub fn suite_example(
 }
 
 /// Pack examples starting at `cursor` into `batch` sequences of at most `max_len` tokens;
-/// returns the sequences and the new cursor.
+/// returns the sequences and the new cursor. Examples longer than `max_len` are skipped
+/// (truncating them would cut the answer off and teach a wrong ending); an error says so
+/// when nothing fits.
 pub fn pack(
     next: &mut dyn FnMut(u64) -> Result<Example>,
     cursor: u64,
     batch: usize,
     max_len: usize,
 ) -> Result<(Vec<Example>, u64)> {
+    const MAX_SKIPS: usize = 1000;
     let mut c = cursor;
     let mut out = Vec::with_capacity(batch);
+    let mut skipped_in_a_row = 0;
     for _ in 0..batch {
         let mut seq = Example { tokens: Vec::new(), weights: Vec::new() };
         loop {
             let ex = next(c)?;
+            if ex.tokens.len() > max_len {
+                c += 1;
+                skipped_in_a_row += 1;
+                if skipped_in_a_row >= MAX_SKIPS {
+                    return Err(TrainError::Input(format!(
+                        "{MAX_SKIPS} examples in a row are longer than max_len {max_len} (e.g. {} tokens): raise --max-len or choose shorter modes",
+                        ex.tokens.len()
+                    )));
+                }
+                continue;
+            }
+            skipped_in_a_row = 0;
             if !seq.tokens.is_empty() && seq.tokens.len() + ex.tokens.len() > max_len {
                 break;
             }
             c += 1;
-            let take = ex.tokens.len().min(max_len - seq.tokens.len());
-            seq.tokens.extend_from_slice(&ex.tokens[..take]);
-            seq.weights.extend_from_slice(&ex.weights[..take]);
+            seq.tokens.extend_from_slice(&ex.tokens);
+            seq.weights.extend_from_slice(&ex.weights);
             if seq.tokens.len() >= max_len {
                 break;
             }

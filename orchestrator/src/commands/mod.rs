@@ -1,5 +1,6 @@
 //! One module per group of verbs; [`dispatch`] runs a parsed command line.
 
+pub mod bench_cmd;
 pub mod data;
 pub mod model_cmd;
 pub mod train_cmd;
@@ -25,5 +26,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Sft(a) => train_cmd::sft(&a, false),
         Command::Grpo(a) => train_cmd::grpo(&a),
         Command::Eval(a) => train_cmd::eval(&a),
+        Command::Opd(a) => train_cmd::opd(&a),
+        Command::Bench(BenchCmd::OpdKl(a)) => bench_cmd::opd_kl(&a),
     }
 }

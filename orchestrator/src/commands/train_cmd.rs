@@ -404,3 +404,181 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct OpdArgs {
+    /// Student checkpoint to distil into.
+    #[arg(long)]
+    pub student: PathBuf,
+    /// Teacher registry (TOML: [[teacher]] id, checkpoint, domains, weight).
+    #[arg(long)]
+    pub teachers: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Built-in domains to sample prompts from (default: every domain some teacher teaches).
+    #[arg(long, conflicts_with = "prompts")]
+    pub domains: Option<String>,
+    /// A user prompt dataset (.parquet or .jsonl) instead of the built-in suite.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Student samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub group: usize,
+    /// Share of prompts per reasoning mode, e.g. `non_think=0.3,think_high=0.7`.
+    #[arg(long, default_value = "non_think=0.3,think_high=0.7")]
+    pub mode_mix: String,
+    /// full (exact reverse KL over the vocabulary, V4) or sampled (single-token estimator).
+    #[arg(long, default_value = "full")]
+    pub estimator: String,
+    /// Temperature of the KL.
+    #[arg(long, default_value_t = 1.0)]
+    pub kl_temperature: f32,
+    /// Sampling temperature of the student's rollouts.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 32)]
+    pub minibatch: usize,
+    /// Teachers held in memory at once.
+    #[arg(long, default_value_t = 1)]
+    pub resident: usize,
+    #[arg(long, default_value_t = 64)]
+    pub chunk_rows: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub chunk_vocab: usize,
+    #[arg(long)]
+    pub difficulty: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `non_think=0.3,think_high=0.7` → mode shares.
+pub fn parse_mode_mix(s: &str) -> Result<Vec<(Mode, f32)>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (m, w) = part.split_once('=').with_context(|| format!("mode mix entry `{part}`: use MODE=SHARE"))?;
+        let mode: Mode = m.trim().parse().map_err(anyhow::Error::msg)?;
+        let w: f32 = w.trim().parse().with_context(|| format!("mode mix share `{w}` is not a number"))?;
+        if !(w.is_finite() && w >= 0.0) {
+            bail!("mode mix share of {m} must be ≥ 0");
+        }
+        out.push((mode, w));
+    }
+    if out.is_empty() || out.iter().all(|m| m.1 == 0.0) {
+        bail!("the mode mix `{s}` gives no mode a positive share");
+    }
+    Ok(out)
+}
+
+pub fn parse_estimator(s: &str) -> Result<trainer::kl::Estimator> {
+    match s {
+        "full" | "full_vocab" => Ok(trainer::kl::Estimator::FullVocab),
+        "sampled" => Ok(trainer::kl::Estimator::Sampled),
+        o => bail!("unknown --estimator `{o}` (full, sampled)"),
+    }
+}
+
+/// Built-in domains taught by some teacher of the registry.
+pub fn covered_domains(reg: &teachers::Registry) -> String {
+    tasks::domains()
+        .iter()
+        .filter(|d| !reg.weights_for(d.domain).is_empty())
+        .map(|d| d.domain)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn opd(a: &OpdArgs) -> Result<()> {
+    let reg = teachers::Registry::load(&a.teachers)?;
+    let student = checkpoint::load(&a.student).with_context(|| format!("loading student {}", a.student.display()))?;
+    reg.validate_against(Some(&a.student), &student.config)?;
+    let source = match (&a.prompts, &a.domains) {
+        (Some(p), _) => PromptSource::File(p.clone()),
+        (None, d) => {
+            let domains = match d {
+                Some(d) => d.clone(),
+                None => covered_domains(&reg),
+            };
+            if domains.is_empty() {
+                bail!(
+                    "no built-in domain is taught by any teacher in {}; give --domains or --prompts",
+                    a.teachers.display()
+                );
+            }
+            let names: Vec<&str> = tasks::match_domains(&domains)?.iter().map(|d| d.domain).collect();
+            reg.check_covers(names)?;
+            PromptSource::Builtin { domains, split: Split::Train, seed: a.seed, difficulty: a.difficulty }
+        }
+    };
+    let cfg = trainer::opd::OpdConfig {
+        steps: a.steps,
+        prompts_per_step: a.batch,
+        group_size: a.group,
+        temperature: a.temperature,
+        kl_temperature: a.kl_temperature,
+        mode_mix: parse_mode_mix(&a.mode_mix)?,
+        estimator: parse_estimator(&a.estimator)?,
+        minibatch: a.minibatch,
+        chunk_rows: a.chunk_rows,
+        chunk_vocab: a.chunk_vocab,
+        checkpoint_every: a.checkpoint_every,
+        ..Default::default()
+    };
+    let base = BaseArgs { base: Some(a.student.clone()), preset: None };
+    let mut s = open_session(&base, &a.out, a.resume, a.seed, a.optim.config())?;
+    let bars = Bars::new(a.json);
+    eprintln!("distilling {} teachers ({} resident at a time) onto {}", reg.len(), a.resident, a.student.display());
+    let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
+    let mut rollouts = LocalRollouts {
+        tok: &ByteTokenizer,
+        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(&cfg.stage))?),
+        opts: Default::default(),
+        progress: &NoProgress,
+    };
+    let mut local = trainer::opd::LocalTeachers {
+        pool: teachers::TeacherPool::new(reg.clone(), a.resident),
+        store: Some(datasets::store::TeacherStateStore::open(&a.out.join("teacher_states").join(&cfg.stage))?),
+    };
+    let rep = trainer::opd::run_opd(
+        &mut s,
+        &cfg,
+        &source,
+        &mut rollouts,
+        &mut local,
+        &reg,
+        "opd",
+        &mut metrics,
+        &bars,
+        Some(&a.out.join("train")),
+    )?;
+    s.save(&a.out.join("train"))?;
+    write_outputs(&s.weights()?, &a.out)?;
+    let out = json!({"steps": rep.steps, "kl_first": rep.kl_first, "kl_last": rep.kl_last, "sampled_tokens": rep.sampled_tokens, "teacher_loads": local.pool.loads, "seconds": rep.seconds, "out": a.out});
+    if a.json {
+        print_json(&out);
+    } else {
+        eprintln!(
+            "opd: {} steps, reverse KL {:.4} → {:.4}, {} sampled tokens, {} teacher loads in {:.0}s; student in {}",
+            rep.steps,
+            rep.kl_first,
+            rep.kl_last,
+            rep.sampled_tokens,
+            local.pool.loads,
+            rep.seconds,
+            a.out.display()
+        );
+    }
+    Ok(())
+}

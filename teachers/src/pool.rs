@@ -1,0 +1,88 @@
+//! Teachers loaded when needed, at most `max_resident` at a time (least recently used
+//! evicted first). Callers process samples in teacher order, so with the default of one
+//! resident teacher each checkpoint is read once per step.
+
+use crate::error::{Result, TeacherError};
+use crate::registry::Registry;
+use model::{Engine, EngineOptions};
+use std::sync::Arc;
+
+/// A teacher ready to run: its decode engine (FP4 experts, as served) and its head.
+pub struct LoadedTeacher {
+    pub id: String,
+    pub engine: Engine,
+    /// `head.weight` `[vocab, dim]`, f32.
+    pub head: Arc<Vec<f32>>,
+    pub dim: usize,
+}
+
+impl LoadedTeacher {
+    /// Load a checkpoint directory as a teacher.
+    pub fn load(id: &str, dir: &std::path::Path, opts: EngineOptions) -> Result<Self> {
+        let w =
+            model::checkpoint::load(dir).map_err(|e| TeacherError::Teacher { id: id.into(), msg: e.to_string() })?;
+        Self::from_weights(id, &w, opts)
+    }
+
+    /// A teacher from weights in memory.
+    pub fn from_weights(id: &str, w: &model::ModelWeights, opts: EngineOptions) -> Result<Self> {
+        let head = w
+            .tensors
+            .get("head.weight")
+            .ok_or_else(|| TeacherError::Teacher { id: id.into(), msg: "checkpoint has no head.weight".into() })?
+            .data
+            .clone();
+        let engine = Engine::new(w, opts)?;
+        Ok(LoadedTeacher { id: id.into(), dim: w.config.dim, head: Arc::new(head), engine })
+    }
+}
+
+/// Lazily loaded teachers of a registry.
+pub struct TeacherPool {
+    pub registry: Registry,
+    pub max_resident: usize,
+    pub options: EngineOptions,
+    /// Most recently used last.
+    resident: Vec<(usize, Arc<LoadedTeacher>)>,
+    /// Checkpoint loads so far (for logs and tests).
+    pub loads: usize,
+}
+
+impl TeacherPool {
+    pub fn new(registry: Registry, max_resident: usize) -> Self {
+        TeacherPool {
+            registry,
+            max_resident: max_resident.max(1),
+            options: EngineOptions::default(),
+            resident: Vec::new(),
+            loads: 0,
+        }
+    }
+
+    /// Teacher `idx` of the registry, loading it (and evicting the least recently used one
+    /// beyond `max_resident`) when it is not resident.
+    pub fn get(&mut self, idx: usize) -> Result<Arc<LoadedTeacher>> {
+        let spec =
+            self.registry.teachers.get(idx).ok_or_else(|| {
+                TeacherError::Registry(format!("no teacher #{idx} ({} registered)", self.registry.len()))
+            })?;
+        if let Some(pos) = self.resident.iter().position(|(i, _)| *i == idx) {
+            let e = self.resident.remove(pos);
+            let t = e.1.clone();
+            self.resident.push(e);
+            return Ok(t);
+        }
+        while self.resident.len() >= self.max_resident {
+            self.resident.remove(0);
+        }
+        let t = Arc::new(LoadedTeacher::load(&spec.id, &spec.checkpoint, self.options)?);
+        self.loads += 1;
+        self.resident.push((idx, t.clone()));
+        Ok(t)
+    }
+
+    /// Number of teachers held now.
+    pub fn resident(&self) -> usize {
+        self.resident.len()
+    }
+}
