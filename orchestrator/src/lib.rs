@@ -2,5 +2,6 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod queue;
 pub mod commands;
 pub mod ui;
