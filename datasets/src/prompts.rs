@@ -313,6 +313,9 @@ pub enum PromptSource {
     Builtin { domains: String, split: Split, seed: u64, difficulty: Option<u32> },
     /// A user dataset file.
     File(std::path::PathBuf),
+    /// The records of a user dataset file whose domain matches a pattern list
+    /// (`math.*,if.upper`, `*`).
+    FileDomains(std::path::PathBuf, String),
 }
 
 impl PromptSource {
@@ -331,6 +334,14 @@ impl PromptSource {
             }
             PromptSource::File(p) => {
                 let all = load_dataset(p)?;
+                Ok((0..n).map(|i| all[(offset as usize + i) % all.len()].clone()).collect())
+            }
+            PromptSource::FileDomains(p, pattern) => {
+                let all: Vec<Task> =
+                    load_dataset(p)?.into_iter().filter(|t| tasks::domain_matches(pattern, &t.domain)).collect();
+                if all.is_empty() {
+                    return Err(DataError::Format(format!("{}: no record of domain `{pattern}`", p.display())));
+                }
                 Ok((0..n).map(|i| all[(offset as usize + i) % all.len()].clone()).collect())
             }
         }

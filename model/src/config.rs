@@ -520,7 +520,7 @@ impl Config {
             rope_head_dim: 32,
             o_groups: 2,
             o_lora_rank: 64,
-            window_size: 64,
+            window_size: 256,
             compress_ratios: vec![0, 4, 16, 4],
             index_n_heads: 4,
             index_head_dim: 64,

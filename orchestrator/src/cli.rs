@@ -27,6 +27,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a staged pipeline (no file: the built-in demo: SFT → 13 GRPO experts → multi-teacher
+    /// OPD → Think Max → eval), or resume one.
+    Run(RunArgs),
+    /// Serve rollout, teacher or reward jobs of a run from a Redis queue.
+    Worker(WorkerArgs),
     /// The built-in task suite: list domains, sample prompts.
     #[command(subcommand)]
     Tasks(TasksCmd),
@@ -201,6 +206,69 @@ pub struct BenchModelArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline file (TOML); without one, the built-in demo pipeline runs.
+    pub pipeline: Option<PathBuf>,
+    /// The reduced demo (about 3 minutes on 2 cores).
+    #[arg(long, conflicts_with_all = ["pipeline", "resume"])]
+    pub quick: bool,
+    /// Continue the run in this directory (runs/NAME) after a crash or a stop.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "pipeline")]
+    pub resume: Option<PathBuf>,
+    /// Base checkpoint of the demo pipeline (default: the shipped assets/v4-small-base).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Run name (default: from the pipeline; the demo uses `demo` / `demo-quick`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Parent directory of run directories.
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    /// Queue: `embedded` or redis://[user:password@]host:port (rediss:// for TLS); the
+    /// password may also come from V4POST_REDIS_PASSWORD.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Stop after this many optimizer steps (then continue with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// rollout (student/policy sampling), teacher (teacher head inputs), reward (scoring).
+    #[arg(value_enum)]
+    pub kind: crate::pipeline::workers::WorkerKind,
+    /// redis://[user:password@]host:port or rediss://... (V4POST_REDIS_PASSWORD also works).
+    #[arg(long)]
+    pub queue: String,
+    /// Run name (keys `v4post:{run}:` and the directory RUNS_DIR/RUN).
+    #[arg(long)]
+    pub run: String,
+    /// Where run directories live (a path shared with the trainer).
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Seconds before a job of a dead worker is handed to another one.
+    #[arg(long, default_value_t = 120.0)]
+    pub visibility_timeout: f64,
+    /// Drop jobs for policies more than this many versions old.
+    #[arg(long, default_value_t = 0)]
+    pub max_staleness: u64,
+    /// Stop after this many jobs (0 = until the run finishes).
+    #[arg(long, default_value_t = 0)]
+    pub max_jobs: usize,
+    /// Keep waiting for work after the run is marked finished.
+    #[arg(long)]
+    pub no_exit: bool,
+    /// Name of this consumer (default: host-pid).
+    #[arg(long)]
+    pub consumer: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

@@ -34,6 +34,13 @@ pub struct RolloutJob {
     #[serde(default)]
     pub max_tokens: Vec<(Mode, usize)>,
     pub seed: u64,
+    /// Score with the verifiers here (false: reward workers score later).
+    #[serde(default = "yes")]
+    pub score: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RolloutJob {
@@ -68,15 +75,15 @@ pub fn run_job(
         .tasks
         .iter()
         .zip(&job.modes)
-        .enumerate()
-        .map(|(i, (t, &m))| GenRequest {
+        .map(|(t, &m)| GenRequest {
             prompt_tokens: tok.encode(&t.prompt_text(m)),
             n: job.n,
             params: SamplingParams { max_tokens: job.budget(m), ..job.params.clone() },
             mode: m,
             env: (t.verifier.get("kind").and_then(|k| k.as_str()) == Some("agent"))
                 .then(|| AgentEnv::from_verifier(&t.verifier)),
-            seed: datasets::tasks::fnv1a(&format!("{}/{}/{}/{i}", job.seed, job.step, t.prompt_id)),
+            // by prompt and mode, not position: a job split across workers samples the same
+            seed: datasets::tasks::fnv1a(&format!("{}/{}/{}/{}", job.seed, job.step, t.prompt_id, m.as_str())),
         })
         .collect();
     let (samples, stats) = generate(engine, tok, &reqs, opts, progress)?;
@@ -87,7 +94,7 @@ pub fn run_job(
     for (i, group) in samples.into_iter().enumerate() {
         let (t, m) = (&job.tasks[i], job.modes[i]);
         for (g, s) in group.into_iter().enumerate() {
-            let reward = rewards::score(t, &s.text, m);
+            let reward = job.score.then(|| rewards::score(t, &s.text, m));
             let all_generated = s.gen_mask.iter().all(|&b| b == 1);
             out.push(Trajectory {
                 traj_id: traj_id(&job.run, &job.stage, job.step, &t.prompt_id, m, g),
@@ -110,8 +117,8 @@ pub fn run_job(
                 routing_width: width,
                 sample_mask: s.sample_mask,
                 finish_reason: s.finish.as_str().into(),
-                reward: Some(reward.value),
-                reward_detail: reward.detail.to_string(),
+                reward: reward.as_ref().map(|r| r.value),
+                reward_detail: reward.as_ref().map_or_else(|| "{}".to_string(), |r| r.detail.to_string()),
                 response_text: s.text,
                 created_ms: now,
             });

@@ -55,13 +55,7 @@ pub struct Registry {
 
 /// `*`, `all`, `prefix*` or an exact name.
 pub fn pattern_matches(pattern: &str, domain: &str) -> bool {
-    match pattern {
-        "*" | "all" => true,
-        p => match p.strip_suffix('*') {
-            Some(prefix) => domain.starts_with(prefix),
-            None => p == domain,
-        },
-    }
+    datasets::tasks::domain_matches(pattern, domain)
 }
 
 impl Registry {

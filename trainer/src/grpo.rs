@@ -302,6 +302,7 @@ pub fn run_grpo(
                 params: params.clone(),
                 max_tokens: max_tokens.clone(),
                 seed: session.counters.seed ^ ((round as u64) << 48),
+                score: true,
             };
             progress.message(&format!("step {step}: sampling {} × {}", need, cfg.group_size));
             let trajs = rollouts.sample(&job, &policy)?;

@@ -262,6 +262,7 @@ pub fn run_opd(
             params: params.clone(),
             max_tokens: cfg.max_tokens.clone(),
             seed: session.counters.seed ^ (step << 20),
+            score: true,
         };
         progress.message(&format!("step {step}: student sampling {} × {}", job.tasks.len(), cfg.group_size));
         let trajs = rollouts.sample(&job, &policy)?;
@@ -552,6 +553,7 @@ pub fn eval_gap(
         params: SamplingParams::greedy(max_tokens),
         max_tokens: vec![],
         seed: 0,
+        score: true,
     };
     let (trajs, _) = rollout::run_job(&engine, tok, &job, &Default::default(), &datasets::progress::NoProgress)?;
     let me = teachers::LoadedTeacher::from_weights("student", student, model::EngineOptions::default())

@@ -37,6 +37,8 @@ pub struct Session {
     pub model: TrainModel,
     pub opt: Optimizer,
     pub counters: Counters,
+    /// Step checkpoints kept by [`save`](Self::save) (0 = all).
+    pub keep_checkpoints: usize,
 }
 
 impl Session {
@@ -45,7 +47,7 @@ impl Session {
         let shapes: BTreeMap<String, Vec<usize>> =
             model.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect();
         let opt = Optimizer::new(optim, &shapes);
-        Ok(Session { model, opt, counters: Counters { seed, ..Default::default() } })
+        Ok(Session { model, opt, counters: Counters { seed, ..Default::default() }, keep_checkpoints: 2 })
     }
 
     /// Apply the gradients of `grads` with learning-rate multiplier `lr_scale`.
@@ -140,7 +142,29 @@ impl Session {
         std::fs::write(&latest_tmp, format!("{:08}\n", self.counters.step))
             .map_err(|e| TrainError::io(&latest_tmp, e))?;
         std::fs::rename(&latest_tmp, &latest).map_err(|e| TrainError::io(&latest, e))?;
+        self.prune(root)?;
         Ok(final_dir)
+    }
+
+    /// Remove all but the newest `keep_checkpoints` step directories under `root`.
+    fn prune(&self, root: &Path) -> Result<()> {
+        if self.keep_checkpoints == 0 {
+            return Ok(());
+        }
+        let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+            .map_err(|e| TrainError::io(root, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.parse::<u64>().ok().filter(|_| name.len() == 8).map(|s| (s, e.path()))
+            })
+            .collect();
+        steps.sort();
+        let n = steps.len().saturating_sub(self.keep_checkpoints);
+        for (_, p) in steps.into_iter().take(n) {
+            std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
+        }
+        Ok(())
     }
 
     fn save_optimizer(&self, path: &Path) -> Result<()> {

@@ -10,7 +10,7 @@ pub mod trajectories;
 
 pub use metrics::{read_metrics, MetricRow, MetricsWriter};
 pub use teacher_states::{TeacherState, TeacherStateStore};
-pub use trajectories::{ReadFilter, Trajectory, TrajectoryStore, WriteReport};
+pub use trajectories::{read_all, ReadFilter, Trajectory, TrajectoryStore, WriteReport};
 
 use crate::error::{DataError, Result};
 use arrow::record_batch::RecordBatch;
@@ -49,6 +49,88 @@ pub(crate) fn write_shard(dir: &Path, batch: &RecordBatch) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
     Ok(path)
+}
+
+/// The keys (one or two string columns joined by U+001F) of every shard of a directory,
+/// read incrementally: [`refresh`](Self::refresh) reads only shards it has not seen, so
+/// several processes writing the same store see each other's rows cheaply.
+pub struct KeyIndex {
+    dir: PathBuf,
+    columns: Vec<&'static str>,
+    seen: std::collections::HashSet<PathBuf>,
+    keys: std::collections::HashSet<String>,
+}
+
+impl KeyIndex {
+    pub fn new(dir: &Path, columns: &[&'static str]) -> Self {
+        KeyIndex { dir: dir.to_path_buf(), columns: columns.to_vec(), seen: Default::default(), keys: Default::default() }
+    }
+
+    /// Read the keys of shards written since the last call.
+    pub fn refresh(&mut self) -> Result<()> {
+        for shard in list_shards(&self.dir)? {
+            if self.seen.contains(&shard) {
+                continue;
+            }
+            for b in read_shard(&shard, Some(&self.columns), None)? {
+                let cols: Vec<&arrow::array::StringArray> = self
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        b.column_by_name(c)
+                            .and_then(|a| a.as_any().downcast_ref::<arrow::array::StringArray>())
+                            .ok_or_else(|| DataError::Format(format!("{}: no utf8 column `{c}`", shard.display())))
+                    })
+                    .collect::<Result<_>>()?;
+                for i in 0..b.num_rows() {
+                    let key: Vec<&str> = cols.iter().map(|c| c.value(i)).collect();
+                    self.keys.insert(key.join("\u{1f}"));
+                }
+            }
+            self.seen.insert(shard);
+        }
+        Ok(())
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Key of a two-column index.
+    pub fn pair(a: &str, b: &str) -> String {
+        format!("{a}\u{1f}{b}")
+    }
+
+    pub fn insert(&mut self, key: String) {
+        self.keys.insert(key);
+    }
+
+    /// A shard this process wrote itself (its keys were inserted directly).
+    pub fn mark_seen(&mut self, shard: PathBuf) {
+        self.seen.insert(shard);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The `traj_id` column of one shard (every row, duplicates included).
+pub fn read_ids(shard: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for b in read_shard(shard, Some(&["traj_id"]), None)? {
+        let a = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| DataError::Format(format!("{}: traj_id is not utf8", shard.display())))?;
+        out.extend(a.iter().flatten().map(str::to_string));
+    }
+    Ok(out)
 }
 
 /// Complete shards of `dir`, oldest first (temporary files are never listed).

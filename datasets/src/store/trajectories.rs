@@ -6,7 +6,7 @@
 //! are skipped, and readers deduplicate too (first shard wins), so a redelivered batch or a
 //! race between two writers never counts a trajectory twice.
 
-use super::{list_shards, now_ms, read_shard, write_shard, PredicateFn};
+use super::{KeyIndex, list_shards, now_ms, read_shard, write_shard, PredicateFn};
 use crate::error::{DataError, Result};
 use arrow::array::*;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -354,22 +354,21 @@ pub struct WriteReport {
 /// A directory of trajectory shards.
 pub struct TrajectoryStore {
     dir: PathBuf,
-    known: HashSet<String>,
+    known: KeyIndex,
 }
 
 impl TrajectoryStore {
     /// Open (or create) a store; loads the ids already stored.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        let mut known = HashSet::new();
-        for shard in list_shards(dir)? {
-            for b in read_shard(&shard, Some(&["traj_id"]), None)? {
-                if let Some(a) = col::<StringArray>(&b, "traj_id")? {
-                    known.extend(a.iter().flatten().map(str::to_string));
-                }
-            }
-        }
+        let mut known = KeyIndex::new(dir, &["traj_id"]);
+        known.refresh()?;
         Ok(TrajectoryStore { dir: dir.to_path_buf(), known })
+    }
+
+    /// See shards written by other processes since the last look.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.known.refresh()
     }
 
     pub fn dir(&self) -> &Path {
@@ -387,8 +386,9 @@ impl TrajectoryStore {
         self.known.is_empty()
     }
 
-    /// Write the trajectories not stored yet as one shard.
+    /// Write the trajectories not stored yet (by this or any other process) as one shard.
     pub fn write(&mut self, ts: &[Trajectory]) -> Result<WriteReport> {
+        self.known.refresh()?;
         let mut fresh = Vec::with_capacity(ts.len());
         let mut seen = HashSet::new();
         for t in ts {
@@ -416,8 +416,11 @@ impl TrajectoryStore {
                 t.created_ms = now_ms();
             }
         }
-        write_shard(&self.dir, &to_batch(&fresh)?)?;
-        self.known.extend(fresh.into_iter().map(|t| t.traj_id));
+        let path = write_shard(&self.dir, &to_batch(&fresh)?)?;
+        self.known.mark_seen(path);
+        for t in fresh {
+            self.known.insert(t.traj_id);
+        }
         Ok(report)
     }
 }

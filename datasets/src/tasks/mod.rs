@@ -296,6 +296,18 @@ pub fn domain_info(name: &str) -> Option<&'static DomainInfo> {
 }
 
 /// Domains matching a comma-separated list of names or `family.*` / `*` patterns.
+/// Whether `domain` matches a comma-separated pattern list: `*`/`all`, `prefix*`, or exact
+/// names (works for any domain name, built-in or from a user dataset).
+pub fn domain_matches(patterns: &str, domain: &str) -> bool {
+    patterns.split(',').map(str::trim).filter(|p| !p.is_empty()).any(|p| match p {
+        "*" | "all" => true,
+        p => match p.strip_suffix('*') {
+            Some(prefix) => domain.starts_with(prefix),
+            None => p == domain,
+        },
+    })
+}
+
 pub fn match_domains(pattern: &str) -> crate::error::Result<Vec<&'static DomainInfo>> {
     let mut out: Vec<&'static DomainInfo> = Vec::new();
     for p in pattern.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -3,6 +3,7 @@
 pub mod bench_cmd;
 pub mod data;
 pub mod model_cmd;
+pub mod run_cmd;
 pub mod train_cmd;
 
 use crate::cli::{BenchCmd, Command, ModelCmd, TasksCmd, TrajCmd};
@@ -10,6 +11,8 @@ use anyhow::Result;
 
 pub fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Run(a) => run_cmd::run(&a),
+        Command::Worker(a) => run_cmd::worker(&a),
         Command::Tasks(TasksCmd::List { json }) => data::tasks_list(json),
         Command::Tasks(TasksCmd::Sample(a)) => data::tasks_sample(&a),
         Command::Score(a) => data::score(&a),

@@ -256,10 +256,11 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
+/// Loss and sampling choices of a named GRPO variant.
+pub fn variant_config(variant: &str) -> Result<GrpoConfig> {
     let mut loss = GrpoLossConfig::default();
     let mut c = GrpoConfig::default();
-    match a.variant.as_str() {
+    match variant {
         "v32" => {}
         "grpo" => {
             loss = GrpoLossConfig {
@@ -294,6 +295,13 @@ pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
         }
         o => bail!("unknown --variant `{o}` (v32, grpo, dapo, dr-grpo)"),
     }
+    c.loss = loss;
+    Ok(c)
+}
+
+pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
+    let mut c = variant_config(&a.variant)?;
+    let mut loss = c.loss.clone();
     if let Some(b) = a.beta {
         loss.beta = b;
         if b > 0.0 && loss.kl == KlKind::None {

@@ -1,0 +1,110 @@
+//! `run` and `worker`.
+
+use crate::cli::{RunArgs, WorkerArgs};
+use crate::pipeline::config::PipelineConfig;
+use crate::pipeline::workers::{run_worker, WorkerOptions};
+use crate::pipeline::{self, results, RunOptions};
+use crate::queue::{self, QueueConfig};
+use crate::ui::print_json;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The shipped base: `assets/v4-small-base` in the working directory or the source tree.
+pub fn default_base() -> Result<String> {
+    let candidates = [
+        PathBuf::from("assets/v4-small-base"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/v4-small-base"),
+    ];
+    for c in &candidates {
+        if c.join("config.json").exists() {
+            return Ok(c.to_string_lossy().into_owned());
+        }
+    }
+    bail!(
+        "the shipped base assets/v4-small-base is missing; rebuild it with the command in assets/README.md, or pass --base DIR (or --base preset:small for random weights)"
+    )
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let (mut cfg, resume) = match (&a.pipeline, &a.resume) {
+        (_, Some(dir)) => {
+            let p = dir.join("pipeline.toml");
+            let mut c = PipelineConfig::load(&p).with_context(|| format!("--resume {}", dir.display()))?;
+            // the run directory is where it is now
+            if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+                c.run.runs_dir = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+                c.run.name = name.to_string_lossy().into_owned();
+            }
+            // the resolved config stores an absolute or file-relative base; keep it
+            (c, true)
+        }
+        (Some(p), None) => (PipelineConfig::load(p)?, false),
+        (None, None) => {
+            let base = match &a.base {
+                Some(b) => b.clone(),
+                None => default_base()?,
+            };
+            (PipelineConfig::demo(a.quick, &base), false)
+        }
+    };
+    if let Some(n) = &a.name {
+        cfg.run.name = n.clone();
+    }
+    if let Some(d) = &a.runs_dir {
+        cfg.run.runs_dir = d.clone();
+    }
+    if let (Some(b), Some(_)) = (&a.base, &a.pipeline) {
+        cfg.model.base = b.clone();
+    }
+    if !resume && !cfg.model.base.starts_with("preset:") {
+        // store an absolute base path so --resume works from any directory
+        if let Ok(p) = std::fs::canonicalize(&cfg.model.base) {
+            cfg.model.base = p.to_string_lossy().into_owned();
+        }
+    }
+    let opts = RunOptions { resume, json: a.json, queue: a.queue.clone(), stop_after_steps: a.stop_after_steps };
+    let results = pipeline::run(cfg.clone(), &opts)?;
+    if a.json {
+        print_json(&results);
+    } else {
+        println!("{}", results::table(&results));
+        println!("run directory: {}", cfg.run_dir().display());
+    }
+    Ok(())
+}
+
+pub fn worker(a: &WorkerArgs) -> Result<()> {
+    if a.queue == "embedded" {
+        bail!("a separate worker process needs a shared queue: --queue redis://HOST:PORT");
+    }
+    let run_dir = a.runs_dir.join(&a.run);
+    if !run_dir.exists() {
+        bail!("{} does not exist: workers need the run directory (shared filesystem) of `v4post run`", run_dir.display());
+    }
+    let cfg = QueueConfig { visibility_timeout: Duration::from_secs_f64(a.visibility_timeout.max(0.1)), ..Default::default() };
+    let q = queue::open(&a.queue, &a.run, cfg)?;
+    let consumer = a.consumer.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let opts = WorkerOptions {
+        consumer,
+        max_staleness: a.max_staleness,
+        stop: Arc::new(AtomicBool::new(false)),
+        exit_when_finished: !a.no_exit,
+        max_jobs: a.max_jobs,
+    };
+    let rep = run_worker(a.kind, q, &run_dir, &opts)?;
+    if a.json {
+        print_json(&serde_json::to_value(&rep)?);
+    } else {
+        eprintln!(
+            "worker {:?}: {} jobs ({} items), {} stale dropped, {} failed",
+            a.kind, rep.jobs, rep.items, rep.dropped_stale, rep.failed
+        );
+    }
+    Ok(())
+}

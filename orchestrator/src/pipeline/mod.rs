@@ -1,0 +1,573 @@
+//! Staged pipelines: `v4post run [pipeline.toml]` takes a base through SFT → GRPO experts →
+//! multi-teacher OPD → Think Max → evaluation, in a run directory that makes it resumable:
+//!
+//! ```text
+//! runs/<name>/pipeline.toml            the resolved config (credentials redacted)
+//! runs/<name>/state.json               completed stages and their outputs
+//! runs/<name>/checkpoints/<stage>/     step checkpoints (model, optimizer, RNG, data cursor)
+//! runs/<name>/models/<stage>/          stage results (F32 + rollout/ FP4 export)
+//! runs/<name>/policy/<stage>/vNNNNNN/  policy versions published to rollout workers
+//! runs/<name>/trajectories/<stage>/    trajectory shards
+//! runs/<name>/teacher_states/<stage>/  teacher head-input shards
+//! runs/<name>/metrics/                 metric shards (dashboard, report, TensorBoard)
+//! runs/<name>/teachers.toml            the experts of the grpo stage, as a teacher registry
+//! runs/<name>/results.json             evaluation of base, teachers, student, Think Max
+//! ```
+//!
+//! Training stages checkpoint after every optimizer step, so `--resume` after a crash at
+//! any point neither repeats nor loses a step; trajectories are idempotent by `traj_id`.
+
+pub mod config;
+pub mod remote;
+pub mod results;
+pub mod workers;
+
+use crate::queue::{self, QueueConfig};
+use crate::ui::Bars;
+use anyhow::{bail, Context, Result};
+use config::{Optim, PipelineConfig, Stage};
+use datasets::chat::Mode;
+use datasets::prompts::PromptSource;
+use datasets::store::MetricsWriter;
+use datasets::tasks::{self, fnv1a, Split};
+use datasets::ByteTokenizer;
+use model::checkpoint::{self, SaveFormat};
+use model::train::TrainOptions;
+use model::{Config, ModelWeights};
+use remote::{QueueRollouts, QueueTeachers, Remote};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use trainer::optim::OptimConfig;
+use trainer::Session;
+use workers::{LocalWorkers, WorkerKind};
+
+/// What is done, for `--resume`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunState {
+    /// Stage key → its outcome (model directory relative to the run, report).
+    pub completed: BTreeMap<String, StageOutcome>,
+    /// Wall time of earlier attempts (a resumed run adds its own).
+    pub wall_s: f64,
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageOutcome {
+    pub model: Option<PathBuf>,
+    pub report: serde_json::Value,
+}
+
+fn write_json_atomic(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    checkpoint::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// How `v4post run` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: bool,
+    pub json: bool,
+    /// Queue URL overriding the config (e.g. to give a password on resume).
+    pub queue: Option<String>,
+    /// Stop after this many optimizer steps in total (crash/resume tests).
+    pub stop_after_steps: Option<u64>,
+}
+
+struct Ctx {
+    cfg: PipelineConfig,
+    dir: PathBuf,
+    state: RunState,
+    remote: Remote,
+    bars: Bars,
+    started: Instant,
+    steps_this_process: u64,
+    stop_after: Option<u64>,
+}
+
+impl Ctx {
+    fn save_state(&self) -> Result<()> {
+        let mut st = self.state.clone();
+        st.wall_s += self.started.elapsed().as_secs_f64();
+        write_json_atomic(&self.dir.join("state.json"), &st)
+    }
+
+    fn done(&self, key: &str) -> Option<&StageOutcome> {
+        self.state.completed.get(key)
+    }
+
+    fn complete(&mut self, key: &str, model: Option<PathBuf>, report: serde_json::Value) -> Result<()> {
+        let model = model.map(|m| remote::rel(&self.dir, &m));
+        self.state.completed.insert(key.to_string(), StageOutcome { model, report });
+        self.save_state()?;
+        // the stage's result is safe: its step checkpoints (with optimizer state) can go
+        let ck = self.ckpt_root(key);
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).with_context(|| format!("removing {}", ck.display()))?;
+        }
+        Ok(())
+    }
+
+    fn model_path(&self, key: &str) -> Option<PathBuf> {
+        self.done(key).and_then(|o| o.model.clone()).map(|m| self.dir.join(m))
+    }
+
+    fn seed(&self, key: &str) -> u64 {
+        self.cfg.run.seed ^ fnv1a(key)
+    }
+
+    /// A session for stage `key`: resumed from its latest step checkpoint, or fresh from `start`.
+    fn session(&self, key: &str, start: &ModelWeights, optim: &Optim) -> Result<Session> {
+        let root = self.dir.join("checkpoints").join(key);
+        let oc = OptimConfig {
+            muon_lr: optim.lr_muon,
+            adamw_lr: optim.lr_adamw,
+            clip_norm: optim.clip,
+            muon_weight_decay: optim.weight_decay,
+            ..Default::default()
+        };
+        if let Some(latest) = Session::latest(&root) {
+            tracing::info!(stage = key, "resuming from {}", latest.display());
+            return Ok(Session::load(&latest, TrainOptions::default(), oc)?);
+        }
+        Ok(Session::new(start, TrainOptions::default(), oc, self.seed(key))?)
+    }
+
+    fn ckpt_root(&self, key: &str) -> PathBuf {
+        self.dir.join("checkpoints").join(key)
+    }
+
+    /// Write the stage's final model (F32 + FP4 rollout export) atomically.
+    fn write_model(&self, key: &str, w: &ModelWeights) -> Result<PathBuf> {
+        let dir = self.dir.join("models").join(key.replace('/', "-"));
+        let tmp = self.dir.join("models").join(format!(".{}.tmp", key.replace('/', "-")));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        checkpoint::save(w, &tmp, SaveFormat::F32, None)?;
+        checkpoint::save(w, &tmp.join("rollout"), SaveFormat::Rollout, None)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&tmp, &dir)?;
+        Ok(dir)
+    }
+
+    fn count_steps(&mut self, n: u64) -> Result<()> {
+        self.steps_this_process += n;
+        if let Some(limit) = self.stop_after {
+            if self.steps_this_process >= limit {
+                self.save_state()?;
+                bail!("stopped after {limit} optimizer steps as asked (--stop-after-steps); continue with --resume");
+            }
+        }
+        Ok(())
+    }
+
+    fn source(&self, domains: &str) -> PromptSource {
+        match &self.cfg.data.prompts {
+            Some(p) => {
+                if domains == "*" {
+                    PromptSource::File(p.clone())
+                } else {
+                    PromptSource::FileDomains(p.clone(), domains.to_string())
+                }
+            }
+            None => PromptSource::Builtin {
+                domains: domains.to_string(),
+                split: Split::Train,
+                seed: self.cfg.run.seed,
+                difficulty: self.cfg.data.difficulty,
+            },
+        }
+    }
+
+    /// Domains of the training data.
+    fn domains(&self) -> Result<Vec<String>> {
+        match &self.cfg.data.prompts {
+            Some(p) => {
+                let mut d: Vec<String> = datasets::prompts::load_dataset(p)?.into_iter().map(|t| t.domain).collect();
+                d.sort();
+                d.dedup();
+                Ok(d)
+            }
+            None => Ok(tasks::domains().iter().map(|d| d.domain.to_string()).collect()),
+        }
+    }
+
+    fn metrics(&self, stage: &str) -> Result<MetricsWriter> {
+        let mut m = MetricsWriter::new(&self.dir.join("metrics"), &self.cfg.run.name)?;
+        m.min_interval = Duration::from_secs(5);
+        let _ = stage;
+        Ok(m)
+    }
+}
+
+/// Load the base model (`preset:NAME` = random weights of a preset).
+pub fn load_base(spec: &str, seed: u64) -> Result<ModelWeights> {
+    if let Some(p) = spec.strip_prefix("preset:") {
+        return Ok(ModelWeights::random(&Config::preset(p)?, seed)?);
+    }
+    checkpoint::load(Path::new(spec)).with_context(|| format!("loading the base model {spec}"))
+}
+
+/// Run (or resume) a pipeline; returns the results written to `results.json`.
+pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> {
+    cfg.validate()?;
+    let dir = cfg.run_dir();
+    let state_path = dir.join("state.json");
+    let state: RunState = if opts.resume {
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("--resume: no run state at {}", state_path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", state_path.display()))?
+    } else {
+        if state_path.exists() {
+            bail!(
+                "{} already holds a run; continue it with `v4post run --resume {}` or choose another run.name",
+                dir.display(),
+                dir.display()
+            );
+        }
+        RunState::default()
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    checkpoint::write_atomic(&dir.join("pipeline.toml"), cfg.to_toml_redacted()?.as_bytes())?;
+    let queue_url = opts.queue.clone().unwrap_or_else(|| cfg.run.queue.clone());
+    let qcfg = QueueConfig {
+        visibility_timeout: Duration::from_secs_f64(cfg.workers.visibility_timeout_s.max(0.1)),
+        max_deliveries: cfg.workers.max_deliveries.max(1),
+        ..Default::default()
+    };
+    let q = queue::open(&queue_url, &cfg.run.name, qcfg)?;
+    q.set("run:status", "running")?;
+    tracing::info!(run = %dir.display(), queue = %q.describe(), "pipeline started");
+    let local = (queue_url == "embedded" || cfg.workers.local).then(|| {
+        let mut kinds = vec![WorkerKind::Rollout, WorkerKind::Teacher];
+        if cfg.workers.remote_scoring {
+            kinds.push(WorkerKind::Reward);
+        }
+        LocalWorkers::start(q.clone(), &dir, &kinds, cfg.workers.max_staleness)
+    });
+    let remote = Remote {
+        queue: q.clone(),
+        run_dir: dir.clone(),
+        job_prompts: cfg.workers.job_prompts,
+        resend_after: Duration::from_secs_f64(cfg.workers.resend_after_s.max(1.0)),
+        queue_cap: cfg.workers.queue_cap.max(1),
+        remote_scoring: cfg.workers.remote_scoring,
+        workers_failed: local.as_ref().map(|l| l.failed.clone()).unwrap_or_default(),
+    };
+    let mut ctx = Ctx {
+        cfg: cfg.clone(),
+        dir: dir.clone(),
+        state,
+        remote,
+        bars: Bars::new(opts.json),
+        started: Instant::now(),
+        steps_this_process: 0,
+        stop_after: opts.stop_after_steps,
+    };
+    let outcome = run_stages(&mut ctx);
+    if let Some(l) = local {
+        l.shutdown();
+    }
+    let results = outcome?;
+    ctx.state.finished = true;
+    ctx.save_state()?;
+    q.set("run:status", "finished")?;
+    Ok(results)
+}
+
+fn run_stages(ctx: &mut Ctx) -> Result<serde_json::Value> {
+    let base = load_base(&ctx.cfg.model.base, ctx.cfg.run.seed)?;
+    let mut current = base.clone();
+    let mut registry: Option<teachers::Registry> = None;
+    let stages = ctx.cfg.stages.clone();
+    for stage in &stages {
+        match stage {
+            Stage::Sft(s) => {
+                current = stage_sft(ctx, s, &current)?;
+            }
+            Stage::Grpo(g) => {
+                registry = Some(stage_grpo(ctx, g, &current)?);
+            }
+            Stage::Opd(o) => {
+                let reg = match o.teachers.as_str() {
+                    "all" => registry.clone().context("opd: no experts (the grpo stage did not run)")?,
+                    path => teachers::Registry::load(Path::new(path))?,
+                };
+                current = stage_opd(ctx, o, &current, &reg)?;
+            }
+            Stage::ThinkMax(t) => {
+                stage_think_max(ctx, t, &current)?;
+            }
+            Stage::Eval(e) => {
+                return results::stage_eval(ctx_view(ctx), e, &base, registry.as_ref());
+            }
+        }
+    }
+    Ok(serde_json::json!({}))
+}
+
+/// Read-only view of the run for evaluation.
+pub struct RunView<'a> {
+    pub dir: &'a Path,
+    pub cfg: &'a PipelineConfig,
+    pub state: &'a RunState,
+    pub bars: &'a Bars,
+    pub wall_s: f64,
+}
+
+fn ctx_view(ctx: &Ctx) -> RunView<'_> {
+    RunView {
+        dir: &ctx.dir,
+        cfg: &ctx.cfg,
+        state: &ctx.state,
+        bars: &ctx.bars,
+        wall_s: ctx.state.wall_s + ctx.started.elapsed().as_secs_f64(),
+    }
+}
+
+fn load_done(ctx: &Ctx, key: &str) -> Result<Option<ModelWeights>> {
+    match ctx.model_path(key) {
+        Some(p) => Ok(Some(checkpoint::load(&p).with_context(|| format!("loading the {key} result {}", p.display()))?)),
+        None => Ok(None),
+    }
+}
+
+fn stage_sft(ctx: &mut Ctx, s: &config::SftStage, start: &ModelWeights) -> Result<ModelWeights> {
+    if let Some(w) = load_done(ctx, "sft")? {
+        return Ok(w);
+    }
+    let w = run_sft_steps(ctx, "sft", start, &s.domains, s.steps, s.batch, s.max_len, &s.modes, &s.optim)?;
+    let dir = ctx.write_model("sft", &w)?;
+    ctx.complete("sft", Some(dir), serde_json::json!({"steps": s.steps}))?;
+    Ok(w)
+}
+
+fn run_sft_steps(
+    ctx: &mut Ctx,
+    key: &str,
+    start: &ModelWeights,
+    domains: &str,
+    steps: u64,
+    batch: usize,
+    max_len: usize,
+    modes: &[Mode],
+    optim: &Optim,
+) -> Result<ModelWeights> {
+    let mut s = ctx.session(key, start, optim)?;
+    let cfg = trainer::sft::SftConfig {
+        steps,
+        batch,
+        max_len,
+        modes: modes.to_vec(),
+        domains: domains.to_string(),
+        difficulty: ctx.cfg.data.difficulty,
+        checkpoint_every: 1,
+        stage: key.to_string(),
+        warmup: (steps / 10).max(1),
+        ..Default::default()
+    };
+    let mut m = ctx.metrics(key)?;
+    let before = s.counters.step;
+    let limit = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process));
+    let cfg = match limit {
+        Some(l) if before + l < steps => trainer::sft::SftConfig { steps: before + l, ..cfg },
+        _ => cfg,
+    };
+    trainer::sft::run_sft(&mut s, &cfg, &ByteTokenizer, &mut m, &ctx.bars, Some(&ctx.ckpt_root(key)))?;
+    s.save(&ctx.ckpt_root(key))?;
+    ctx.count_steps(s.counters.step - before)?;
+    Ok(s.weights()?)
+}
+
+fn grpo_config(ctx: &Ctx, g: &config::GrpoStage, stage: &str) -> Result<trainer::grpo::GrpoConfig> {
+    let mut c = crate::commands::train_cmd::variant_config(&g.variant)?;
+    c.steps = g.steps;
+    c.prompts_per_step = g.prompts;
+    c.group_size = g.group;
+    c.modes = g.modes.clone();
+    c.temperature = g.temperature;
+    c.epochs = g.epochs;
+    c.minibatch = g.minibatch;
+    c.checkpoint_every = 1;
+    c.stage = stage.to_string();
+    c.rollout_batch = 64;
+    let _ = ctx;
+    Ok(c)
+}
+
+/// Run GRPO steps of `key` through the queue; respects `--stop-after-steps`.
+fn run_grpo_steps(
+    ctx: &mut Ctx,
+    key: &str,
+    mut session: Session,
+    mut cfg: trainer::grpo::GrpoConfig,
+    domains: &str,
+) -> Result<(ModelWeights, trainer::grpo::GrpoReport)> {
+    let before = session.counters.step;
+    let full = cfg.steps;
+    if let Some(l) = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process)) {
+        if before + l < full {
+            cfg.steps = before + l;
+        }
+    }
+    let store = ctx.dir.join("trajectories").join(&cfg.stage);
+    let mut rollouts = QueueRollouts::new(ctx.remote.clone(), store);
+    let mut m = ctx.metrics(key)?;
+    let src = ctx.source(domains);
+    let rep = trainer::grpo::run_grpo(
+        &mut session,
+        &cfg,
+        &src,
+        &mut rollouts,
+        &ctx.cfg.run.name,
+        None,
+        &mut m,
+        &ctx.bars,
+        Some(&ctx.ckpt_root(key)),
+    )?;
+    session.save(&ctx.ckpt_root(key))?;
+    ctx.count_steps(session.counters.step - before)?;
+    Ok((session.weights()?, rep))
+}
+
+fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Result<teachers::Registry> {
+    let experts: Vec<String> =
+        if g.experts.iter().any(|e| e == "each") { ctx.domains()? } else { g.experts.clone() };
+    if experts.is_empty() {
+        bail!("grpo: no experts to build");
+    }
+    let mut specs = Vec::new();
+    for e in &experts {
+        let key = format!("grpo/{e}");
+        let dir = match ctx.model_path(&key) {
+            Some(d) => d,
+            None => {
+                // the V4 experts: domain SFT (optional), then GRPO on the domain
+                let mut w = start.clone();
+                if g.sft_steps > 0 {
+                    let sk = format!("expert-sft/{e}");
+                    w = match load_done(ctx, &sk)? {
+                        Some(w) => w,
+                        None => {
+                            let w = run_sft_steps(ctx, &sk, start, e, g.sft_steps, 8, 384, &g.modes, &g.optim)?;
+                            let d = ctx.write_model(&sk, &w)?;
+                            ctx.complete(&sk, Some(d), serde_json::json!({}))?;
+                            w
+                        }
+                    };
+                }
+                let stage = format!("grpo-{}", e.replace(['*', ','], "_"));
+                let cfg = grpo_config(ctx, g, &stage)?;
+                let session = ctx.session(&key, &w, &g.optim)?;
+                let (w, rep) = run_grpo_steps(ctx, &key, session, cfg, e)?;
+                let d = ctx.write_model(&key, &w)?;
+                ctx.complete(&key, Some(d.clone()), serde_json::to_value(&rep)?)?;
+                d
+            }
+        };
+        specs.push(teachers::TeacherSpec { id: e.clone(), checkpoint: dir, domains: vec![e.clone()], weight: 1.0 });
+    }
+    let reg = teachers::Registry::new(specs)?;
+    // the registry in the run directory, with paths relative to it (usable by `v4post opd`)
+    let mut text = String::new();
+    for t in &reg.teachers {
+        text.push_str(&format!(
+            "[[teacher]]\nid = {:?}\ncheckpoint = {:?}\ndomains = [{:?}]\n\n",
+            t.id,
+            remote::rel(&ctx.dir, &t.checkpoint).to_string_lossy(),
+            t.domains[0]
+        ));
+    }
+    checkpoint::write_atomic(&ctx.dir.join("teachers.toml"), text.as_bytes())?;
+    Ok(reg)
+}
+
+fn stage_opd(ctx: &mut Ctx, o: &config::OpdStage, start: &ModelWeights, reg: &teachers::Registry) -> Result<ModelWeights> {
+    if let Some(w) = load_done(ctx, "opd")? {
+        return Ok(w);
+    }
+    reg.validate_against(None, &start.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut mix: Vec<(Mode, f32)> = Vec::new();
+    for (m, w) in &o.mode_mix {
+        mix.push((m.parse().map_err(anyhow::Error::msg)?, *w));
+    }
+    let domains: Vec<String> = ctx.domains()?.into_iter().filter(|d| !reg.weights_for(d).is_empty()).collect();
+    if domains.is_empty() {
+        bail!("opd: no training domain has a teacher");
+    }
+    let shaping = rewards::shaping::LengthShaping::default();
+    let mut cfg = trainer::opd::OpdConfig {
+        steps: o.steps,
+        prompts_per_step: o.prompts,
+        group_size: o.group,
+        temperature: o.temperature,
+        kl_temperature: o.kl_temperature,
+        mode_mix: mix,
+        max_tokens: Mode::ALL.iter().map(|&m| (m, shaping.for_mode(m).max_len)).collect(),
+        estimator: crate::commands::train_cmd::parse_estimator(&o.estimator)?,
+        minibatch: o.minibatch,
+        checkpoint_every: 1,
+        stage: "opd".into(),
+        ..Default::default()
+    };
+    let mut session = ctx.session("opd", start, &o.optim)?;
+    let before = session.counters.step;
+    if let Some(l) = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process)) {
+        if before + l < cfg.steps {
+            cfg.steps = before + l;
+        }
+    }
+    let traj = ctx.dir.join("trajectories").join("opd");
+    let mut rollouts = QueueRollouts::new(ctx.remote.clone(), traj.clone());
+    let mut teachers =
+        QueueTeachers::new(ctx.remote.clone(), reg.clone(), traj, ctx.dir.join("teacher_states").join("opd"));
+    let mut m = ctx.metrics("opd")?;
+    let src = ctx.source(&domains.join(","));
+    let rep = trainer::opd::run_opd(
+        &mut session,
+        &cfg,
+        &src,
+        &mut rollouts,
+        &mut teachers,
+        reg,
+        &ctx.cfg.run.name,
+        &mut m,
+        &ctx.bars,
+        Some(&ctx.ckpt_root("opd")),
+    )?;
+    session.save(&ctx.ckpt_root("opd"))?;
+    ctx.count_steps(session.counters.step - before)?;
+    let w = session.weights()?;
+    let d = ctx.write_model("opd", &w)?;
+    ctx.complete("opd", Some(d), serde_json::to_value(&rep)?)?;
+    Ok(w)
+}
+
+fn stage_think_max(ctx: &mut Ctx, t: &config::ThinkMaxStage, start: &ModelWeights) -> Result<ModelWeights> {
+    if let Some(w) = load_done(ctx, "think_max")? {
+        return Ok(w);
+    }
+    let g = config::GrpoStage {
+        experts: vec![],
+        steps: t.steps,
+        prompts: t.prompts,
+        group: t.group,
+        modes: vec![Mode::ThinkMax],
+        optim: t.optim.clone(),
+        ..Default::default()
+    };
+    let mut cfg = grpo_config(ctx, &g, "think_max")?;
+    // the Think Max recipe: its own system prefix (the chat encoding of the mode), a reduced
+    // length penalty and a larger budget
+    cfg.shaping.think_max.max_len = t.max_tokens;
+    let session = ctx.session("think_max", start, &t.optim)?;
+    let (w, rep) = run_grpo_steps(ctx, "think_max", session, cfg, &t.domains)?;
+    let d = ctx.write_model("think_max", &w)?;
+    ctx.complete("think_max", Some(d), serde_json::to_value(&rep)?)?;
+    Ok(w)
+}

@@ -1,0 +1,229 @@
+//! The eval stage: greedy accuracy of the base, the SFT model, every expert on its own
+//! domain, the OPD student and the Think Max variant; the headline checks; `results.json`.
+
+use super::config::EvalStage;
+use super::RunView;
+use anyhow::{Context, Result};
+use datasets::chat::Mode;
+use datasets::progress::Progress;
+use datasets::tasks::{self, Split};
+use datasets::{ByteTokenizer, Task};
+use model::{Engine, EngineOptions, ModelWeights};
+use rewards::shaping::LengthShaping;
+use rollout::eval::EvalReport;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// The modes a "score" averages over (the modes the experts and the student train in).
+const MODES: [Mode; 2] = [Mode::NonThink, Mode::ThinkHigh];
+
+fn eval_tasks(v: &RunView, n: usize) -> Result<Vec<Task>> {
+    match &v.cfg.data.eval_prompts {
+        Some(p) => {
+            let all = datasets::prompts::load_dataset(p)?;
+            let mut by: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+            for t in all {
+                by.entry(t.domain.clone()).or_default().push(t);
+            }
+            Ok(by.into_values().flat_map(|v| v.into_iter().take(n)).collect())
+        }
+        None => {
+            let mut ts = Vec::new();
+            for d in tasks::domains() {
+                ts.extend(tasks::sample(d.domain, Split::Eval, v.cfg.run.seed, n, v.cfg.data.difficulty)?);
+            }
+            Ok(ts)
+        }
+    }
+}
+
+fn evaluate(w: &ModelWeights, ts: &[Task], mode: Mode, progress: &dyn Progress) -> Result<EvalReport> {
+    let engine = Engine::new(w, EngineOptions::default())?;
+    let max = LengthShaping::default().for_mode(mode).max_len;
+    Ok(rollout::evaluate(&engine, &ByteTokenizer, ts, mode, max, 2, progress)?)
+}
+
+/// Mean over `MODES` of per-domain accuracy.
+fn score(reports: &[EvalReport]) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for r in reports {
+        for (d, a) in &r.by_domain {
+            *out.entry(d.clone()).or_default() += a / reports.len() as f64;
+        }
+    }
+    out
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
+}
+
+pub fn stage_eval(v: RunView, e: &EvalStage, base: &ModelWeights, registry: Option<&teachers::Registry>) -> Result<Value> {
+    let ts = eval_tasks(&v, e.n)?;
+    let load = |key: &str| -> Result<Option<ModelWeights>> {
+        match v.state.completed.get(key).and_then(|o| o.model.clone()) {
+            Some(p) => Ok(Some(model::checkpoint::load(&v.dir.join(&p)).with_context(|| format!("loading {key}"))?)),
+            None => Ok(None),
+        }
+    };
+    let bars = v.bars;
+    let run_modes = |w: &ModelWeights, ts: &[Task]| -> Result<Vec<EvalReport>> {
+        MODES.iter().map(|&m| evaluate(w, ts, m, bars)).collect()
+    };
+    tracing::info!("evaluating the base");
+    let base_r = run_modes(base, &ts)?;
+    let sft_r = match load("sft")? {
+        Some(w) => Some(run_modes(&w, &ts)?),
+        None => None,
+    };
+    // each expert on the domains it teaches
+    let mut teacher_score: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(reg) = registry {
+        for t in &reg.teachers {
+            let mine: Vec<Task> = ts.iter().filter(|x| t.domains.iter().any(|p| teachers::registry::pattern_matches(p, &x.domain))).cloned().collect();
+            if mine.is_empty() {
+                continue;
+            }
+            tracing::info!(teacher = %t.id, "evaluating an expert");
+            let w = model::checkpoint::load(&t.checkpoint)?;
+            for (d, a) in score(&run_modes(&w, &mine)?) {
+                teacher_score.insert(d, a);
+            }
+        }
+    }
+    let student_r = match load("opd")? {
+        Some(w) => Some(run_modes(&w, &ts)?),
+        None => None,
+    };
+    let think_max_r = match load("think_max")? {
+        Some(w) => Some(evaluate(&w, &ts, Mode::ThinkMax, bars)?),
+        None => None,
+    };
+    let base_s = score(&base_r);
+    let sft_s = sft_r.as_deref().map(score);
+    let student_s = student_r.as_deref().map(score);
+    let families: BTreeMap<String, String> = ts.iter().map(|t| (t.domain.clone(), t.family.clone())).collect();
+    let mut rows = Vec::new();
+    for (d, fam) in &families {
+        rows.push(json!({
+            "domain": d,
+            "family": fam,
+            "base": base_s.get(d),
+            "sft": sft_s.as_ref().and_then(|s| s.get(d)),
+            "teacher": teacher_score.get(d),
+            "student": student_s.as_ref().and_then(|s| s.get(d)),
+            "think_max": think_max_r.as_ref().and_then(|r| r.by_domain.get(d)),
+        }));
+    }
+    // by mode: accuracy and mean response length of each model in each mode
+    let mut by_mode = serde_json::Map::new();
+    let mode_entry = |r: &EvalReport| json!({"accuracy": r.accuracy, "mean_len": mean(r.mean_len.values().copied())});
+    for (name, reps) in [("base", Some(&base_r)), ("sft", sft_r.as_ref()), ("student", student_r.as_ref())] {
+        if let Some(reps) = reps {
+            let m: serde_json::Map<String, Value> = reps.iter().map(|r| (r.mode.clone(), mode_entry(r))).collect();
+            by_mode.insert(name.into(), Value::Object(m));
+        }
+    }
+    if let Some(r) = &think_max_r {
+        by_mode.insert("think_max".into(), json!({"think_max": mode_entry(r)}));
+    }
+    // headline checks
+    let covered: Vec<&String> = families.keys().filter(|d| teacher_score.contains_key(*d)).collect();
+    let gain_t = mean(covered.iter().map(|d| teacher_score[*d] - base_s[*d]));
+    let gain_s = student_s.as_ref().map(|s| mean(covered.iter().map(|d| s[*d] - base_s[*d])));
+    let experts_beat_base: Vec<Value> = covered
+        .iter()
+        .map(|d| json!({"domain": d, "base": base_s[*d], "teacher": teacher_score[*d], "beats": teacher_score[*d] > base_s[*d]}))
+        .collect();
+    let grpo_tokens: u64 = v
+        .state
+        .completed
+        .iter()
+        .filter(|(k, _)| k.starts_with("grpo/"))
+        .filter_map(|(_, o)| o.report["sampled_tokens"].as_u64())
+        .sum();
+    let opd_tokens = v.state.completed.get("opd").and_then(|o| o.report["sampled_tokens"].as_u64());
+    let harder: Vec<&String> = families.keys().filter(|d| tasks::domain_matches(&e.harder, d)).collect();
+    let think = match (&think_max_r, &student_r) {
+        (Some(tm), Some(st)) => {
+            let th = &st[1]; // think_high
+            let acc = |r: &EvalReport| mean(harder.iter().filter_map(|d| r.by_domain.get(*d).copied()));
+            let len = |r: &EvalReport| mean(harder.iter().filter_map(|d| r.mean_len.get(*d).copied()));
+            let chars = |r: &EvalReport| mean(harder.iter().filter_map(|d| r.mean_reasoning_chars.get(*d).copied()));
+            json!({
+                "domains": harder,
+                "think_high_accuracy": acc(th), "think_max_accuracy": acc(tm),
+                "think_high_mean_len": len(th), "think_max_mean_len": len(tm),
+                "think_high_reasoning_chars": chars(th), "think_max_reasoning_chars": chars(tm),
+                "holds": acc(tm) >= acc(th) && len(tm) > len(th),
+            })
+        }
+        _ => Value::Null,
+    };
+    let results = json!({
+        "domains": rows,
+        "by_mode": by_mode,
+        "wall_s": v.wall_s,
+        "score": "greedy accuracy, mean over non_think and think_high",
+        "eval_prompts_per_domain": e.n,
+        "headline": {
+            "experts_beat_base": experts_beat_base,
+            "all_experts_beat_base": covered.iter().all(|d| teacher_score[*d] > base_s[*d]),
+            "mean_teacher_gain": gain_t,
+            "mean_student_gain": gain_s,
+            "student_keeps_fraction": gain_s.filter(|_| gain_t > 0.0).map(|g| g / gain_t),
+            "student_keeps_0_8": gain_s.map(|g| gain_t > 0.0 && g >= 0.8 * gain_t),
+            "grpo_sampled_tokens": grpo_tokens,
+            "opd_sampled_tokens": opd_tokens,
+            "opd_fewer_tokens": opd_tokens.map(|o| o < grpo_tokens),
+            "think_max_vs_think_high": think,
+        },
+    });
+    super::write_json_atomic(&v.dir.join("results.json"), &results)?;
+    Ok(results)
+}
+
+/// The results table as text.
+pub fn table(results: &Value) -> String {
+    let f = |x: &Value| x.as_f64().map_or("   -  ".to_string(), |v| format!("{v:6.3}"));
+    let mut s = format!("{:<14} {:<6} {:>6} {:>6} {:>7} {:>7} {:>9}\n", "domain", "family", "base", "sft", "teacher", "student", "think_max");
+    for r in results["domains"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "{:<14} {:<6} {} {} {:>7} {:>7} {:>9}\n",
+            r["domain"].as_str().unwrap_or(""),
+            r["family"].as_str().unwrap_or(""),
+            f(&r["base"]),
+            f(&r["sft"]),
+            f(&r["teacher"]),
+            f(&r["student"]),
+            f(&r["think_max"])
+        ));
+    }
+    let h = &results["headline"];
+    s.push_str(&format!(
+        "\nexperts beat base: {} | student keeps {} of the experts' gain (≥ 0.8: {}) | sampled tokens GRPO {} vs OPD {}\n",
+        h["all_experts_beat_base"],
+        f(&h["student_keeps_fraction"]).trim(),
+        h["student_keeps_0_8"],
+        h["grpo_sampled_tokens"],
+        h["opd_sampled_tokens"]
+    ));
+    let t = &h["think_max_vs_think_high"];
+    if !t.is_null() {
+        s.push_str(&format!(
+            "Think Max vs Think High on {}: accuracy {} vs {}, mean length {} vs {} tokens\n",
+            t["domains"],
+            f(&t["think_max_accuracy"]).trim(),
+            f(&t["think_high_accuracy"]).trim(),
+            f(&t["think_max_mean_len"]).trim(),
+            f(&t["think_high_mean_len"]).trim()
+        ));
+    }
+    s.push_str(&format!("wall time {:.0}s\n", results["wall_s"].as_f64().unwrap_or(0.0)));
+    s
+}
