@@ -301,7 +301,7 @@ pub fn variant_config(variant: &str) -> Result<GrpoConfig> {
 
 pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
     let mut c = variant_config(&a.variant)?;
-    let mut loss = c.loss.clone();
+    let mut loss = c.loss;
     if let Some(b) = a.beta {
         loss.beta = b;
         if b > 0.0 && loss.kl == KlKind::None {
