@@ -24,6 +24,8 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+# the distributed test starts (and restarts) a private server of its own
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 
 # --- Python cross-check readers -------------------------------------------------------------
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip

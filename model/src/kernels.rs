@@ -327,27 +327,43 @@ fn fp4_row(x: &[f32], rows: usize, k: usize, packed: &[u8], scales: &[u8], acc: 
 mod x86_fp4 {
     use std::arch::x86_64::*;
 
+    /// Most input rows a call handles with register accumulators (the decode path has
+    /// fewer than [`super::GEMM_MIN_ROWS`]); more rows go through in groups.
+    const MAX_ROWS: usize = 16;
+
+    /// The block scale as f32 (UE8M0: 2^(e−127)), halved for the doubled table below.
+    #[inline(always)]
+    fn half_scale(sb: u8) -> f32 {
+        super::e8m0_to_f32(sb) * 0.5
+    }
+
     /// AVX-512: nibbles → int8 doubled-E2M1 values with one byte shuffle, → f32, FMA with x.
-    /// The doubled table (0,1,2,3,4,6,8,12) is exact in int8; the factor 1/2 folds into the scale.
+    /// The doubled table (0,1,2,3,4,6,8,12) is exact in int8; the factor 1/2 folds into the
+    /// scale. One vector accumulator per input row; a single horizontal sum at the end.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn fp4_rows_avx512(x: &[f32], rows: usize, k: usize, packed: &[u8], scales: &[u8], acc: &mut [f32]) {
         let lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
         let mask = _mm_set1_epi8(0x0F);
-        for (bi, &sb) in scales.iter().enumerate() {
-            let raw = _mm_loadu_si128(packed.as_ptr().add(bi * 16) as *const __m128i);
-            let lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, mask));
-            let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
-            // interleave: element 2i = lo[i], 2i+1 = hi[i]
-            let v0 = _mm_unpacklo_epi8(lo, hi); // elements 0..16
-            let v1 = _mm_unpackhi_epi8(lo, hi); // elements 16..32
-            let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v0));
-            let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
-            let s = super::e8m0_to_f32(sb) * 0.5;
-            let base = bi * 32;
-            for r in 0..rows {
-                let px = x.as_ptr().add(r * k + base);
-                let p = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), _mm512_mul_ps(w1, _mm512_loadu_ps(px.add(16))));
-                acc[r] += _mm512_reduce_add_ps(p) * s;
+        for r0 in (0..rows).step_by(MAX_ROWS) {
+            let nr = (rows - r0).min(MAX_ROWS);
+            let mut accv = [_mm512_setzero_ps(); MAX_ROWS];
+            for (bi, &sb) in scales.iter().enumerate() {
+                let raw = _mm_loadu_si128(packed.as_ptr().add(bi * 16) as *const __m128i);
+                let lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, mask));
+                let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                // interleave: element 2i = lo[i], 2i+1 = hi[i]
+                let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi8(lo, hi)));
+                let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(lo, hi)));
+                let s = _mm512_set1_ps(half_scale(sb));
+                let base = bi * 32;
+                for (i, a) in accv.iter_mut().enumerate().take(nr) {
+                    let px = x.as_ptr().add((r0 + i) * k + base);
+                    let p = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), _mm512_mul_ps(w1, _mm512_loadu_ps(px.add(16))));
+                    *a = _mm512_fmadd_ps(p, s, *a);
+                }
+            }
+            for i in 0..nr {
+                acc[r0 + i] += _mm512_reduce_add_ps(accv[i]);
             }
         }
     }
@@ -356,29 +372,36 @@ mod x86_fp4 {
     pub unsafe fn fp4_rows_avx2(x: &[f32], rows: usize, k: usize, packed: &[u8], scales: &[u8], acc: &mut [f32]) {
         let lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
         let mask = _mm_set1_epi8(0x0F);
-        for (bi, &sb) in scales.iter().enumerate() {
-            let raw = _mm_loadu_si128(packed.as_ptr().add(bi * 16) as *const __m128i);
-            let lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, mask));
-            let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
-            let v0 = _mm_unpacklo_epi8(lo, hi);
-            let v1 = _mm_unpackhi_epi8(lo, hi);
-            let w = [
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))),
-            ];
-            let s = super::e8m0_to_f32(sb) * 0.5;
-            let base = bi * 32;
-            for r in 0..rows {
-                let px = x.as_ptr().add(r * k + base);
-                let mut p = _mm256_mul_ps(w[0], _mm256_loadu_ps(px));
-                p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(px.add(8)), p);
-                p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(px.add(16)), p);
-                p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(px.add(24)), p);
+        for r0 in (0..rows).step_by(MAX_ROWS) {
+            let nr = (rows - r0).min(MAX_ROWS);
+            let mut accv = [_mm256_setzero_ps(); MAX_ROWS];
+            for (bi, &sb) in scales.iter().enumerate() {
+                let raw = _mm_loadu_si128(packed.as_ptr().add(bi * 16) as *const __m128i);
+                let lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, mask));
+                let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                let v0 = _mm_unpacklo_epi8(lo, hi);
+                let v1 = _mm_unpackhi_epi8(lo, hi);
+                let w = [
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))),
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))),
+                ];
+                let s = _mm256_set1_ps(half_scale(sb));
+                let base = bi * 32;
+                for (i, a) in accv.iter_mut().enumerate().take(nr) {
+                    let px = x.as_ptr().add((r0 + i) * k + base);
+                    let mut p = _mm256_mul_ps(w[0], _mm256_loadu_ps(px));
+                    p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(px.add(8)), p);
+                    p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(px.add(16)), p);
+                    p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(px.add(24)), p);
+                    *a = _mm256_fmadd_ps(p, s, *a);
+                }
+            }
+            for i in 0..nr {
                 let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), p);
-                acc[r] += lanes.iter().sum::<f32>() * s;
+                _mm256_storeu_ps(lanes.as_mut_ptr(), accv[i]);
+                acc[r0 + i] += lanes.iter().sum::<f32>();
             }
         }
     }

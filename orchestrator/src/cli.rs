@@ -32,6 +32,10 @@ pub enum Command {
     Run(RunArgs),
     /// Serve rollout, teacher or reward jobs of a run from a Redis queue.
     Worker(WorkerArgs),
+    /// Live web dashboard of runs: per-teacher KL, entropies, rewards, lengths, throughput.
+    Dashboard(DashboardArgs),
+    /// Static HTML report of runs (opens offline) and/or TensorBoard event files.
+    Report(ReportArgs),
     /// The built-in task suite: list domains, sample prompts.
     #[command(subcommand)]
     Tasks(TasksCmd),
@@ -195,6 +199,12 @@ pub enum BenchCmd {
     Forward(BenchModelArgs),
     /// Fused chunked full-vocabulary reverse KL vs naive autograd: time, peak memory, differences.
     OpdKl(crate::commands::bench_cmd::OpdKlArgs),
+    /// Decode tokens/s with FP4 vs f32 experts (batch 1/8/32), FP4 GEMV bandwidth vs memcpy.
+    Rollout(crate::commands::bench_cmd::RolloutBenchArgs),
+    /// SFT and GRPO training steps (forward, backward, optimizer update): tokens/s.
+    TrainStep(crate::commands::bench_cmd::TrainStepArgs),
+    /// Queue throughput and latency, embedded and Redis.
+    Queue(crate::commands::bench_cmd::QueueBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -271,4 +281,29 @@ pub struct WorkerArgs {
     pub consumer: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DashboardArgs {
+    /// Run directory (runs/NAME); repeat to overlay several runs.
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<PathBuf>,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on (0.0.0.0 to reach it from other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directory (runs/NAME); give several to overlay them.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Self-contained HTML report (opens offline).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write TensorBoard scalar event files here (one subdirectory per run).
+    #[arg(long)]
+    pub tensorboard: Option<PathBuf>,
 }

@@ -2,7 +2,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod commands;
 pub mod pipeline;
 pub mod queue;
-pub mod commands;
 pub mod ui;

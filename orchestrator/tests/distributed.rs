@@ -107,7 +107,10 @@ harder = "math.add"
         std::thread::sleep(Duration::from_millis(50));
     }
     let worker = |kind: &str| {
-        v4post(dir, &["worker", kind, "--queue", &url, "--run", "dist", "--runs-dir", "runs", "--visibility-timeout", "2"])
+        v4post(
+            dir,
+            &["worker", kind, "--queue", &url, "--run", "dist", "--runs-dir", "runs", "--visibility-timeout", "2"],
+        )
     };
     let mut victim = worker("rollout");
     let v_rx = lines(&mut victim, "victim");
@@ -132,7 +135,10 @@ harder = "math.add"
         while let Ok(l) = v_rx.try_recv() {
             let started = l.contains("job started") && !l.contains("deliveries=4");
             log.push(l);
-            if started && !killed && log.iter().filter(|l| l.contains("[victim]") && l.contains("job done")).count() >= 1 {
+            if started
+                && !killed
+                && log.iter().filter(|l| l.contains("[victim]") && l.contains("job done")).count() >= 1
+            {
                 victim.kill().unwrap(); // SIGKILL
                 killed = true;
                 log.push("[test] victim killed mid-job".into());
@@ -200,7 +206,8 @@ harder = "math.add"
         assert!(n >= 3 * 4 * 4 && n % 4 == 0, "{s}: {n} trajectories ({by_stage:?})");
     }
     assert_eq!(by_stage.get("opd"), Some(&(3 * 6)), "{by_stage:?}");
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["domains"].as_array().map(Vec::len), Some(13));
     let text = log.join("\n");
     // the killed worker's job was reclaimed and redone by the survivor

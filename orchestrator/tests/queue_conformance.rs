@@ -78,7 +78,8 @@ fn a_dead_consumers_message_is_redelivered() {
         assert!(q.pop("jobs", "alive", Duration::from_millis(100)).unwrap().is_none(), "{b}");
         assert_eq!(q.depth("jobs").unwrap(), 1, "{b}: in flight still counts");
         // the consumer never acks: after the visibility timeout another one gets it
-        let again = q.pop("jobs", "alive", Duration::from_secs(3)).unwrap().unwrap_or_else(|| panic!("{b}: not redelivered"));
+        let again =
+            q.pop("jobs", "alive", Duration::from_secs(3)).unwrap().unwrap_or_else(|| panic!("{b}: not redelivered"));
         assert_eq!(again.payload, "work", "{b}");
         assert_eq!(again.deliveries, 2, "{b}");
         assert_eq!(again.id, first.id, "{b}");

@@ -111,6 +111,10 @@ pub trait Rollouts {
     /// Sample `job` with the current weights of `session` (its `policy_version`); returns
     /// trajectories with rewards. Implementations store what they sample.
     fn sample(&mut self, job: &RolloutJob, policy: &ModelWeights) -> Result<Vec<Trajectory>>;
+    /// Jobs waiting in the queue right after the last `sample` pushed its work (None: no queue).
+    fn queue_depth(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// In-process rollouts: build the FP4 decode engine from the current weights and run the job.
@@ -476,6 +480,9 @@ pub fn run_grpo(
             tok,
         );
         metrics.log(stage, st, "train/tokens_per_s", train_tokens as f64 / train_s.max(1e-9), none, tok);
+        if let Some(d) = rollouts.queue_depth() {
+            metrics.log(stage, st, "queue/depth", d as f64, none, tok);
+        }
         metrics.maybe_flush()?;
         progress.advance(1);
         progress.message(&format!("step {st}: reward {reward_mean:.3} clip {:.3} kept {kept}/{seen}", clip as f64 / n));

@@ -384,6 +384,9 @@ pub fn run_opd(
         metrics.log(stage, st, "rollout/tokens_per_s", sampled as f64 / rollout_s.max(1e-9), none, tok);
         metrics.log(stage, st, "opd/teacher_seconds", teacher_s, none, tok);
         metrics.log(stage, st, "train/tokens_per_s", train_tokens as f64 / train_s.max(1e-9), none, tok);
+        if let Some(d) = rollouts.queue_depth() {
+            metrics.log(stage, st, "queue/depth", d as f64, none, tok);
+        }
         metrics.maybe_flush()?;
         progress.advance(1);
         progress.message(&format!("step {st}: reverse KL {kl:.4} over {} tokens", all.tokens as u64));

@@ -150,7 +150,16 @@ impl Drop for MetricsWriter {
 pub fn read_metrics(dir: &Path) -> Result<Vec<MetricRow>> {
     let mut out = Vec::new();
     for shard in list_shards(dir)? {
-        for b in read_shard(&shard, None, None)? {
+        out.extend(read_metrics_shard(&shard)?);
+    }
+    Ok(out)
+}
+
+/// The rows of one metrics shard.
+pub fn read_metrics_shard(shard: &Path) -> Result<Vec<MetricRow>> {
+    let mut out = Vec::new();
+    {
+        for b in read_shard(shard, None, None)? {
             let need = |name: &str| {
                 b.column_by_name(name).ok_or_else(|| {
                     DataError::Format(format!("{}: metrics shard without column `{name}`", shard.display()))

@@ -8,7 +8,7 @@ pub mod metrics;
 pub mod teacher_states;
 pub mod trajectories;
 
-pub use metrics::{read_metrics, MetricRow, MetricsWriter};
+pub use metrics::{read_metrics, read_metrics_shard, MetricRow, MetricsWriter};
 pub use teacher_states::{TeacherState, TeacherStateStore};
 pub use trajectories::{read_all, ReadFilter, Trajectory, TrajectoryStore, WriteReport};
 
@@ -63,7 +63,12 @@ pub struct KeyIndex {
 
 impl KeyIndex {
     pub fn new(dir: &Path, columns: &[&'static str]) -> Self {
-        KeyIndex { dir: dir.to_path_buf(), columns: columns.to_vec(), seen: Default::default(), keys: Default::default() }
+        KeyIndex {
+            dir: dir.to_path_buf(),
+            columns: columns.to_vec(),
+            seen: Default::default(),
+            keys: Default::default(),
+        }
     }
 
     /// Read the keys of shards written since the last call.

@@ -6,7 +6,7 @@
 //! are skipped, and readers deduplicate too (first shard wins), so a redelivered batch or a
 //! race between two writers never counts a trajectory twice.
 
-use super::{KeyIndex, list_shards, now_ms, read_shard, write_shard, PredicateFn};
+use super::{list_shards, now_ms, read_shard, write_shard, KeyIndex, PredicateFn};
 use crate::error::{DataError, Result};
 use arrow::array::*;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};

@@ -136,3 +136,383 @@ pub fn opd_kl(a: &OpdKlArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct RolloutBenchArgs {
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Batch sizes (sequences decoding together).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batches: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub prompt: usize,
+    #[arg(long, default_value_t = 128)]
+    pub decode: usize,
+    /// Repetitions per point (median reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Shape of the GEMV bandwidth test matrix (default: FP4 ≈ 285 MB, beyond this
+    /// machine's 260 MiB L3; the f32 copy is 2.1 GB).
+    #[arg(long, default_value_t = 16384)]
+    pub gemv_rows: usize,
+    #[arg(long, default_value_t = 32768)]
+    pub gemv_cols: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Decode tokens/s of `b` sequences: prefill `prompt` tokens, then `decode` greedy steps.
+fn decode_tps(
+    engine: &model::Engine,
+    b: usize,
+    prompt: usize,
+    decode: usize,
+) -> Result<(f64, model::engine::StateBytes)> {
+    use model::{Row, Want};
+    let vocab = engine.config.vocab_size;
+    let mut states: Vec<_> = (0..b).map(|_| engine.new_state()).collect();
+    let mut rows = Vec::new();
+    for s in 0..b {
+        for t in super::model_cmd::bench_tokens(prompt, vocab, s + 1) {
+            rows.push(Row { seq: s, token: t });
+        }
+    }
+    let out = engine.forward(&mut states, &rows, Want::LastLogits)?;
+    let argmax = |o: &model::engine::Output, i: usize| -> u32 {
+        let r = o.row(i);
+        (0..r.len()).max_by(|&a, &c| r[a].total_cmp(&r[c])).unwrap_or(0) as u32
+    };
+    let mut next: Vec<u32> = (0..b).map(|i| argmax(&out, i)).collect();
+    let t = Instant::now();
+    for _ in 0..decode {
+        let rows: Vec<Row> = (0..b).map(|s| Row { seq: s, token: next[s] }).collect();
+        let o = engine.forward(&mut states, &rows, Want::LastLogits)?;
+        next = (0..b).map(|i| argmax(&o, i)).collect();
+    }
+    let tps = (b * decode) as f64 / t.elapsed().as_secs_f64();
+    Ok((tps, states[0].bytes()))
+}
+
+/// Fast uniform weights in [-1, 1) for the bandwidth test (no need for normals).
+fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+pub fn rollout(a: &RolloutBenchArgs) -> Result<()> {
+    use model::formats::mxfp4::{Mxfp4Matrix, ScaleRule};
+    use model::{Engine, EngineOptions};
+    let w = super::model_cmd::bench_weights(a.preset.as_deref(), a.checkpoint.as_deref())?;
+    let reps = a.reps.max(1);
+    let mut runs = Vec::new();
+    let mut bytes = serde_json::Map::new();
+    let mut state_bytes = None;
+    let engines = [
+        ("fp4", Engine::new(&w, EngineOptions { fp4_experts: true, ..Default::default() })?),
+        ("f32", Engine::new(&w, EngineOptions { fp4_experts: false, ..Default::default() })?),
+    ];
+    for (name, e) in &engines {
+        let (experts, other) = e.weight_bytes();
+        bytes.insert(format!("{name}_weight_bytes"), json!(experts + other));
+        bytes.insert(format!("{name}_expert_weight_bytes"), json!(experts));
+    }
+    for &b in &a.batches {
+        let mut row = serde_json::Map::new();
+        row.insert("batch".into(), json!(b));
+        for (name, e) in &engines {
+            let mut v = Vec::new();
+            for _ in 0..reps {
+                let (tps, sb) = decode_tps(e, b, a.prompt, a.decode)?;
+                v.push(tps);
+                state_bytes = Some(sb);
+            }
+            row.insert(format!("{name}_tokens_per_s"), json!(median(v)));
+        }
+        let ratio = row["fp4_tokens_per_s"].as_f64().unwrap_or(0.0) / row["f32_tokens_per_s"].as_f64().unwrap_or(1.0);
+        row.insert("fp4_over_f32".into(), json!(ratio));
+        runs.push(serde_json::Value::Object(row));
+    }
+    // GEMV bandwidth on a matrix larger than the caches
+    let (n, k) = (a.gemv_rows, a.gemv_cols - a.gemv_cols % 32);
+    let wf = uniform(n * k, 7);
+    let m = Mxfp4Matrix::quantize(&wf, n, k, ScaleRule::DeepSeekCeil);
+    let x = uniform(k, 9);
+    let mut out = vec![0f32; n];
+    let mut t_fp4 = Vec::new();
+    let mut t_f32 = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        model::kernels::matmul_fp4(&x, 1, &m, &mut out);
+        t_fp4.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model::kernels::matmul_f32(&x, 1, k, &wf, n, &mut out);
+        t_f32.push(t.elapsed().as_secs_f64());
+    }
+    let fp4_bytes = (m.packed.len() + m.scales.len()) as f64;
+    let f32_bytes = (n * k * 4) as f64;
+    let (t4, t32) = (median(t_fp4), median(t_f32));
+    drop(wf);
+    // memory copy in parallel chunks (both kernels above use every core too)
+    let len = 512usize << 20;
+    let src = vec![1u8; len];
+    let mut dst = vec![0u8; len];
+    let mut t_copy = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        use rayon::prelude::*;
+        dst.par_chunks_mut(8 << 20).zip(src.par_chunks(8 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+        t_copy.push(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    let memcpy = len as f64 / median(t_copy) / 1e9;
+    let sb = state_bytes.unwrap_or_default();
+    let mut o = json!({
+        "runs": runs,
+        "prompt_tokens": a.prompt, "decode_steps": a.decode, "reps": reps, "threads": rayon::current_num_threads(),
+        "simd": model::kernels::simd_level(),
+        "fp4_gemv_gbps": fp4_bytes / t4 / 1e9,
+        "f32_gemv_gbps": f32_bytes / t32 / 1e9,
+        "gemv_fp4_over_f32_speed": t32 / t4,
+        "gemv_shape": [n, k],
+        "memcpy_gbps": memcpy,
+        "fp4_gemv_fraction_of_memcpy": fp4_bytes / t4 / 1e9 / memcpy,
+        "decode_state_bytes_per_sequence": {
+            "after_tokens": a.prompt + a.decode,
+            "window": sb.window, "compressed_entries": sb.entries, "indexer_keys": sb.index_keys, "compressor_carry": sb.carry, "total": sb.total(),
+        },
+        "note": "memcpy_gbps = bytes copied per second (parallel, 512 MiB); GEMV GB/s = weight bytes streamed per second",
+    });
+    if let Some(obj) = o.as_object_mut() {
+        obj.extend(bytes);
+    }
+    if a.json {
+        print_json(&o);
+    } else {
+        for r in o["runs"].as_array().into_iter().flatten() {
+            println!(
+                "batch {:>3}: FP4 experts {:>8.1} tok/s, f32 experts {:>8.1} tok/s ({:.2}×)",
+                r["batch"],
+                r["fp4_tokens_per_s"].as_f64().unwrap_or(0.0),
+                r["f32_tokens_per_s"].as_f64().unwrap_or(0.0),
+                r["fp4_over_f32"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!(
+            "GEMV {n}×{k}: FP4 {:.2} GB/s, f32 {:.2} GB/s ({:.2}× faster), memcpy {:.2} GB/s (FP4 at {:.0}%)",
+            o["fp4_gemv_gbps"].as_f64().unwrap_or(0.0),
+            o["f32_gemv_gbps"].as_f64().unwrap_or(0.0),
+            t32 / t4,
+            memcpy,
+            100.0 * o["fp4_gemv_fraction_of_memcpy"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TrainStepArgs {
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Forward + backward + optimizer update of SFT and GRPO steps on `batch × seq` tokens.
+pub fn train_step(a: &TrainStepArgs) -> Result<()> {
+    use model::train::TrainOptions;
+    use trainer::sft::{batch_loss, Example};
+    let w = super::model_cmd::bench_weights(a.preset.as_deref(), a.checkpoint.as_deref())?;
+    let vocab = w.config.vocab_size;
+    let (b, s) = (a.batch.max(1), a.seq.max(4));
+    let mut sess = trainer::Session::new(&w, TrainOptions::default(), trainer::optim::OptimConfig::default(), 0)?;
+    let seqs: Vec<Example> = (0..b)
+        .map(|i| {
+            let tokens = super::model_cmd::bench_tokens(s, vocab, i + 3);
+            Example { weights: vec![1.0; tokens.len()], tokens }
+        })
+        .collect();
+    let mut sft = Vec::new();
+    for _ in 0..a.reps.max(1) + 1 {
+        let t = Instant::now();
+        let (loss, _, _) = batch_loss(&sess, &seqs, 1.0)?;
+        let g = loss.backward()?;
+        sess.step(&g, 1.0)?;
+        sft.push(t.elapsed().as_secs_f64());
+    }
+    sft.remove(0);
+    // GRPO: half prompt, half response; clipped surrogate with importance ratios
+    let half = s / 2;
+    let cfg = trainer::losses::GrpoLossConfig::default();
+    let mut grpo = Vec::new();
+    for _ in 0..a.reps.max(1) + 1 {
+        let t = Instant::now();
+        let inputs: Vec<model::train::SeqInput> =
+            seqs.iter().map(|e| model::train::SeqInput { tokens: e.tokens.clone(), forced: None }).collect();
+        let out = sess.model.forward(&inputs)?;
+        let d = out.hidden.dim(2)?;
+        let mut idx = Vec::new();
+        let mut targets = Vec::new();
+        for (bi, e) in seqs.iter().enumerate() {
+            for j in half..s {
+                idx.push((bi * s + j - 1) as u32);
+                targets.push(e.tokens[j]);
+            }
+        }
+        let h = out.hidden.reshape((b * s, d))?;
+        let sel = Tensor::from_vec(idx, targets.len(), h.device())?;
+        let logits = sess.model.logits(&h.index_select(&sel, 0)?)?;
+        let lp = trainer::losses::token_logprobs(&logits, &targets, 1.0, None)?;
+        let old: Vec<f32> = lp.detach().to_vec1()?;
+        let lens = vec![s - half; b];
+        let adv: Vec<f32> = (0..b).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let (loss, _) = trainer::losses::grpo_loss(&lp, &old, None, &lens, &adv, &cfg)?;
+        let total = match out.indexer_loss {
+            Some(x) => (loss + x)?,
+            None => loss,
+        };
+        let g = total.backward()?;
+        sess.step(&g, 1.0)?;
+        grpo.push(t.elapsed().as_secs_f64());
+    }
+    grpo.remove(0);
+    let tokens = (b * s) as f64;
+    let o = json!({
+        "sft_tokens_per_s": tokens / median(sft.clone()),
+        "grpo_tokens_per_s": tokens / median(grpo.clone()),
+        "sft_step_s_median": median(sft),
+        "grpo_step_s_median": median(grpo),
+        "batch": b, "seq": s, "params": w.num_params(), "threads": rayon::current_num_threads(),
+        "note": "forward + backward + Muon/AdamW update, QAT (FP4 fake-quant experts), indexer loss on",
+    });
+    if a.json {
+        print_json(&o);
+    } else {
+        println!(
+            "SFT {:.0} tok/s, GRPO {:.0} tok/s ({b}×{s}, fwd+bwd+update)",
+            o["sft_tokens_per_s"].as_f64().unwrap_or(0.0),
+            o["grpo_tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct QueueBenchArgs {
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Skip the Redis backend.
+    #[arg(long)]
+    pub no_redis: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Producer and consumer threads over one backend: throughput and push→pop latency.
+fn queue_run(
+    q: std::sync::Arc<dyn crate::queue::Queue>,
+    reopen: impl Fn() -> Result<std::sync::Arc<dyn crate::queue::Queue>>,
+    n: usize,
+    payload: usize,
+) -> Result<serde_json::Value> {
+    let start = Instant::now();
+    let pad = "x".repeat(payload.saturating_sub(24));
+    let prod = {
+        let q = reopen()?;
+        let pad = pad.clone();
+        std::thread::spawn(move || -> Result<()> {
+            for _ in 0..n {
+                let us = start.elapsed().as_micros();
+                q.push("bench", &format!("{us:020}|{pad}"))?;
+            }
+            Ok(())
+        })
+    };
+    let mut lat = Vec::with_capacity(n);
+    while lat.len() < n {
+        let Some(d) = q.pop("bench", "bench", std::time::Duration::from_secs(10))? else {
+            anyhow::bail!("queue bench: a message did not arrive within 10 s");
+        };
+        let sent: u128 = d.payload.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
+        lat.push((start.elapsed().as_micros().saturating_sub(sent)) as f64 / 1e3);
+        q.ack(&d)?;
+    }
+    prod.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    let secs = start.elapsed().as_secs_f64();
+    // unloaded latency: one message in flight at a time
+    let m = (n / 10).clamp(100, 2000);
+    let mut one = Vec::with_capacity(m);
+    for _ in 0..m {
+        let t = Instant::now();
+        q.push("bench-lat", &pad)?;
+        let d = q
+            .pop("bench-lat", "bench", std::time::Duration::from_secs(10))?
+            .ok_or_else(|| anyhow::anyhow!("lost a message"))?;
+        one.push(t.elapsed().as_secs_f64() * 1e3);
+        q.ack(&d)?;
+    }
+    let pct = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
+    Ok(json!({
+        "msgs_per_s": n as f64 / secs,
+        "p50_ms": pct(&mut one, 0.5), "p99_ms": pct(&mut one, 0.99),
+        "p99_ms_saturated": pct(&mut lat, 0.99),
+        "messages": n, "payload_bytes": payload,
+    }))
+}
+
+pub fn queue(a: &QueueBenchArgs) -> Result<()> {
+    use crate::queue::{self, QueueConfig};
+    let cfg = QueueConfig::default();
+    let emb = queue::open("embedded", "bench", cfg)?;
+    let e2 = emb.clone();
+    let mut o = serde_json::Map::new();
+    o.insert("embedded".into(), queue_run(emb, move || Ok(e2.clone()), a.messages, a.payload)?);
+    if !a.no_redis {
+        let run = format!("bench-{}", std::process::id());
+        let r = queue::open(&a.redis, &run, cfg)?;
+        let url = a.redis.clone();
+        let run2 = run.clone();
+        o.insert("redis".into(), queue_run(r, move || Ok(queue::open(&url, &run2, cfg)?), a.messages, a.payload)?);
+    }
+    o.insert("note".into(), json!("msgs_per_s: one producer thread and one consumer (pop + ack per message) at full speed; p50/p99_ms: push → pop with one message in flight; p99_ms_saturated: push → pop during the throughput run (includes queueing)"));
+    let o = serde_json::Value::Object(o);
+    if a.json {
+        print_json(&o);
+    } else {
+        for b in ["embedded", "redis"] {
+            if let Some(x) = o.get(b) {
+                println!(
+                    "{b:<9} {:>10.0} msgs/s  p50 {:.3} ms  p99 {:.3} ms",
+                    x["msgs_per_s"].as_f64().unwrap_or(0.0),
+                    x["p50_ms"].as_f64().unwrap_or(0.0),
+                    x["p99_ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    Ok(())
+}

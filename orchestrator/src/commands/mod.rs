@@ -1,6 +1,7 @@
 //! One module per group of verbs; [`dispatch`] runs a parsed command line.
 
 pub mod bench_cmd;
+pub mod dash_cmd;
 pub mod data;
 pub mod model_cmd;
 pub mod run_cmd;
@@ -13,6 +14,8 @@ pub fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Run(a) => run_cmd::run(&a),
         Command::Worker(a) => run_cmd::worker(&a),
+        Command::Dashboard(a) => dash_cmd::dashboard(&a),
+        Command::Report(a) => dash_cmd::report(&a),
         Command::Tasks(TasksCmd::List { json }) => data::tasks_list(json),
         Command::Tasks(TasksCmd::Sample(a)) => data::tasks_sample(&a),
         Command::Score(a) => data::score(&a),
@@ -31,5 +34,8 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Opd(a) => train_cmd::opd(&a),
         Command::Bench(BenchCmd::OpdKl(a)) => bench_cmd::opd_kl(&a),
+        Command::Bench(BenchCmd::Rollout(a)) => bench_cmd::rollout(&a),
+        Command::Bench(BenchCmd::TrainStep(a)) => bench_cmd::train_step(&a),
+        Command::Bench(BenchCmd::Queue(a)) => bench_cmd::queue(&a),
     }
 }

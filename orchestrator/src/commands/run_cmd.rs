@@ -14,10 +14,8 @@ use std::time::Duration;
 
 /// The shipped base: `assets/v4-small-base` in the working directory or the source tree.
 pub fn default_base() -> Result<String> {
-    let candidates = [
-        PathBuf::from("assets/v4-small-base"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/v4-small-base"),
-    ];
+    let candidates =
+        [PathBuf::from("assets/v4-small-base"), Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/v4-small-base")];
     for c in &candidates {
         if c.join("config.json").exists() {
             return Ok(c.to_string_lossy().into_owned());
@@ -82,12 +80,19 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
     }
     let run_dir = a.runs_dir.join(&a.run);
     if !run_dir.exists() {
-        bail!("{} does not exist: workers need the run directory (shared filesystem) of `v4post run`", run_dir.display());
+        bail!(
+            "{} does not exist: workers need the run directory (shared filesystem) of `v4post run`",
+            run_dir.display()
+        );
     }
-    let cfg = QueueConfig { visibility_timeout: Duration::from_secs_f64(a.visibility_timeout.max(0.1)), ..Default::default() };
+    let cfg = QueueConfig {
+        visibility_timeout: Duration::from_secs_f64(a.visibility_timeout.max(0.1)),
+        ..Default::default()
+    };
     let q = queue::open(&a.queue, &a.run, cfg)?;
     let consumer = a.consumer.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+        let host =
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
         format!("{host}-{}", std::process::id())
     });
     let opts = WorkerOptions {

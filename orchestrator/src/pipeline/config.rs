@@ -345,7 +345,12 @@ impl PipelineConfig {
     /// 2 cores; `quick` is a reduced version for tests (~3 minutes).
     pub fn demo(quick: bool, base: &str) -> Self {
         let mut c = PipelineConfig {
-            run: RunSection { name: if quick { "demo-quick" } else { "demo" }.into(), seed: 1, queue: embedded(), runs_dir: runs() },
+            run: RunSection {
+                name: if quick { "demo-quick" } else { "demo" }.into(),
+                seed: 1,
+                queue: embedded(),
+                runs_dir: runs(),
+            },
             model: ModelSection { base: base.into() },
             data: DataSection::default(),
             workers: WorkersSection { local: true, ..Default::default() },

@@ -436,8 +436,7 @@ fn run_grpo_steps(
 }
 
 fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Result<teachers::Registry> {
-    let experts: Vec<String> =
-        if g.experts.iter().any(|e| e == "each") { ctx.domains()? } else { g.experts.clone() };
+    let experts: Vec<String> = if g.experts.iter().any(|e| e == "each") { ctx.domains()? } else { g.experts.clone() };
     if experts.is_empty() {
         bail!("grpo: no experts to build");
     }
@@ -487,7 +486,12 @@ fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Res
     Ok(reg)
 }
 
-fn stage_opd(ctx: &mut Ctx, o: &config::OpdStage, start: &ModelWeights, reg: &teachers::Registry) -> Result<ModelWeights> {
+fn stage_opd(
+    ctx: &mut Ctx,
+    o: &config::OpdStage,
+    start: &ModelWeights,
+    reg: &teachers::Registry,
+) -> Result<ModelWeights> {
     if let Some(w) = load_done(ctx, "opd")? {
         return Ok(w);
     }

@@ -99,11 +99,12 @@ pub struct QueueRollouts {
     /// Trajectory store of the stage (inside the run directory).
     pub store_dir: PathBuf,
     index: Option<KeyIndex>,
+    depth: Option<usize>,
 }
 
 impl QueueRollouts {
     pub fn new(remote: Remote, store_dir: PathBuf) -> Self {
-        QueueRollouts { remote, store_dir, index: None }
+        QueueRollouts { remote, store_dir, index: None, depth: None }
     }
 
     /// Export the policy for the workers (FP4 rollout layout) and publish its version.
@@ -142,6 +143,10 @@ impl trainer::grpo::Rollouts for QueueRollouts {
     fn sample(&mut self, job: &RolloutJob, policy: &ModelWeights) -> trainer::Result<Vec<Trajectory>> {
         self.sample_remote(job, policy).map_err(|e| trainer::TrainError::Input(format!("{e:#}")))
     }
+
+    fn queue_depth(&self) -> Option<usize> {
+        self.depth
+    }
 }
 
 impl QueueRollouts {
@@ -163,7 +168,9 @@ impl QueueRollouts {
                 .tasks
                 .iter()
                 .zip(&sub.modes)
-                .flat_map(|(t, &m)| (0..job.n).map(move |g| rollout::traj_id(&job.run, &job.stage, job.step, &t.prompt_id, m, g)))
+                .flat_map(|(t, &m)| {
+                    (0..job.n).map(move |g| rollout::traj_id(&job.run, &job.stage, job.step, &t.prompt_id, m, g))
+                })
                 .collect();
             let msg = RolloutMsg {
                 job: sub,
@@ -189,6 +196,7 @@ impl QueueRollouts {
             }
             r.push_with_backpressure(ROLLOUT, p)?;
         }
+        self.depth = r.queue.depth(ROLLOUT).ok();
         let started = Instant::now();
         let mut last_note = Instant::now();
         while done.iter().any(|d| !d) {
@@ -218,8 +226,11 @@ impl QueueRollouts {
         }
         let want: HashSet<&String> = chunks.iter().flat_map(|c| c.1.iter()).collect();
         let filter = ReadFilter { stage: Some(job.stage.clone()), steps: Some((job.step, job.step)), domain: None };
-        let mut got: HashMap<String, Trajectory> =
-            read_all(&self.store_dir, &filter)?.into_iter().filter(|t| want.contains(&t.traj_id)).map(|t| (t.traj_id.clone(), t)).collect();
+        let mut got: HashMap<String, Trajectory> = read_all(&self.store_dir, &filter)?
+            .into_iter()
+            .filter(|t| want.contains(&t.traj_id))
+            .map(|t| (t.traj_id.clone(), t))
+            .collect();
         let mut out = Vec::with_capacity(want.len());
         for (_, ids) in &chunks {
             for id in ids {
@@ -246,7 +257,13 @@ impl QueueTeachers {
         QueueTeachers { remote, registry, traj_store, states_store, head: None, index }
     }
 
-    fn states_remote(&mut self, idx: usize, trajs: &[&Trajectory], stage: &str, step: u64) -> Result<HashMap<String, TeacherState>> {
+    fn states_remote(
+        &mut self,
+        idx: usize,
+        trajs: &[&Trajectory],
+        stage: &str,
+        step: u64,
+    ) -> Result<HashMap<String, TeacherState>> {
         let spec = self.registry.teachers.get(idx).ok_or_else(|| anyhow!("no teacher #{idx}"))?.clone();
         let r = self.remote.clone();
         std::fs::create_dir_all(&self.states_store)?;
@@ -291,7 +308,13 @@ impl QueueTeachers {
 }
 
 impl trainer::opd::TeacherStates for QueueTeachers {
-    fn states(&mut self, idx: usize, trajs: &[&Trajectory], stage: &str, step: u64) -> trainer::Result<HashMap<String, TeacherState>> {
+    fn states(
+        &mut self,
+        idx: usize,
+        trajs: &[&Trajectory],
+        stage: &str,
+        step: u64,
+    ) -> trainer::Result<HashMap<String, TeacherState>> {
         self.states_remote(idx, trajs, stage, step).map_err(|e| trainer::TrainError::Input(format!("{e:#}")))
     }
 
@@ -302,7 +325,8 @@ impl trainer::opd::TeacherStates for QueueTeachers {
             }
         }
         self.head = None; // one head resident at a time
-        let spec = self.registry.teachers.get(idx).ok_or_else(|| trainer::TrainError::Input(format!("no teacher #{idx}")))?;
+        let spec =
+            self.registry.teachers.get(idx).ok_or_else(|| trainer::TrainError::Input(format!("no teacher #{idx}")))?;
         let w = checkpoint::load(&spec.checkpoint)?;
         let h = Arc::new(
             w.tensors

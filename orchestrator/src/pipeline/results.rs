@@ -63,7 +63,12 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-pub fn stage_eval(v: RunView, e: &EvalStage, base: &ModelWeights, registry: Option<&teachers::Registry>) -> Result<Value> {
+pub fn stage_eval(
+    v: RunView,
+    e: &EvalStage,
+    base: &ModelWeights,
+    registry: Option<&teachers::Registry>,
+) -> Result<Value> {
     let ts = eval_tasks(&v, e.n)?;
     let load = |key: &str| -> Result<Option<ModelWeights>> {
         match v.state.completed.get(key).and_then(|o| o.model.clone()) {
@@ -85,7 +90,11 @@ pub fn stage_eval(v: RunView, e: &EvalStage, base: &ModelWeights, registry: Opti
     let mut teacher_score: BTreeMap<String, f64> = BTreeMap::new();
     if let Some(reg) = registry {
         for t in &reg.teachers {
-            let mine: Vec<Task> = ts.iter().filter(|x| t.domains.iter().any(|p| teachers::registry::pattern_matches(p, &x.domain))).cloned().collect();
+            let mine: Vec<Task> = ts
+                .iter()
+                .filter(|x| t.domains.iter().any(|p| teachers::registry::pattern_matches(p, &x.domain)))
+                .cloned()
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -185,13 +194,17 @@ pub fn stage_eval(v: RunView, e: &EvalStage, base: &ModelWeights, registry: Opti
         },
     });
     super::write_json_atomic(&v.dir.join("results.json"), &results)?;
+    write_report(v.dir, &v.cfg.run.name)?;
     Ok(results)
 }
 
 /// The results table as text.
 pub fn table(results: &Value) -> String {
     let f = |x: &Value| x.as_f64().map_or("   -  ".to_string(), |v| format!("{v:6.3}"));
-    let mut s = format!("{:<14} {:<6} {:>6} {:>6} {:>7} {:>7} {:>9}\n", "domain", "family", "base", "sft", "teacher", "student", "think_max");
+    let mut s = format!(
+        "{:<14} {:<6} {:>6} {:>6} {:>7} {:>7} {:>9}\n",
+        "domain", "family", "base", "sft", "teacher", "student", "think_max"
+    );
     for r in results["domains"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "{:<14} {:<6} {} {} {:>7} {:>7} {:>9}\n",
@@ -226,4 +239,12 @@ pub fn table(results: &Value) -> String {
     }
     s.push_str(&format!("wall time {:.0}s\n", results["wall_s"].as_f64().unwrap_or(0.0)));
     s
+}
+
+/// `report.html` of the run directory (the static dashboard).
+pub fn write_report(dir: &std::path::Path, name: &str) -> Result<()> {
+    let run = dashboard::data::Run::open(dir)?;
+    let html = dashboard::report::render(&[run], &format!("v4post report — {name}"));
+    model::checkpoint::write_atomic(&dir.join("report.html"), html.as_bytes())?;
+    Ok(())
 }

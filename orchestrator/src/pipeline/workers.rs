@@ -61,7 +61,12 @@ struct PolicyCache {
     engine: Arc<Engine>,
 }
 
-pub fn run_worker(kind: WorkerKind, queue: Arc<dyn Queue>, run_dir: &Path, opts: &WorkerOptions) -> Result<WorkerReport> {
+pub fn run_worker(
+    kind: WorkerKind,
+    queue: Arc<dyn Queue>,
+    run_dir: &Path,
+    opts: &WorkerOptions,
+) -> Result<WorkerReport> {
     let mut report = WorkerReport::default();
     let mut policy: Option<PolicyCache> = None;
     let mut teacher: Option<(String, Arc<teachers::LoadedTeacher>)> = None;
@@ -115,7 +120,13 @@ enum Outcome {
     Stale,
 }
 
-fn rollout_job(d: &Delivery, queue: &Arc<dyn Queue>, run_dir: &Path, opts: &WorkerOptions, cache: &mut Option<PolicyCache>) -> Result<Outcome> {
+fn rollout_job(
+    d: &Delivery,
+    queue: &Arc<dyn Queue>,
+    run_dir: &Path,
+    opts: &WorkerOptions,
+    cache: &mut Option<PolicyCache>,
+) -> Result<Outcome> {
     let msg: RolloutMsg = serde_json::from_str(&d.payload).context("malformed rollout job")?;
     let job = &msg.job;
     if let Some(latest) = queue.get(&format!("policy:{}", job.stage))? {
@@ -139,11 +150,15 @@ fn rollout_job(d: &Delivery, queue: &Arc<dyn Queue>, run_dir: &Path, opts: &Work
     };
     let mut job = job.clone();
     job.score = !msg.remote_scoring;
-    let (trajs, _) = rollout::run_job(&engine, &ByteTokenizer, &job, &Default::default(), &datasets::progress::NoProgress)?;
+    let (trajs, _) =
+        rollout::run_job(&engine, &ByteTokenizer, &job, &Default::default(), &datasets::progress::NoProgress)?;
     let n = trajs.len();
     if msg.remote_scoring {
         let items = job.tasks.iter().zip(&job.modes).flat_map(|(t, &m)| {
-            trajs.iter().filter(move |x| x.prompt_id == t.prompt_id && x.mode == m.as_str()).map(move |x| (t.clone(), m, x.clone()))
+            trajs
+                .iter()
+                .filter(move |x| x.prompt_id == t.prompt_id && x.mode == m.as_str())
+                .map(move |x| (t.clone(), m, x.clone()))
         });
         let r = RewardMsg { store_dir: msg.store_dir.clone(), items: items.collect() };
         queue.push(REWARD, &serde_json::to_string(&r)?)?;
@@ -154,12 +169,17 @@ fn rollout_job(d: &Delivery, queue: &Arc<dyn Queue>, run_dir: &Path, opts: &Work
     Ok(Outcome::Done(n))
 }
 
-fn teacher_job(d: &Delivery, run_dir: &Path, cache: &mut Option<(String, Arc<teachers::LoadedTeacher>)>) -> Result<Outcome> {
+fn teacher_job(
+    d: &Delivery,
+    run_dir: &Path,
+    cache: &mut Option<(String, Arc<teachers::LoadedTeacher>)>,
+) -> Result<Outcome> {
     let msg: TeacherMsg = serde_json::from_str(&d.payload).context("malformed teacher job")?;
     let states_dir = run_dir.join(&msg.states_store);
     let mut index = KeyIndex::new(&states_dir, &["traj_id", "teacher_id"]);
     index.refresh()?;
-    let todo: HashSet<&String> = msg.traj_ids.iter().filter(|id| !index.contains(&KeyIndex::pair(id, &msg.teacher_id))).collect();
+    let todo: HashSet<&String> =
+        msg.traj_ids.iter().filter(|id| !index.contains(&KeyIndex::pair(id, &msg.teacher_id))).collect();
     if todo.is_empty() {
         return Ok(Outcome::Done(0));
     }
@@ -169,7 +189,8 @@ fn teacher_job(d: &Delivery, run_dir: &Path, cache: &mut Option<(String, Arc<tea
             *cache = None; // one teacher resident
             let ck = run_dir.join(&msg.checkpoint);
             let t = Arc::new(
-                teachers::LoadedTeacher::load(&msg.teacher_id, &ck, EngineOptions::default()).map_err(|e| anyhow!("{e}"))?,
+                teachers::LoadedTeacher::load(&msg.teacher_id, &ck, EngineOptions::default())
+                    .map_err(|e| anyhow!("{e}"))?,
             );
             *cache = Some((msg.teacher_id.clone(), t.clone()));
             t

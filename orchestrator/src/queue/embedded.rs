@@ -103,7 +103,12 @@ impl Queue for EmbeddedQueue {
             self.reclaim(t);
             if let Some(mut m) = t.ready.pop_front() {
                 m.deliveries += 1;
-                let d = Delivery { topic: topic.to_string(), id: m.id.clone(), payload: m.payload.clone(), deliveries: m.deliveries };
+                let d = Delivery {
+                    topic: topic.to_string(),
+                    id: m.id.clone(),
+                    payload: m.payload.clone(),
+                    deliveries: m.deliveries,
+                };
                 t.in_flight.insert(m.id.clone(), InFlight { msg: m, since: Instant::now() });
                 return Ok(Some(d));
             }

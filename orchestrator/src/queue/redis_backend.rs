@@ -23,7 +23,11 @@ pub struct RedisQueue {
     cfg: QueueConfig,
     conn: Mutex<Option<Connection>>,
     groups: Mutex<HashSet<String>>,
+    /// Last reclaim scan (XAUTOCLAIM runs at most every `CLAIM_EVERY`, not on every pop).
+    last_claim: Mutex<Option<Instant>>,
 }
+
+const CLAIM_EVERY: Duration = Duration::from_millis(200);
 
 fn retryable(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
@@ -52,6 +56,7 @@ impl RedisQueue {
             cfg,
             conn: Mutex::new(None),
             groups: Mutex::new(HashSet::new()),
+            last_claim: Mutex::new(None),
         };
         q.with_conn(None, |c| redis::cmd("PING").query::<String>(c))?;
         Ok(q)
@@ -78,7 +83,11 @@ impl RedisQueue {
     /// Run `f` on a live connection, reconnecting with backoff on connection errors and
     /// creating the consumer group of `topic` when the server reports it missing (a fresh
     /// or restarted server).
-    fn with_conn<T>(&self, topic: Option<&str>, mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
+    fn with_conn<T>(
+        &self,
+        topic: Option<&str>,
+        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,7 +115,13 @@ impl RedisQueue {
                 let key = self.stream(t);
                 let known = self.groups.lock().map(|g| g.contains(&key)).unwrap_or(false);
                 if !known {
-                    let r = redis::cmd("XGROUP").arg("CREATE").arg(&key).arg(GROUP).arg("0").arg("MKSTREAM").query::<Value>(conn);
+                    let r = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query::<Value>(conn);
                     match r {
                         Ok(_) => {}
                         Err(e) if e.code() == Some("BUSYGROUP") => {}
@@ -150,15 +165,16 @@ impl RedisQueue {
     /// Delivery count of a pending message.
     fn delivery_count(&self, topic: &str, id: &str) -> Result<u32> {
         let key = self.stream(topic);
-        let rows: Vec<(String, String, u64, u64)> =
-            self.with_conn(Some(topic), |c| redis::cmd("XPENDING").arg(&key).arg(GROUP).arg(id).arg(id).arg(1).query(c))?;
+        let rows: Vec<(String, String, u64, u64)> = self
+            .with_conn(Some(topic), |c| redis::cmd("XPENDING").arg(&key).arg(GROUP).arg(id).arg(id).arg(1).query(c))?;
         Ok(rows.first().map_or(1, |r| r.3 as u32))
     }
 
     fn dead_letter(&self, topic: &str, id: &str, payload: &str, deliveries: u32) -> Result<()> {
         let key = self.stream(topic);
         let errors = format!("{key}:errors");
-        let error: Option<String> = self.with_conn(Some(topic), |c| redis::cmd("HGET").arg(&errors).arg(id).query(c))?;
+        let error: Option<String> =
+            self.with_conn(Some(topic), |c| redis::cmd("HGET").arg(&errors).arg(id).query(c))?;
         let error = error.unwrap_or_else(|| format!("not acknowledged after {deliveries} deliveries"));
         self.with_conn(Some(topic), |c| {
             redis::pipe()
@@ -211,10 +227,30 @@ impl Queue for RedisQueue {
         let idle_ms = self.cfg.visibility_timeout.as_millis() as u64;
         let deadline = Instant::now() + wait;
         loop {
-            // 1. messages of dead or stuck consumers
-            let claimed: Value = self.with_conn(Some(topic), |c| {
-                redis::cmd("XAUTOCLAIM").arg(&key).arg(GROUP).arg(consumer).arg(idle_ms).arg("0-0").arg("COUNT").arg(1).query(c)
-            })?;
+            // 1. messages of dead or stuck consumers (and failed ones), scanned periodically
+            let due = {
+                let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+                let due = last.is_none_or(|t| t.elapsed() >= CLAIM_EVERY);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            let claimed: Value = if due {
+                self.with_conn(Some(topic), |c| {
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(idle_ms)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query(c)
+                })?
+            } else {
+                Value::Nil
+            };
             if let Value::Array(parts) = &claimed {
                 if let Some(Value::Array(entries)) = parts.get(1) {
                     if let Some((id, payload)) = entries.first().and_then(entry) {
@@ -223,13 +259,16 @@ impl Queue for RedisQueue {
                             self.dead_letter(topic, &id, &payload, n - 1)?;
                             continue;
                         }
+                        if let Ok(mut last) = self.last_claim.lock() {
+                            *last = None; // there may be more to reclaim
+                        }
                         return Ok(Some(Delivery { topic: topic.into(), id, payload, deliveries: n }));
                     }
                 }
             }
             // 2. new messages, blocking (in slices, so reclaimable messages are seen too)
             let left = deadline.saturating_duration_since(Instant::now());
-            let block = left.min(Duration::from_millis(500)).max(Duration::from_millis(1));
+            let block = left.min(CLAIM_EVERY).max(Duration::from_millis(1));
             let read: Value = self.with_conn(Some(topic), |c| {
                 c.set_read_timeout(Some(block + Duration::from_secs(5)))?;
                 redis::cmd("XREADGROUP")
@@ -320,7 +359,9 @@ impl Queue for RedisQueue {
                 let Value::Array(parts) = e else { continue };
                 let Some(fv) = parts.get(1) else { continue };
                 let fields: Vec<String> = redis::from_redis_value_ref(fv).unwrap_or_default();
-                let get = |k: &str| fields.chunks(2).find(|kv| kv[0] == k).and_then(|kv| kv.get(1).cloned()).unwrap_or_default();
+                let get = |k: &str| {
+                    fields.chunks(2).find(|kv| kv[0] == k).and_then(|kv| kv.get(1).cloned()).unwrap_or_default()
+                };
                 out.push(DeadLetter {
                     id: get("id"),
                     payload: get("payload"),
