@@ -11,7 +11,8 @@
 //! balancing rule `b_e += γ_b · sign(mean load − load_e)` applied by the trainers.
 
 use crate::error::{Result, TrainError};
-use model::kernels::matmul_f32;
+use model::kernels::{gemm, Mat};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -40,18 +41,19 @@ pub fn newton_schulz(g: &[f32], rows: usize, cols: usize, schedule: &[(f32, f32,
     x.iter_mut().for_each(|v| *v *= s);
     let mut a = vec![0f32; m * m];
     let mut a2 = vec![0f32; m * m];
+    let mut b = vec![0f32; m * m];
     let mut bx = vec![0f32; m * n];
-    let mut xt = vec![0f32; n * m];
     for &(ca, cb, cc) in schedule {
-        // A = X Xᵀ  (matmul_f32 computes x · wᵀ, so passing X as both gives X Xᵀ)
-        matmul_f32(&x, m, n, &x, m, &mut a);
-        // A² (A symmetric: A · Aᵀ = A²)
-        matmul_f32(&a, m, m, &a, m, &mut a2);
+        // A = X Xᵀ
+        gemm(Mat::new(&x, m, n), Mat::new(&x, m, n).t(), &mut a, false, true);
+        // A² (A is symmetric)
+        gemm(Mat::new(&a, m, m), Mat::new(&a, m, m), &mut a2, false, true);
         // B = b A + c A²
-        let b: Vec<f32> = a.iter().zip(&a2).map(|(p, q)| cb * p + cc * q).collect();
-        // B X = B · (Xᵀ)ᵀ
-        xt.copy_from_slice(&transpose(&x, m, n));
-        matmul_f32(&b, m, m, &xt, n, &mut bx);
+        for ((bi, p), q) in b.iter_mut().zip(&a).zip(&a2) {
+            *bi = cb * p + cc * q;
+        }
+        // X ← a X + B X
+        gemm(Mat::new(&b, m, m), Mat::new(&x, m, n), &mut bx, false, true);
         for (xi, bi) in x.iter_mut().zip(&bx) {
             *xi = ca * *xi + bi;
         }
@@ -252,8 +254,12 @@ impl Optimizer {
         }
         let clip = if self.cfg.clip_norm > 0.0 && norm > self.cfg.clip_norm { self.cfg.clip_norm / norm } else { 1.0 };
         let c = &self.cfg;
+        // every parameter's update is independent: validate, then update in parallel (Muon's
+        // Newton–Schulz iterations dominate the step on small models)
+        let mut ws: std::collections::HashMap<&String, &mut Vec<f32>> = params.iter_mut().collect();
+        let mut jobs = Vec::new();
         for (name, st) in self.params.iter_mut() {
-            let (Some(g), Some(w)) = (grads.get(name), params.get_mut(name)) else {
+            let (Some(g), Some(w)) = (grads.get(name), ws.remove(name)) else {
                 continue;
             };
             if g.len() != w.len() {
@@ -263,39 +269,40 @@ impl Optimizer {
                     w.len()
                 )));
             }
-            match st.group {
-                Group::None => {}
-                Group::Adamw => {
-                    let lr = c.adamw_lr * lr_scale;
-                    let (b1c, b2c) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-                    for i in 0..w.len() {
-                        let gi = g[i] * clip;
-                        st.m[i] = c.beta1 * st.m[i] + (1.0 - c.beta1) * gi;
-                        st.v[i] = c.beta2 * st.v[i] + (1.0 - c.beta2) * gi * gi;
-                        let upd = (st.m[i] / b1c) / ((st.v[i] / b2c).sqrt() + c.eps);
-                        w[i] -= lr * (upd + c.adamw_weight_decay * w[i]);
-                    }
-                }
-                Group::Muon => {
-                    let lr = c.muon_lr * lr_scale;
-                    let (rows, cols) = (st.shape[0], st.shape[1]);
-                    for i in 0..w.len() {
-                        st.m[i] = c.momentum * st.m[i] + g[i] * clip;
-                    }
-                    let u: Vec<f32> = if c.nesterov {
-                        st.m.iter().zip(g).map(|(m, gi)| c.momentum * m + gi * clip).collect()
-                    } else {
-                        st.m.clone()
-                    };
-                    let o = newton_schulz(&u, rows, cols, &HYBRID_NS);
-                    let scale = (rows.max(cols) as f32).sqrt() * c.update_rms;
-                    let decay = 1.0 - lr * c.muon_weight_decay;
-                    for i in 0..w.len() {
-                        w[i] = w[i] * decay - lr * scale * o[i];
-                    }
+            jobs.push((st, g, w));
+        }
+        jobs.par_iter_mut().for_each(|(st, g, w)| match st.group {
+            Group::None => {}
+            Group::Adamw => {
+                let lr = c.adamw_lr * lr_scale;
+                let (b1c, b2c) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+                for i in 0..w.len() {
+                    let gi = g[i] * clip;
+                    st.m[i] = c.beta1 * st.m[i] + (1.0 - c.beta1) * gi;
+                    st.v[i] = c.beta2 * st.v[i] + (1.0 - c.beta2) * gi * gi;
+                    let upd = (st.m[i] / b1c) / ((st.v[i] / b2c).sqrt() + c.eps);
+                    w[i] -= lr * (upd + c.adamw_weight_decay * w[i]);
                 }
             }
-        }
+            Group::Muon => {
+                let lr = c.muon_lr * lr_scale;
+                let (rows, cols) = (st.shape[0], st.shape[1]);
+                for i in 0..w.len() {
+                    st.m[i] = c.momentum * st.m[i] + g[i] * clip;
+                }
+                let u: Vec<f32> = if c.nesterov {
+                    st.m.iter().zip(g.iter()).map(|(m, gi)| c.momentum * m + gi * clip).collect()
+                } else {
+                    st.m.clone()
+                };
+                let o = newton_schulz(&u, rows, cols, &HYBRID_NS);
+                let scale = (rows.max(cols) as f32).sqrt() * c.update_rms;
+                let decay = 1.0 - lr * c.muon_weight_decay;
+                for i in 0..w.len() {
+                    w[i] = w[i] * decay - lr * scale * o[i];
+                }
+            }
+        });
         Ok(StepStats { grad_norm: norm, clipped: clip < 1.0 })
     }
 }

@@ -59,11 +59,12 @@ impl Session {
                 continue;
             }
             if let Some(gt) = grads.get(var.as_tensor()) {
+                // (to_vec copies are cheap next to the update itself)
                 g.insert(name.clone(), gt.flatten_all()?.to_vec1::<f32>()?);
                 params.insert(name.clone(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?);
             }
         }
-        let stats = self.opt.update(&mut params, &g, lr_scale)?;
+        let stats = model::train::prof::time("optimizer", || self.opt.update(&mut params, &g, lr_scale))?;
         for (name, data) in params {
             let var = &self.model.vars()[&name];
             let shape = var.as_tensor().dims().to_vec();

@@ -392,6 +392,11 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
         grpo.push(t.elapsed().as_secs_f64());
     }
     grpo.remove(0);
+    if std::env::var("V4POST_PROFILE").is_ok() {
+        for (name, d, n) in model::train::prof::take() {
+            eprintln!("{name:>14}: {:>8.1} ms over {n} calls", d.as_secs_f64() * 1e3);
+        }
+    }
     let tokens = (b * s) as f64;
     let o = json!({
         "sft_tokens_per_s": tokens / median(sft.clone()),

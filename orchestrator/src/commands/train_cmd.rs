@@ -91,6 +91,14 @@ pub struct SftArgs {
     pub resume: bool,
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
+    /// Directory of resumable checkpoints and metrics (default: OUT for sft, OUT.work for
+    /// pretrain, so OUT holds only the checkpoint).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Final weights: `f32` (plus a rollout/ FP4 export; sft's default) or `official` (FP8
+    /// weights + FP4 experts, the layout V4 ships; pretrain's default).
+    #[arg(long)]
+    pub format: Option<String>,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[arg(long)]
@@ -217,7 +225,21 @@ fn open_session(base: &BaseArgs, out: &Path, resume: bool, seed: u64, optim: Opt
 pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
     let modes = parse_modes(&a.modes)?;
     tasks::match_domains(&a.domains)?;
-    let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config())?;
+    let work = match &a.work {
+        Some(w) => w.clone(),
+        None if pretrain => {
+            let mut w = a.out.clone().into_os_string();
+            w.push(".work");
+            PathBuf::from(w)
+        }
+        None => a.out.clone(),
+    };
+    let format = a.format.clone().unwrap_or_else(|| if pretrain { "official".into() } else { "f32".into() });
+    if !["f32", "official"].contains(&format.as_str()) {
+        bail!("--format must be f32 or official");
+    }
+    let started = std::time::Instant::now();
+    let mut s = open_session(&a.base, &work, a.resume, a.seed, a.optim.config())?;
     eprintln!("optimizer: {}", s.opt.describe());
     let stage = if pretrain { "pretrain" } else { "sft" };
     let cfg = SftConfig {
@@ -234,17 +256,29 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         warmup: (a.steps / 20).max(1),
         ..Default::default()
     };
-    let mut metrics = MetricsWriter::new(&a.out.join("metrics"), stage)?;
+    let mut metrics = MetricsWriter::new(&work.join("metrics"), stage)?;
     let bars = Bars::new(a.json);
-    let rep = run_sft(&mut s, &cfg, &ByteTokenizer, &mut metrics, &bars, Some(&a.out.join("train")))?;
-    s.save(&a.out.join("train"))?;
-    write_outputs(&s.weights()?, &a.out)?;
-    let out = json!({"stage": stage, "steps": rep.steps, "first_loss": rep.first_loss, "final_loss": rep.final_loss, "tokens": rep.tokens, "seconds": rep.seconds, "out": a.out});
+    let rep = run_sft(&mut s, &cfg, &ByteTokenizer, &mut metrics, &bars, Some(&work.join("train")))?;
+    s.save(&work.join("train"))?;
+    let w = s.weights()?;
+    match format.as_str() {
+        "official" => checkpoint::save(&w, &a.out, SaveFormat::Official, None)?,
+        _ => write_outputs(&w, &a.out)?,
+    }
+    let out = json!({
+        "stage": stage, "steps": rep.steps, "first_loss": rep.first_loss, "final_loss": rep.final_loss,
+        "tokens": rep.tokens, "seconds": rep.seconds, "wall_seconds": started.elapsed().as_secs_f64(),
+        "seed": a.seed, "format": format, "out": a.out, "work": work,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "v4post_version": env!("CARGO_PKG_VERSION"),
+        "threads": rayon::current_num_threads(),
+    });
+    checkpoint::write_atomic(&a.out.join(format!("{stage}.json")), serde_json::to_string_pretty(&out)?.as_bytes())?;
     if a.json {
         print_json(&out);
     } else {
         eprintln!(
-            "{stage}: {} steps, loss {:.3} → {:.3}, {} tokens in {:.0}s; weights in {}",
+            "{stage}: {} steps, loss {:.3} → {:.3}, {} tokens in {:.0}s; weights ({format}) in {}",
             rep.steps,
             rep.first_loss,
             rep.final_loss,
