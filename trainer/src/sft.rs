@@ -48,7 +48,8 @@ impl Default for SftConfig {
         SftConfig {
             steps: 100,
             batch: 4,
-            max_len: 256,
+            // agent episodes with the V4 tool prompt are ~300–370 byte tokens
+            max_len: 384,
             grad_accum: 1,
             warmup: 10,
             min_lr_ratio: 0.1,
@@ -97,6 +98,37 @@ pub fn suite_example(
         tokens.extend(t);
     }
     Ok(Example { tokens, weights })
+}
+
+/// `pack` skips examples longer than `max_len`; a domain whose examples (almost) never fit
+/// drops out of the mixture, so say so loudly up front (probes the first 16 examples of each
+/// domain; examples cycle through the domains in order). Returns the domains warned about.
+fn warn_domains_not_fitting(
+    domains: &[&DomainInfo],
+    next: &mut dyn FnMut(u64) -> Result<Example>,
+    max_len: usize,
+) -> Result<Vec<String>> {
+    const PROBE: u64 = 16;
+    let n = domains.len() as u64;
+    let mut warned = Vec::new();
+    for (i, d) in domains.iter().enumerate() {
+        let mut longest = 0;
+        let mut fit = 0;
+        for j in 0..PROBE {
+            let len = next(i as u64 + j * n)?.tokens.len();
+            longest = longest.max(len);
+            fit += usize::from(len <= max_len);
+        }
+        if fit * 4 < PROBE as usize {
+            tracing::warn!(
+                "{}: {} of {PROBE} examples are longer than max_len {max_len} (up to {longest} tokens) and are skipped; raise --max-len (or choose shorter modes) to train on this domain",
+                d.domain,
+                PROBE as usize - fit
+            );
+            warned.push(d.domain.to_string());
+        }
+    }
+    Ok(warned)
 }
 
 /// Pack examples starting at `cursor` into `batch` sequences of at most `max_len` tokens;
@@ -204,6 +236,7 @@ pub fn run_sft(
     }
     let seed = session.counters.seed;
     let mut next = |k: u64| suite_example(&domains, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
+    warn_domains_not_fitting(&domains, &mut next, cfg.max_len)?;
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
     let mut report = SftReport { first_loss: f32::NAN, ..Default::default() };
@@ -270,4 +303,21 @@ pub fn run_sft(
     report.steps = session.counters.step;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datasets::ByteTokenizer;
+
+    #[test]
+    fn domains_whose_examples_never_fit_are_reported() {
+        let domains = tasks::match_domains("math.add,agent.*").unwrap();
+        let modes = [Mode::NonThink];
+        let mut next = |k: u64| suite_example(&domains, &modes, 0, k, Some(1), &ByteTokenizer, false);
+        // agent episodes (tool descriptions, DSML calls, results) are ~300 bytes: skipped at 256
+        let warned = warn_domains_not_fitting(&domains, &mut next, 256).unwrap();
+        assert_eq!(warned, ["agent.calc", "agent.lookup", "agent.chain"]);
+        assert!(warn_domains_not_fitting(&domains, &mut next, 512).unwrap().is_empty());
+    }
 }

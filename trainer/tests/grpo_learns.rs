@@ -1,5 +1,5 @@
 //! GRPO on a built-in domain raises the eval accuracy of a tiny model that starts above 0
-//! (fixed seeds), and Anticipatory Routing with Δt = 0 is bit-identical to normal routing.
+//! (mean over fixed seeds), and Anticipatory Routing with Δt = 0 is bit-identical to normal routing.
 
 use datasets::chat::Mode;
 use datasets::progress::NoProgress;
@@ -15,20 +15,22 @@ use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
 
 const DOMAIN: &str = "math.linear";
+const EVAL_N: usize = 256;
 
 fn accuracy(w: &ModelWeights) -> f64 {
-    let ts = tasks::sample(DOMAIN, Split::Eval, 0, 64, Some(1)).unwrap();
+    let ts = tasks::sample(DOMAIN, Split::Eval, 0, EVAL_N, Some(1)).unwrap();
     let e = Engine::new(w, EngineOptions::default()).unwrap();
     rollout::evaluate(&e, &ByteTokenizer, &ts, Mode::NonThink, 24, 0, &NoProgress).unwrap().accuracy
 }
 
-#[test]
-fn grpo_raises_eval_accuracy() {
+/// SFT a tiny random model on the domain to a start above 0, then GRPO; returns the eval
+/// accuracy before and after GRPO and the mean train reward of the first and last step.
+fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut m = MetricsWriter::new(dir.path(), "t").unwrap();
-    let base = ModelWeights::random(&Config::tiny(), 0).unwrap();
+    let base = ModelWeights::random(&Config::tiny(), seed).unwrap();
     // a start above zero: a short SFT on the domain (difficulty 1)
-    let mut s = Session::new(&base, TrainOptions::default(), OptimConfig::default(), 0).unwrap();
+    let mut s = Session::new(&base, TrainOptions::default(), OptimConfig::default(), seed).unwrap();
     let sft = SftConfig {
         steps: 60,
         batch: 8,
@@ -43,19 +45,40 @@ fn grpo_raises_eval_accuracy() {
     let start = s.weights().unwrap();
     let before = accuracy(&start);
 
-    let mut g = Session::new(&start, TrainOptions::default(), OptimConfig::default(), 0).unwrap();
-    let cfg =
-        GrpoConfig { steps: 20, prompts_per_step: 8, group_size: 8, modes: vec![Mode::NonThink], ..Default::default() };
-    let src = PromptSource::Builtin { domains: DOMAIN.into(), split: Split::Train, seed: 0, difficulty: Some(1) };
+    // the pipeline's GRPO rates (half the SFT rates: 0.02 overshoots on some seeds)
+    let optim = OptimConfig { muon_lr: 0.01, adamw_lr: 1.5e-3, ..Default::default() };
+    let mut g = Session::new(&start, TrainOptions::default(), optim, seed).unwrap();
+    let cfg = GrpoConfig {
+        steps: grpo_steps,
+        prompts_per_step: 8,
+        group_size: 8,
+        modes: vec![Mode::NonThink],
+        ..Default::default()
+    };
+    let src = PromptSource::Builtin { domains: DOMAIN.into(), split: Split::Train, seed, difficulty: Some(1) };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     let rep = run_grpo(&mut g, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
     let after = accuracy(&g.weights().unwrap());
     eprintln!(
-        "{DOMAIN} (difficulty 1, 64 eval prompts, greedy): accuracy {before:.3} → {after:.3}; train reward {:.3} → {:.3}; {} sampled tokens",
+        "seed {seed}: {DOMAIN} (difficulty 1, {EVAL_N} eval prompts, greedy): accuracy {before:.3} → {after:.3}; train reward {:.3} → {:.3}; {} sampled tokens",
         rep.mean_reward_first, rep.mean_reward_last, rep.sampled_tokens
     );
-    assert!(before > 0.0, "the start must be above 0");
-    assert!(after >= before + 2.0 / 64.0, "GRPO did not improve: {before} → {after}");
+    (before, after, rep.mean_reward_first, rep.mean_reward_last)
+}
+
+/// One seed is one noisy draw: a 64-prompt greedy eval moves by several prompts when the
+/// float summation order changes (another CPU's GEMM kernels), and a single 30-step run can go
+/// down. The claim tested is the average over four fixed seeds on 256 eval prompts.
+#[test]
+fn grpo_raises_eval_accuracy() {
+    let runs: Vec<_> = (0..4).map(|seed| sft_then_grpo(seed, 30)).collect();
+    let n = runs.len() as f64;
+    let (before, after) = (runs.iter().map(|r| r.0).sum::<f64>() / n, runs.iter().map(|r| r.1).sum::<f64>() / n);
+    let (r0, r1) = (runs.iter().map(|r| r.2).sum::<f64>() / n, runs.iter().map(|r| r.3).sum::<f64>() / n);
+    eprintln!("mean over seeds: accuracy {before:.3} → {after:.3}; train reward {r0:.3} → {r1:.3}");
+    assert!(runs.iter().all(|r| r.0 > 0.0), "every start must be above 0");
+    assert!(after >= before + 0.01, "GRPO did not raise mean eval accuracy: {before:.3} → {after:.3}");
+    assert!(r1 > r0, "GRPO did not raise the mean train reward: {r0:.3} → {r1:.3}");
 }
 
 #[test]

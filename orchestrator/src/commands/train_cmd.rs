@@ -75,7 +75,7 @@ pub struct SftArgs {
     /// Packed sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 384)]
     pub max_len: usize,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
@@ -86,7 +86,7 @@ pub struct SftArgs {
     pub difficulty: Option<u32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Continue from the latest checkpoint in OUT/train.
+    /// Continue from the latest checkpoint in the work directory (see --work).
     #[arg(long)]
     pub resume: bool,
     #[arg(long, default_value_t = 50)]

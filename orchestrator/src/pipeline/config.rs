@@ -352,11 +352,14 @@ impl PipelineConfig {
                 runs_dir: runs(),
             },
             model: ModelSection { base: base.into() },
-            data: DataSection::default(),
+            // difficulty 1: what a 2.4M-parameter base trained for ~40 CPU-minutes can start on
+            // (non-zero, imperfect); the shipped base was pre-trained at the same difficulty
+            data: DataSection { difficulty: Some(1), ..Default::default() },
             workers: WorkersSection { local: true, ..Default::default() },
             stages: vec![
-                Stage::Sft(SftStage::default()),
-                Stage::Grpo(GrpoStage::default()),
+                Stage::Sft(SftStage { steps: 30, ..Default::default() }),
+                // the V4 experts: domain SFT, then GRPO with verifiable rewards
+                Stage::Grpo(GrpoStage { sft_steps: 10, steps: 6, ..Default::default() }),
                 Stage::Opd(OpdStage::default()),
                 Stage::ThinkMax(ThinkMaxStage::default()),
                 Stage::Eval(EvalStage::default()),
@@ -368,6 +371,7 @@ impl PipelineConfig {
                     Stage::Sft(x) => x.steps = 4,
                     Stage::Grpo(x) => {
                         x.experts = vec!["math.add".into(), "if.upper".into()];
+                        x.sft_steps = 2;
                         x.steps = 2;
                         x.prompts = 4;
                         x.group = 4;
