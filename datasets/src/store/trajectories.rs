@@ -65,12 +65,9 @@ impl Trajectory {
     }
 }
 
-fn list_of(inner: DataType, nullable_list: bool) -> Field {
-    Field::new("placeholder", DataType::List(Arc::new(Field::new_list_field(inner, false))), nullable_list)
-}
-
-fn named(f: Field, name: &str) -> Field {
-    f.with_name(name)
+/// A list column `name` of non-null `inner` values.
+fn list_of(name: &str, inner: DataType, nullable_list: bool) -> Field {
+    Field::new(name, DataType::List(Arc::new(Field::new_list_field(inner, false))), nullable_list)
 }
 
 /// The Arrow schema of trajectory shards.
@@ -87,12 +84,12 @@ pub fn schema() -> SchemaRef {
         Field::new("family", DataType::Utf8, false),
         Field::new("mode", DataType::Utf8, false),
         Field::new("teacher_id", DataType::Utf8, true),
-        named(list_of(DataType::UInt32, false), "prompt_tokens"),
-        named(list_of(DataType::UInt32, false), "response_tokens"),
-        named(list_of(DataType::Float32, false), "response_logprobs"),
-        named(list_of(DataType::UInt8, true), "response_mask"),
-        named(list_of(DataType::UInt16, true), "routing"),
-        named(list_of(DataType::UInt16, true), "prompt_routing"),
+        list_of("prompt_tokens", DataType::UInt32, false),
+        list_of("response_tokens", DataType::UInt32, false),
+        list_of("response_logprobs", DataType::Float32, false),
+        list_of("response_mask", DataType::UInt8, true),
+        list_of("routing", DataType::UInt16, true),
+        list_of("prompt_routing", DataType::UInt16, true),
         Field::new("routing_width", DataType::UInt32, false),
         Field::new(
             "sample_mask",
