@@ -66,10 +66,13 @@ pub struct LengthShaping {
 impl Default for LengthShaping {
     fn default() -> Self {
         LengthShaping {
-            non_think: ModeShaping { kimi_coef: 0.1, overlong_coef: 1.0, max_len: 96, cache_len: 32 },
-            think_high: ModeShaping { kimi_coef: 0.1, overlong_coef: 1.0, max_len: 160, cache_len: 48 },
+            // Budgets leave every built-in reference solution (tool results included) inside
+            // the soft zone (test below): the two-lookup agent episode is ~140 tokens even
+            // without reasoning.
+            non_think: ModeShaping { kimi_coef: 0.1, overlong_coef: 1.0, max_len: 192, cache_len: 32 },
+            think_high: ModeShaping { kimi_coef: 0.1, overlong_coef: 1.0, max_len: 256, cache_len: 48 },
             // Think Max: reduced length penalty, larger budget.
-            think_max: ModeShaping { kimi_coef: 0.02, overlong_coef: 0.25, max_len: 320, cache_len: 96 },
+            think_max: ModeShaping { kimi_coef: 0.02, overlong_coef: 0.25, max_len: 384, cache_len: 96 },
         }
     }
 }
@@ -119,5 +122,39 @@ mod tests {
         let high = s.apply(Mode::ThinkHigh, &[1.0, 1.0], &long, &[true, true]);
         let max = s.apply(Mode::ThinkMax, &[1.0, 1.0], &long, &[true, true]);
         assert!(max[0] > high[0]);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use datasets::tasks::{self, Split};
+    use datasets::{ByteTokenizer, Tokenizer};
+
+    /// Every built-in reference solution (assistant turns + inserted tool results) must fit the
+    /// default response budget of its mode with room to spare: a budget that cuts the
+    /// reference off makes a domain unsolvable in that mode, and GRPO then sees no reward.
+    #[test]
+    fn default_budgets_fit_every_reference_solution() {
+        let s = LengthShaping::default();
+        let mut bad = Vec::new();
+        for d in tasks::domains() {
+            for difficulty in 1..=3 {
+                for m in Mode::ALL {
+                    let longest = (0..32)
+                        .map(|i| {
+                            let t = tasks::generate(d.domain, Split::Train, 0, i, Some(difficulty)).unwrap();
+                            t.reference_segments(m).iter().map(|(x, _)| ByteTokenizer.encode(x).len()).sum::<usize>()
+                        })
+                        .max()
+                        .unwrap();
+                    let soft = s.for_mode(m).max_len - s.for_mode(m).cache_len;
+                    if longest > soft {
+                        bad.push(format!("{} d{difficulty} {m:?}: up to {longest} > {soft}", d.domain));
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "references longer than the soft budget:\n{}", bad.join("\n"));
     }
 }

@@ -33,6 +33,9 @@ pub struct SftConfig {
     pub modes: Vec<Mode>,
     /// Domain pattern (`math.*,if.*`, `*`).
     pub domains: String,
+    /// Mixture weights `(pattern, weight)`: a matching domain appears `weight` times per cycle
+    /// of the mixture (default 1), e.g. to over-sample the domains a base has not learned.
+    pub mix: Vec<(String, u32)>,
     pub difficulty: Option<u32>,
     /// Also learn the prompt tokens (pre-training).
     pub train_on_prompt: bool,
@@ -48,13 +51,15 @@ impl Default for SftConfig {
         SftConfig {
             steps: 100,
             batch: 4,
-            // agent episodes with the V4 tool prompt are ~300–370 byte tokens
-            max_len: 384,
+            // agent episodes with the V4 tool prompt are ~300–370 byte tokens, and the Think
+            // Max system prefix alone ~480: 1024 fits every built-in example in every mode
+            max_len: 1024,
             grad_accum: 1,
             warmup: 10,
             min_lr_ratio: 0.1,
             modes: vec![Mode::NonThink, Mode::ThinkHigh, Mode::ThinkMax],
             domains: "*".into(),
+            mix: Vec::new(),
             difficulty: None,
             train_on_prompt: false,
             indexer_loss_coef: 1.0,
@@ -72,9 +77,57 @@ pub struct Example {
     pub weights: Vec<f32>,
 }
 
-/// The reference solution of suite example `k` (deterministic in `k` and `seed`).
+/// The data mixture: the selected domains in a fixed cycle, each appearing `weight` times
+/// per cycle (default 1), so example `k` is a pure function of (mixture, seed, k) and a resumed
+/// run continues with the same examples.
+#[derive(Debug, Clone)]
+pub struct Mixture {
+    /// One slot per appearance: (domain, its appearance number, its weight).
+    slots: Vec<(&'static DomainInfo, u64, u64)>,
+    pub domains: Vec<&'static DomainInfo>,
+}
+
+impl Mixture {
+    pub fn new(pattern: &str, weights: &[(String, u32)]) -> Result<Self> {
+        let domains = tasks::match_domains(pattern)?;
+        for (p, w) in weights {
+            if *w == 0 {
+                return Err(TrainError::Input(format!(
+                    "mixture weight of `{p}` must be ≥ 1 (leave a domain out with the domain pattern instead)"
+                )));
+            }
+            if !domains.iter().any(|d| tasks::domain_matches(p, d.domain)) {
+                return Err(TrainError::Input(format!(
+                    "mixture weight `{p}` matches none of the selected domains ({pattern})"
+                )));
+            }
+        }
+        let mut slots = Vec::new();
+        for d in &domains {
+            // the last matching weight wins, so `*=2,math.add=6` reads naturally
+            let w =
+                weights.iter().rev().find(|(p, _)| tasks::domain_matches(p, d.domain)).map_or(1, |(_, w)| *w) as u64;
+            slots.extend((0..w).map(|i| (*d, i, w)));
+        }
+        Ok(Mixture { slots, domains })
+    }
+
+    /// Example `k`'s domain and the index of its task within that domain.
+    pub fn pick(&self, k: u64) -> (&'static DomainInfo, u64) {
+        let n = self.slots.len() as u64;
+        let (d, i, w) = self.slots[(k % n) as usize];
+        (d, (k / n) * w + i)
+    }
+}
+
+/// The reasoning mode of example `k` (hashed, so modes mix evenly within every domain).
+fn example_mode(modes: &[Mode], seed: u64, k: u64) -> Mode {
+    modes[(fnv1a(&format!("mode/{seed}/{k}")) % modes.len() as u64) as usize]
+}
+
+/// Example `k` of the mixture: task, reasoning mode (hashed from `k`), tokens and loss weights.
 pub fn suite_example(
-    domains: &[&DomainInfo],
+    mix: &Mixture,
     modes: &[Mode],
     seed: u64,
     k: u64,
@@ -82,9 +135,9 @@ pub fn suite_example(
     tok: &dyn Tokenizer,
     train_on_prompt: bool,
 ) -> Result<Example> {
-    let d = domains[(k % domains.len() as u64) as usize];
-    let task = tasks::generate(d.domain, Split::Train, seed, k / domains.len() as u64, difficulty)?;
-    let mode = modes[(fnv1a(&format!("mode/{seed}/{k}")) % modes.len() as u64) as usize];
+    let (d, index) = mix.pick(k);
+    let task = tasks::generate(d.domain, Split::Train, seed, index, difficulty)?;
+    let mode = example_mode(modes, seed, k);
     let prompt = tok.encode(&task.prompt_text(mode));
     let pw = if train_on_prompt { 1.0 } else { 0.0 };
     let mut weights = vec![pw; prompt.len()];
@@ -100,35 +153,60 @@ pub fn suite_example(
     Ok(Example { tokens, weights })
 }
 
-/// `pack` skips examples longer than `max_len`; a domain whose examples (almost) never fit
-/// drops out of the mixture, so say so loudly up front (probes the first 16 examples of each
-/// domain; examples cycle through the domains in order). Returns the domains warned about.
+/// `pack` skips examples longer than `max_len`; a domain — or a reasoning mode of a domain
+/// (the Think Max system prefix alone is ~480 tokens) — whose examples (almost) never fit
+/// silently drops out of the mixture, so say so loudly up front (probes the first 16 examples
+/// of each domain and mode). Returns the `domain/mode` pairs warned about.
 fn warn_domains_not_fitting(
-    domains: &[&DomainInfo],
+    mix: &Mixture,
+    modes: &[Mode],
+    seed: u64,
     next: &mut dyn FnMut(u64) -> Result<Example>,
     max_len: usize,
 ) -> Result<Vec<String>> {
-    const PROBE: u64 = 16;
-    let n = domains.len() as u64;
-    let mut warned = Vec::new();
-    for (i, d) in domains.iter().enumerate() {
-        let mut longest = 0;
-        let mut fit = 0;
-        for j in 0..PROBE {
-            let len = next(i as u64 + j * n)?.tokens.len();
-            longest = longest.max(len);
-            fit += usize::from(len <= max_len);
+    const PROBE: usize = 16;
+    let nm = modes.len();
+    // (seen, fit, longest) per (domain, mode)
+    let mut stats: Vec<(usize, usize, usize)> = vec![(0, 0, 0); mix.domains.len() * nm];
+    let mut k = 0;
+    // hashed modes: a mode of probability 1/nm per example shows up PROBE times well within
+    // this many examples; the cap only guards a degenerate mode list
+    let cap = (PROBE * nm * 8 * mix.slots.len()) as u64;
+    while stats.iter().any(|s| s.0 < PROBE) && k < cap {
+        let (d, _) = mix.pick(k);
+        let di = mix.domains.iter().position(|x| x.domain == d.domain).unwrap_or(0);
+        let m = example_mode(modes, seed, k);
+        let i = di * nm + modes.iter().position(|x| *x == m).unwrap_or(0);
+        if stats[i].0 < PROBE {
+            let len = next(k)?.tokens.len();
+            stats[i] = (stats[i].0 + 1, stats[i].1 + usize::from(len <= max_len), stats[i].2.max(len));
         }
-        if fit * 4 < PROBE as usize {
-            tracing::warn!(
-                "{}: {} of {PROBE} examples are longer than max_len {max_len} (up to {longest} tokens) and are skipped; raise --max-len (or choose shorter modes) to train on this domain",
-                d.domain,
-                PROBE as usize - fit
-            );
-            warned.push(d.domain.to_string());
+        k += 1;
+    }
+    let mut warned = Vec::new();
+    for (di, d) in mix.domains.iter().enumerate() {
+        for (mi, m) in modes.iter().enumerate() {
+            let (seen, fit, longest) = stats[di * nm + mi];
+            if seen > 0 && fit * 4 < seen {
+                tracing::warn!(
+                    "{} in {}: {} of {seen} examples are longer than max_len {max_len} (up to {longest} tokens) and are skipped; raise --max-len or leave the mode out (--modes) to train on them",
+                    d.domain,
+                    m.as_str(),
+                    seen - fit
+                );
+                warned.push(format!("{}/{}", d.domain, m.as_str()));
+            }
         }
     }
     Ok(warned)
+}
+
+/// The `domain/mode` pairs of `cfg` whose examples (almost) never fit `cfg.max_len` (each is
+/// also logged as a warning); empty when the whole mixture trains.
+pub fn examples_not_fitting(cfg: &SftConfig, seed: u64, tok: &dyn Tokenizer) -> Result<Vec<String>> {
+    let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
+    let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
+    warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)
 }
 
 /// Pack examples starting at `cursor` into `batch` sequences of at most `max_len` tokens;
@@ -230,13 +308,13 @@ pub fn run_sft(
     progress: &dyn Progress,
     ckpt_root: Option<&Path>,
 ) -> Result<SftReport> {
-    let domains = tasks::match_domains(&cfg.domains)?;
+    let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
     if cfg.modes.is_empty() || cfg.batch == 0 || cfg.max_len < 8 || cfg.grad_accum == 0 {
         return Err(TrainError::Input("SFT needs modes, batch ≥ 1, grad_accum ≥ 1 and max_len ≥ 8".into()));
     }
     let seed = session.counters.seed;
-    let mut next = |k: u64| suite_example(&domains, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
-    warn_domains_not_fitting(&domains, &mut next, cfg.max_len)?;
+    let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
+    warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)?;
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
     let mut report = SftReport { first_loss: f32::NAN, ..Default::default() };
@@ -312,12 +390,43 @@ mod tests {
 
     #[test]
     fn domains_whose_examples_never_fit_are_reported() {
-        let domains = tasks::match_domains("math.add,agent.*").unwrap();
+        let mix = Mixture::new("math.add,agent.*", &[]).unwrap();
         let modes = [Mode::NonThink];
-        let mut next = |k: u64| suite_example(&domains, &modes, 0, k, Some(1), &ByteTokenizer, false);
+        let mut next = |k: u64| suite_example(&mix, &modes, 0, k, Some(1), &ByteTokenizer, false);
         // agent episodes (tool descriptions, DSML calls, results) are ~300 bytes: skipped at 256
-        let warned = warn_domains_not_fitting(&domains, &mut next, 256).unwrap();
-        assert_eq!(warned, ["agent.calc", "agent.lookup", "agent.chain"]);
-        assert!(warn_domains_not_fitting(&domains, &mut next, 512).unwrap().is_empty());
+        let warned = warn_domains_not_fitting(&mix, &modes, 0, &mut next, 256).unwrap();
+        assert_eq!(warned, ["agent.calc/non_think", "agent.lookup/non_think", "agent.chain/non_think"]);
+        assert!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 512).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_mode_whose_examples_never_fit_is_reported() {
+        // the Think Max system prefix is ~480 tokens: at 384 every Think Max example is skipped
+        // while the other modes of the same domain fit
+        let mix = Mixture::new("math.add", &[]).unwrap();
+        let modes = Mode::ALL;
+        let mut next = |k: u64| suite_example(&mix, &modes, 0, k, Some(1), &ByteTokenizer, false);
+        assert_eq!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 384).unwrap(), ["math.add/think_max"]);
+        assert!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 1024).unwrap().is_empty());
+    }
+
+    #[test]
+    fn mixture_weights_oversample_without_repeating_tasks() {
+        let mix = Mixture::new("math.add,math.mul,if.upper", &[("math.*".into(), 2), ("math.mul".into(), 3)]).unwrap();
+        let picks: Vec<(&str, u64)> = (0..12).map(|k| mix.pick(k)).map(|(d, i)| (d.domain, i)).collect();
+        let count = |name: &str| picks.iter().filter(|(d, _)| *d == name).count();
+        // one cycle is add ×2, mul ×3 (last matching weight wins), upper ×1
+        assert_eq!((count("math.add"), count("math.mul"), count("if.upper")), (4, 6, 2));
+        // every domain's task indices are 0, 1, 2, ... with no repeats or gaps
+        for name in ["math.add", "math.mul", "if.upper"] {
+            let idx: Vec<u64> = picks.iter().filter(|(d, _)| *d == name).map(|(_, i)| *i).collect();
+            assert_eq!(idx, (0..idx.len() as u64).collect::<Vec<_>>(), "{name}");
+        }
+        // unweighted = plain round robin, as before
+        let plain = Mixture::new("math.add,if.upper", &[]).unwrap();
+        assert_eq!(plain.pick(3).0.domain, "if.upper");
+        assert_eq!(plain.pick(3).1, 1);
+        assert!(Mixture::new("math.add", &[("code.*".into(), 2)]).is_err());
+        assert!(Mixture::new("math.add", &[("math.add".into(), 0)]).is_err());
     }
 }

@@ -20,7 +20,9 @@ const EVAL_N: usize = 256;
 fn accuracy(w: &ModelWeights) -> f64 {
     let ts = tasks::sample(DOMAIN, Split::Eval, 0, EVAL_N, Some(1)).unwrap();
     let e = Engine::new(w, EngineOptions::default()).unwrap();
-    rollout::evaluate(&e, &ByteTokenizer, &ts, Mode::NonThink, 24, 0, &NoProgress).unwrap().accuracy
+    // the mode's response budget, as in GRPO's rollouts and the pipeline's evaluation
+    let budget = GrpoConfig::default().shaping.non_think.max_len;
+    rollout::evaluate(&e, &ByteTokenizer, &ts, Mode::NonThink, budget, 0, &NoProgress).unwrap().accuracy
 }
 
 /// SFT a tiny random model on the domain to a start above 0, then GRPO; returns the eval
@@ -45,8 +47,9 @@ fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
     let start = s.weights().unwrap();
     let before = accuracy(&start);
 
-    // the pipeline's GRPO rates (half the SFT rates: 0.02 overshoots on some seeds)
-    let optim = OptimConfig { muon_lr: 0.01, adamw_lr: 1.5e-3, ..Default::default() };
+    // the demo pipeline's expert rates (0.02 overshot on some seeds; with the longer
+    // Non-think budget, 0.01 collapsed one seed of four into long wrong answers)
+    let optim = OptimConfig { muon_lr: 0.004, adamw_lr: 4e-4, ..Default::default() };
     let mut g = Session::new(&start, TrainOptions::default(), optim, seed).unwrap();
     let cfg = GrpoConfig {
         steps: grpo_steps,

@@ -67,6 +67,10 @@ pub struct SftArgs {
     /// Domains whose reference solutions are learned (`math.*,if.*`, `*`).
     #[arg(long, default_value = "*")]
     pub domains: String,
+    /// Mixture weights, `PATTERN=W,...` (e.g. `math.add=6,agent.*=3`): a matching domain
+    /// appears W times per cycle of the data mixture instead of once.
+    #[arg(long, value_delimiter = ',')]
+    pub mix: Vec<String>,
     /// Output checkpoint directory (final weights; `train/` holds resumable checkpoints).
     #[arg(long)]
     pub out: PathBuf,
@@ -75,7 +79,10 @@ pub struct SftArgs {
     /// Packed sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value_t = 384)]
+    /// Packed sequence length. Longer examples are skipped (with a warning per domain and
+    /// mode); 1024 fits every built-in example in every mode — the Think Max system prefix
+    /// alone is ~480 tokens, so at 384 only Non-think and Think High examples fit.
+    #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
@@ -183,6 +190,19 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// `PATTERN=W` mixture weights.
+pub fn parse_mix(v: &[String]) -> Result<Vec<(String, u32)>> {
+    v.iter()
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            let (p, w) = x.split_once('=').with_context(|| format!("--mix `{x}`: expected PATTERN=WEIGHT"))?;
+            let w: u32 =
+                w.trim().parse().with_context(|| format!("--mix `{x}`: the weight must be a positive integer"))?;
+            Ok((p.trim().to_string(), w))
+        })
+        .collect()
+}
+
 pub fn parse_modes(v: &[String]) -> Result<Vec<Mode>> {
     v.iter().map(|m| m.parse::<Mode>().map_err(anyhow::Error::msg)).collect()
 }
@@ -249,6 +269,7 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         grad_accum: a.grad_accum,
         modes,
         domains: a.domains.clone(),
+        mix: parse_mix(&a.mix)?,
         difficulty: a.difficulty,
         train_on_prompt: pretrain,
         checkpoint_every: a.checkpoint_every,
@@ -257,6 +278,7 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         ..Default::default()
     };
     let mut metrics = MetricsWriter::new(&work.join("metrics"), stage)?;
+    metrics.min_interval = std::time::Duration::from_secs(5);
     let bars = Bars::new(a.json);
     let rep = run_sft(&mut s, &cfg, &ByteTokenizer, &mut metrics, &bars, Some(&work.join("train")))?;
     s.save(&work.join("train"))?;

@@ -144,7 +144,8 @@ impl Default for SftStage {
             domains: "*".into(),
             steps: 40,
             batch: 8,
-            max_len: 384,
+            // fits every built-in Non-think / Think High example (test below)
+            max_len: 512,
             modes: vec![Mode::NonThink, Mode::ThinkHigh],
             optim: Optim { lr_muon: 0.01, lr_adamw: 2e-3, ..Default::default() },
         }
@@ -234,6 +235,8 @@ pub struct ThinkMaxStage {
     pub group: usize,
     /// Response budget in Think Max mode (larger than Think High's).
     pub max_tokens: usize,
+    /// SFT steps on the Think Max references (long, step-by-step reasoning) before GRPO.
+    pub sft_steps: u64,
     pub optim: Optim,
 }
 
@@ -244,7 +247,8 @@ impl Default for ThinkMaxStage {
             steps: 4,
             prompts: 8,
             group: 4,
-            max_tokens: 320,
+            max_tokens: 384,
+            sft_steps: 0,
             optim: Optim { lr_muon: 0.005, lr_adamw: 5e-4, ..Default::default() },
         }
     }
@@ -265,6 +269,9 @@ impl Default for EvalStage {
     }
 }
 
+fn lr(lr_muon: f32, lr_adamw: f32) -> Optim {
+    Optim { lr_muon, lr_adamw, ..Default::default() }
+}
 fn one() -> u64 {
     1
 }
@@ -356,13 +363,18 @@ impl PipelineConfig {
             // (non-zero, imperfect); the shipped base was pre-trained at the same difficulty
             data: DataSection { difficulty: Some(1), ..Default::default() },
             workers: WorkersSection { local: true, ..Default::default() },
+            // Stage learning rates are a third of the from-scratch defaults: the base is already
+            // trained; at Muon 0.01 the general SFT stage lowered an earlier base (Non-think
+            // 0.311 → 0.237 in a full demo run), at 0.003 the SFT model is above the base.
             stages: vec![
-                Stage::Sft(SftStage { steps: 30, ..Default::default() }),
+                Stage::Sft(SftStage { steps: 30, optim: lr(0.003, 6e-4), ..Default::default() }),
                 // the V4 experts: domain SFT, then GRPO with verifiable rewards
-                Stage::Grpo(GrpoStage { sft_steps: 10, steps: 6, ..Default::default() }),
-                Stage::Opd(OpdStage::default()),
-                Stage::ThinkMax(ThinkMaxStage::default()),
-                Stage::Eval(EvalStage::default()),
+                Stage::Grpo(GrpoStage { sft_steps: 10, steps: 6, optim: lr(0.004, 4e-4), ..Default::default() }),
+                Stage::Opd(OpdStage { optim: lr(0.004, 4e-4), ..Default::default() }),
+                // Think Max: SFT on the long-reasoning references, then GRPO in the mode
+                Stage::ThinkMax(ThinkMaxStage { sft_steps: 10, optim: lr(0.002, 2e-4), ..Default::default() }),
+                // 48 prompts per domain and mode: a one-prompt difference is ~0.01
+                Stage::Eval(EvalStage { n: 48, ..Default::default() }),
             ],
         };
         if quick {
@@ -383,6 +395,7 @@ impl PipelineConfig {
                     Stage::ThinkMax(x) => {
                         x.domains = "math.add".into();
                         x.steps = 1;
+                        x.sft_steps = 1;
                         x.prompts = 2;
                         x.group = 2;
                         x.max_tokens = 96;
@@ -420,6 +433,32 @@ mod tests {
             let text = c.to_toml_redacted().unwrap();
             let back = PipelineConfig::from_toml_str(&text).unwrap();
             assert_eq!(back, c);
+        }
+    }
+
+    /// A packed length shorter than an example skips it; the demo's SFT stages must train on
+    /// every built-in domain in every mode they use (at 384, agent.chain's Think High examples
+    /// were all skipped).
+    #[test]
+    fn demo_sft_stages_fit_every_example() {
+        use trainer::sft::{examples_not_fitting, SftConfig};
+        let c = PipelineConfig::demo(false, "b");
+        let sft = |domains: &str, modes: &[Mode], max_len: usize| SftConfig {
+            domains: domains.into(),
+            modes: modes.to_vec(),
+            max_len,
+            difficulty: c.data.difficulty,
+            ..Default::default()
+        };
+        for s in &c.stages {
+            let cfg = match s {
+                Stage::Sft(s) => sft(&s.domains, &s.modes, s.max_len),
+                Stage::Grpo(g) => sft("*", &g.modes, super::super::EXPERT_SFT_MAX_LEN),
+                Stage::ThinkMax(t) => sft(&t.domains, &[Mode::ThinkMax], super::super::THINK_MAX_SFT_MAX_LEN),
+                _ => continue,
+            };
+            let bad = examples_not_fitting(&cfg, 1, &datasets::ByteTokenizer).unwrap();
+            assert!(bad.is_empty(), "{} stage skips {bad:?}", s.kind());
         }
     }
 

@@ -43,6 +43,12 @@ use trainer::optim::OptimConfig;
 use trainer::Session;
 use workers::{LocalWorkers, WorkerKind};
 
+/// Packed length of the experts' domain SFT: the longest built-in Non-think / Think High
+/// example (a two-lookup agent episode in Think High) is ~410 tokens.
+pub const EXPERT_SFT_MAX_LEN: usize = 512;
+/// Packed length of the Think Max SFT: the Think Max system prefix alone is ~480 tokens.
+pub const THINK_MAX_SFT_MAX_LEN: usize = 1024;
+
 /// What is done, for `--resume`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunState {
@@ -453,7 +459,17 @@ fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Res
                     w = match load_done(ctx, &sk)? {
                         Some(w) => w,
                         None => {
-                            let w = run_sft_steps(ctx, &sk, start, e, g.sft_steps, 8, 384, &g.modes, &g.optim)?;
+                            let w = run_sft_steps(
+                                ctx,
+                                &sk,
+                                start,
+                                e,
+                                g.sft_steps,
+                                8,
+                                EXPERT_SFT_MAX_LEN,
+                                &g.modes,
+                                &g.optim,
+                            )?;
                             let d = ctx.write_model(&sk, &w)?;
                             ctx.complete(&sk, Some(d), serde_json::json!({}))?;
                             w
@@ -569,7 +585,31 @@ fn stage_think_max(ctx: &mut Ctx, t: &config::ThinkMaxStage, start: &ModelWeight
     // the Think Max recipe: its own system prefix (the chat encoding of the mode), a reduced
     // length penalty and a larger budget
     cfg.shaping.think_max.max_len = t.max_tokens;
-    let session = ctx.session("think_max", start, &t.optim)?;
+    // optionally first SFT on the long-reasoning references, so GRPO starts from a policy
+    // that reasons at length in this mode
+    let mut from = start.clone();
+    if t.sft_steps > 0 {
+        from = match load_done(ctx, "think_max-sft")? {
+            Some(w) => w,
+            None => {
+                let w = run_sft_steps(
+                    ctx,
+                    "think_max-sft",
+                    start,
+                    &t.domains,
+                    t.sft_steps,
+                    8,
+                    THINK_MAX_SFT_MAX_LEN,
+                    &[Mode::ThinkMax],
+                    &t.optim,
+                )?;
+                let d = ctx.write_model("think_max-sft", &w)?;
+                ctx.complete("think_max-sft", Some(d), serde_json::json!({}))?;
+                w
+            }
+        };
+    }
+    let session = ctx.session("think_max", &from, &t.optim)?;
     let (w, rep) = run_grpo_steps(ctx, "think_max", session, cfg, &t.domains)?;
     let d = ctx.write_model("think_max", &w)?;
     ctx.complete("think_max", Some(d), serde_json::to_value(&rep)?)?;

@@ -69,6 +69,7 @@ pub fn stage_eval(
     base: &ModelWeights,
     registry: Option<&teachers::Registry>,
 ) -> Result<Value> {
+    let started = std::time::Instant::now();
     let ts = eval_tasks(&v, e.n)?;
     let load = |key: &str| -> Result<Option<ModelWeights>> {
         match v.state.completed.get(key).and_then(|o| o.model.clone()) {
@@ -177,7 +178,8 @@ pub fn stage_eval(
     let results = json!({
         "domains": rows,
         "by_mode": by_mode,
-        "wall_s": v.wall_s,
+        // the whole run, this evaluation included
+        "wall_s": v.wall_s + started.elapsed().as_secs_f64(),
         "score": "greedy accuracy, mean over non_think and think_high",
         "eval_prompts_per_domain": e.n,
         "headline": {
