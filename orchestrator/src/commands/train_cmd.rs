@@ -259,6 +259,9 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         bail!("--format must be f32 or official");
     }
     let started = std::time::Instant::now();
+    // bad data arguments fail before a model is loaded
+    let mix = parse_mix(&a.mix)?;
+    trainer::sft::Mixture::new(&a.domains, &mix)?;
     let mut s = open_session(&a.base, &work, a.resume, a.seed, a.optim.config())?;
     eprintln!("optimizer: {}", s.opt.describe());
     let stage = if pretrain { "pretrain" } else { "sft" };
@@ -269,7 +272,7 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         grad_accum: a.grad_accum,
         modes,
         domains: a.domains.clone(),
-        mix: parse_mix(&a.mix)?,
+        mix,
         difficulty: a.difficulty,
         train_on_prompt: pretrain,
         checkpoint_every: a.checkpoint_every,
