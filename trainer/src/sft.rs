@@ -51,9 +51,10 @@ impl Default for SftConfig {
         SftConfig {
             steps: 100,
             batch: 4,
-            // agent episodes with the V4 tool prompt are ~300–370 byte tokens, and the Think
-            // Max system prefix alone ~480: 1024 fits every built-in example in every mode
-            max_len: 1024,
+            // agent episodes with the V4 tool prompt are ~300–500 byte tokens, and the Think
+            // Max system prefix alone ~480: 1152 fits every built-in example in every mode
+            // and difficulty (the longest, agent.chain in Think Max, is ~1070)
+            max_len: 1152,
             grad_accum: 1,
             warmup: 10,
             min_lr_ratio: 0.1,

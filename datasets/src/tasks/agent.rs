@@ -106,25 +106,35 @@ pub(crate) fn lookup(rng: &mut Pcg, difficulty: u32) -> Instance {
     )
 }
 
+/// A two-tool chain: look a key up, then hand its value to the calculator. What is tested is
+/// carrying one tool's output into the next call, across turns (the sum itself is the
+/// calculator's job, as in `agent.calc`; in-head addition is `math.add`'s domain).
 pub(crate) fn chain(rng: &mut Pcg, difficulty: u32) -> Instance {
     let id = rng.range(1, 999);
     let (entries, env) = table(id, difficulty);
-    let i = rng.range(0, entries.len() as i64 - 1) as usize;
-    let j = (i + 1 + rng.range(0, entries.len() as i64 - 2) as usize) % entries.len();
-    let ((k1, v1), (k2, v2)) = (entries[i], entries[j]);
-    let step = RefStep {
-        reasoning: format!("Look up {k1} and {k2}."),
-        tool_calls: vec![call("lookup", "key", k1), call("lookup", "key", k2)],
-        results: vec![v1.to_string(), v2.to_string()],
-    };
-    let sum = v1 + v2;
+    let (k, v) = *rng.pick(&entries);
+    let c = rng.range(10, 99);
+    let sum = v + c;
+    let expr = format!("{v}+{c}");
+    let steps = vec![
+        RefStep {
+            reasoning: format!("Look up {k}."),
+            tool_calls: vec![call("lookup", "key", k)],
+            results: vec![v.to_string()],
+        },
+        RefStep {
+            reasoning: format!("{k} is {v}; add {c} with the calculator."),
+            tool_calls: vec![call("calculator", "expression", &expr)],
+            results: vec![sum.to_string()],
+        },
+    ];
     finish(
-        format!("In table {id}, add the values stored under '{k1}' and '{k2}'. Use lookup."),
-        &["lookup"],
+        format!("In table {id}, add {c} to the value stored under '{k}'. Use lookup, then calculator."),
+        &["lookup", "calculator"],
         env,
         sum,
-        vec![step],
-        format!("{v1}+{v2}={sum}"),
-        format!("{k1} is {v1}, {k2} is {v2}; {} so the sum is {sum}.", super::math::add_steps(v1, v2)),
+        steps,
+        format!("The calculator returned {sum}."),
+        format!("{k} is {v}; {expr}: {}; the calculator agrees, so the answer is {sum}.", super::math::add_steps(v, c)),
     )
 }

@@ -259,7 +259,7 @@ static DOMAINS: &[DomainInfo] = &[
     DomainInfo {
         domain: "agent.chain",
         family: "agent",
-        description: "two lookups, then add the values",
+        description: "look a value up, then add a number to it with the calculator",
         default_difficulty: 2,
         generate: agent::chain,
     },

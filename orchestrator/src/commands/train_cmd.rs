@@ -80,9 +80,10 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Packed sequence length. Longer examples are skipped (with a warning per domain and
-    /// mode); 1024 fits every built-in example in every mode — the Think Max system prefix
+    /// mode); 1152 fits every built-in example in every mode and difficulty (the longest,
+    /// an agent.chain episode in Think Max, is ~1070 tokens) — the Think Max system prefix
     /// alone is ~480 tokens, so at 384 only Non-think and Think High examples fit.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1152)]
     pub max_len: usize,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,

@@ -247,7 +247,7 @@ impl Default for ThinkMaxStage {
             steps: 4,
             prompts: 8,
             group: 4,
-            max_tokens: 384,
+            max_tokens: rewards::shaping::LengthShaping::default().think_max.max_len,
             sft_steps: 0,
             optim: Optim { lr_muon: 0.005, lr_adamw: 5e-4, ..Default::default() },
         }

@@ -44,10 +44,11 @@ use trainer::Session;
 use workers::{LocalWorkers, WorkerKind};
 
 /// Packed length of the experts' domain SFT: the longest built-in Non-think / Think High
-/// example (a two-lookup agent episode in Think High) is ~410 tokens.
+/// example (an agent.chain episode in Think High) is ~490 tokens at difficulty 1.
 pub const EXPERT_SFT_MAX_LEN: usize = 512;
-/// Packed length of the Think Max SFT: the Think Max system prefix alone is ~480 tokens.
-pub const THINK_MAX_SFT_MAX_LEN: usize = 1024;
+/// Packed length of the Think Max SFT: the Think Max system prefix alone is ~480 tokens and
+/// the longest Think Max example (agent.chain) ~1070.
+pub const THINK_MAX_SFT_MAX_LEN: usize = 1152;
 
 /// What is done, for `--resume`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
