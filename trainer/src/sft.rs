@@ -18,6 +18,11 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
+/// Default packed length: agent episodes with the V4 tool prompt are ~300–500 byte tokens and
+/// the Think Max system prefix alone ~480, so 1152 fits every built-in example of every mode
+/// and difficulty (the longest, agent.chain in Think Max, is ~1070; tested).
+pub const DEFAULT_MAX_LEN: usize = 1152;
+
 /// SFT / pre-training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,10 +56,7 @@ impl Default for SftConfig {
         SftConfig {
             steps: 100,
             batch: 4,
-            // agent episodes with the V4 tool prompt are ~300–500 byte tokens, and the Think
-            // Max system prefix alone ~480: 1152 fits every built-in example in every mode
-            // and difficulty (the longest, agent.chain in Think Max, is ~1070)
-            max_len: 1152,
+            max_len: DEFAULT_MAX_LEN,
             grad_accum: 1,
             warmup: 10,
             min_lr_ratio: 0.1,
@@ -409,6 +411,23 @@ mod tests {
         let mut next = |k: u64| suite_example(&mix, &modes, 0, k, Some(1), &ByteTokenizer, false);
         assert_eq!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 384).unwrap(), ["math.add/think_max"]);
         assert!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 1024).unwrap().is_empty());
+    }
+
+    /// The default packed length must fit every built-in example of every domain, mode and
+    /// difficulty (pre-training with the defaults trains on all of them, prompts included).
+    #[test]
+    fn the_default_max_len_fits_every_builtin_example() {
+        for difficulty in 1..=5 {
+            let cfg = SftConfig {
+                domains: "*".into(),
+                modes: Mode::ALL.to_vec(),
+                difficulty: Some(difficulty),
+                train_on_prompt: true,
+                ..SftConfig::default()
+            };
+            let missing = examples_not_fitting(&cfg, 0, &ByteTokenizer).unwrap();
+            assert!(missing.is_empty(), "difficulty {difficulty}: {missing:?} do not fit {}", cfg.max_len);
+        }
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub struct SftArgs {
     /// mode); 1152 fits every built-in example in every mode and difficulty (the longest,
     /// an agent.chain episode in Think Max, is ~1070 tokens) — the Think Max system prefix
     /// alone is ~480 tokens, so at 384 only Non-think and Think High examples fit.
-    #[arg(long, default_value_t = 1152)]
+    #[arg(long, default_value_t = trainer::sft::DEFAULT_MAX_LEN)]
     pub max_len: usize,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,

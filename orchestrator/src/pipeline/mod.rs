@@ -47,8 +47,8 @@ use workers::{LocalWorkers, WorkerKind};
 /// example (an agent.chain episode in Think High) is ~490 tokens at difficulty 1.
 pub const EXPERT_SFT_MAX_LEN: usize = 512;
 /// Packed length of the Think Max SFT: the Think Max system prefix alone is ~480 tokens and
-/// the longest Think Max example (agent.chain) ~1070.
-pub const THINK_MAX_SFT_MAX_LEN: usize = 1152;
+/// the longest Think Max example (agent.chain) ~1070; the SFT default fits them all.
+pub const THINK_MAX_SFT_MAX_LEN: usize = trainer::sft::DEFAULT_MAX_LEN;
 
 /// What is done, for `--resume`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
