@@ -90,6 +90,9 @@ pub struct Mixture {
     pub domains: Vec<&'static DomainInfo>,
 }
 
+/// Largest accepted mixture weight.
+pub const MAX_MIX_WEIGHT: u32 = 1000;
+
 impl Mixture {
     pub fn new(pattern: &str, weights: &[(String, u32)]) -> Result<Self> {
         let domains = tasks::match_domains(pattern)?;
@@ -97,6 +100,12 @@ impl Mixture {
             if *w == 0 {
                 return Err(TrainError::Input(format!(
                     "mixture weight of `{p}` must be ≥ 1 (leave a domain out with the domain pattern instead)"
+                )));
+            }
+            // one slot per unit of weight: bound it so a typo cannot allocate gigabytes
+            if *w > MAX_MIX_WEIGHT {
+                return Err(TrainError::Input(format!(
+                    "mixture weight of `{p}` is {w}; at most {MAX_MIX_WEIGHT} (weights are relative: 1–100 is plenty)"
                 )));
             }
             if !domains.iter().any(|d| tasks::domain_matches(p, d.domain)) {
@@ -448,5 +457,7 @@ mod tests {
         assert_eq!(plain.pick(3).1, 1);
         assert!(Mixture::new("math.add", &[("code.*".into(), 2)]).is_err());
         assert!(Mixture::new("math.add", &[("math.add".into(), 0)]).is_err());
+        assert!(Mixture::new("math.add", &[("math.add".into(), MAX_MIX_WEIGHT + 1)]).is_err());
+        assert!(Mixture::new("math.add", &[("math.add".into(), MAX_MIX_WEIGHT)]).is_ok());
     }
 }
