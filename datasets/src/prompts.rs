@@ -310,7 +310,7 @@ pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub enum PromptSource {
     /// The built-in suite: a domain pattern (`math.*,if.*`), split, seed, difficulty.
-    Builtin { domains: String, split: Split, seed: u64, difficulty: Option<u32> },
+    Builtin { domains: String, split: Split, seed: u64, difficulty: tasks::Difficulty },
     /// A user dataset file.
     File(std::path::PathBuf),
     /// The records of a user dataset file whose domain matches a pattern list
@@ -327,8 +327,8 @@ impl PromptSource {
                 (0..n)
                     .map(|i| {
                         let k = offset as usize + i;
-                        let d = ds[k % ds.len()];
-                        tasks::generate(d.domain, *split, *seed, (k / ds.len()) as u64, *difficulty)
+                        let (d, index) = (ds[k % ds.len()], (k / ds.len()) as u64);
+                        tasks::generate(d.domain, *split, *seed, index, difficulty.for_prompt(d.domain, index))
                     })
                     .collect()
             }

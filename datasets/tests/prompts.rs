@@ -95,8 +95,12 @@ fn sampled_tasks_write_and_read_back() {
             assert_eq!(a.verifier, b.verifier);
         }
     }
-    let src =
-        PromptSource::Builtin { domains: "math.*,if.json".into(), split: Split::Train, seed: 1, difficulty: None };
+    let src = PromptSource::Builtin {
+        domains: "math.*,if.json".into(),
+        split: Split::Train,
+        seed: 1,
+        difficulty: Default::default(),
+    };
     let ps = src.take(10, 0).unwrap();
     assert_eq!(ps.iter().filter(|t| t.domain == "if.json").count(), 2);
 }

@@ -87,9 +87,10 @@ pub struct SampleArgs {
     /// train or eval (disjoint by construction).
     #[arg(long, default_value = "train")]
     pub split: String,
-    /// 1 (easy) .. 5 (hard); default: the domain's own.
+    /// 1 (easy) .. 5 (hard), or a range like 1-2 whose levels alternate over the prompts;
+    /// default: the domain's own.
     #[arg(long)]
-    pub difficulty: Option<u32>,
+    pub difficulty: Option<datasets::tasks::Levels>,
     /// Output file: .parquet or .jsonl.
     #[arg(long)]
     pub out: PathBuf,

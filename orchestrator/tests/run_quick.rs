@@ -33,7 +33,7 @@ fn quick_demo_runs_end_to_end_on_the_shipped_base() {
     let domains = results["domains"].as_array().unwrap();
     assert!(domains.len() >= 12, "every built-in domain is evaluated: {}", domains.len());
     for d in domains {
-        for k in ["domain", "family"] {
+        for k in ["domain", "family", "difficulty"] {
             assert!(d[k].is_string(), "{k} in {d}");
         }
         for k in ["base", "student", "think_max"] {
@@ -45,6 +45,14 @@ fn quick_demo_runs_end_to_end_on_the_shipped_base() {
     let with_teacher: Vec<&str> =
         domains.iter().filter(|d| d["teacher"].is_number()).filter_map(|d| d["domain"].as_str()).collect();
     assert_eq!(with_teacher, ["if.upper", "math.add"]);
+    // the demo's curriculum: two domains the base solves at difficulty 1 are drawn harder
+    let difficulty = |name: &str| {
+        domains.iter().find(|d| d["domain"] == name).and_then(|d| d["difficulty"].as_str()).unwrap_or("").to_string()
+    };
+    assert_eq!(
+        (difficulty("agent.calc"), difficulty("code.loop"), difficulty("math.add")),
+        ("1-2".into(), "2".into(), "1".into())
+    );
     assert!(results["by_mode"].is_object());
     assert!(results["wall_s"].as_f64().unwrap() > 0.0);
     assert!(run.join("report.html").exists());

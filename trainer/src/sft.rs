@@ -41,7 +41,8 @@ pub struct SftConfig {
     /// Mixture weights `(pattern, weight)`: a matching domain appears `weight` times per cycle
     /// of the mixture (default 1), e.g. to over-sample the domains a base has not learned.
     pub mix: Vec<(String, u32)>,
-    pub difficulty: Option<u32>,
+    /// Difficulty of the built-in prompts (one level, or per domain).
+    pub difficulty: tasks::Difficulty,
     /// Also learn the prompt tokens (pre-training).
     pub train_on_prompt: bool,
     pub indexer_loss_coef: f32,
@@ -63,7 +64,7 @@ impl Default for SftConfig {
             modes: vec![Mode::NonThink, Mode::ThinkHigh, Mode::ThinkMax],
             domains: "*".into(),
             mix: Vec::new(),
-            difficulty: None,
+            difficulty: tasks::Difficulty::default(),
             train_on_prompt: false,
             indexer_loss_coef: 1.0,
             checkpoint_every: 0,
@@ -143,12 +144,12 @@ pub fn suite_example(
     modes: &[Mode],
     seed: u64,
     k: u64,
-    difficulty: Option<u32>,
+    difficulty: &tasks::Difficulty,
     tok: &dyn Tokenizer,
     train_on_prompt: bool,
 ) -> Result<Example> {
     let (d, index) = mix.pick(k);
-    let task = tasks::generate(d.domain, Split::Train, seed, index, difficulty)?;
+    let task = tasks::generate(d.domain, Split::Train, seed, index, difficulty.for_prompt(d.domain, index))?;
     let mode = example_mode(modes, seed, k);
     let prompt = tok.encode(&task.prompt_text(mode));
     let pw = if train_on_prompt { 1.0 } else { 0.0 };
@@ -217,7 +218,7 @@ fn warn_domains_not_fitting(
 /// also logged as a warning); empty when the whole mixture trains.
 pub fn examples_not_fitting(cfg: &SftConfig, seed: u64, tok: &dyn Tokenizer) -> Result<Vec<String>> {
     let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
-    let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
+    let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, &cfg.difficulty, tok, cfg.train_on_prompt);
     warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)
 }
 
@@ -325,7 +326,7 @@ pub fn run_sft(
         return Err(TrainError::Input("SFT needs modes, batch ≥ 1, grad_accum ≥ 1 and max_len ≥ 8".into()));
     }
     let seed = session.counters.seed;
-    let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, cfg.difficulty, tok, cfg.train_on_prompt);
+    let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, &cfg.difficulty, tok, cfg.train_on_prompt);
     warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)?;
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
@@ -404,7 +405,7 @@ mod tests {
     fn domains_whose_examples_never_fit_are_reported() {
         let mix = Mixture::new("math.add,agent.*", &[]).unwrap();
         let modes = [Mode::NonThink];
-        let mut next = |k: u64| suite_example(&mix, &modes, 0, k, Some(1), &ByteTokenizer, false);
+        let mut next = |k: u64| suite_example(&mix, &modes, 0, k, &Some(1).into(), &ByteTokenizer, false);
         // agent episodes (tool descriptions, DSML calls, results) are ~300 bytes: skipped at 256
         let warned = warn_domains_not_fitting(&mix, &modes, 0, &mut next, 256).unwrap();
         assert_eq!(warned, ["agent.calc/non_think", "agent.lookup/non_think", "agent.chain/non_think"]);
@@ -417,7 +418,7 @@ mod tests {
         // while the other modes of the same domain fit
         let mix = Mixture::new("math.add", &[]).unwrap();
         let modes = Mode::ALL;
-        let mut next = |k: u64| suite_example(&mix, &modes, 0, k, Some(1), &ByteTokenizer, false);
+        let mut next = |k: u64| suite_example(&mix, &modes, 0, k, &Some(1).into(), &ByteTokenizer, false);
         assert_eq!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 384).unwrap(), ["math.add/think_max"]);
         assert!(warn_domains_not_fitting(&mix, &modes, 0, &mut next, 1024).unwrap().is_empty());
     }
@@ -430,7 +431,7 @@ mod tests {
             let cfg = SftConfig {
                 domains: "*".into(),
                 modes: Mode::ALL.to_vec(),
-                difficulty: Some(difficulty),
+                difficulty: Some(difficulty).into(),
                 train_on_prompt: true,
                 ..SftConfig::default()
             };

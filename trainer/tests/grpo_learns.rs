@@ -40,7 +40,7 @@ fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
         warmup: 3,
         modes: vec![Mode::NonThink],
         domains: DOMAIN.into(),
-        difficulty: Some(1),
+        difficulty: Some(1).into(),
         ..Default::default()
     };
     run_sft(&mut s, &sft, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
@@ -58,7 +58,7 @@ fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
         modes: vec![Mode::NonThink],
         ..Default::default()
     };
-    let src = PromptSource::Builtin { domains: DOMAIN.into(), split: Split::Train, seed, difficulty: Some(1) };
+    let src = PromptSource::Builtin { domains: DOMAIN.into(), split: Split::Train, seed, difficulty: Some(1).into() };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     let rep = run_grpo(&mut g, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
     let after = accuracy(&g.weights().unwrap());
@@ -102,7 +102,12 @@ fn anticipatory_routing_with_zero_delay_is_bit_identical() {
         };
         // rewards of a random model are all 0; the length shaping (DAPO overlong penalty,
         // Kimi length reward) still differs within groups, so the policy moves (checked below)
-        let src = PromptSource::Builtin { domains: "if.upper".into(), split: Split::Train, seed: 1, difficulty: None };
+        let src = PromptSource::Builtin {
+            domains: "if.upper".into(),
+            split: Split::Train,
+            seed: 1,
+            difficulty: Default::default(),
+        };
         let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
         run_grpo(&mut s, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
         s.weights().unwrap()

@@ -37,7 +37,8 @@ fn expert(base: &ModelWeights, domain: &str, seed: u64, m: &mut MetricsWriter) -
         minibatch: 16,
         ..Default::default()
     };
-    let src = PromptSource::Builtin { domains: domain.into(), split: Split::Train, seed, difficulty: None };
+    let src =
+        PromptSource::Builtin { domains: domain.into(), split: Split::Train, seed, difficulty: Default::default() };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     // continue the same session: SFT left it at step 25
     run_grpo(&mut s, &grpo, &src, &mut r, "t", None, m, &NoProgress, None).unwrap();
@@ -72,7 +73,12 @@ fn student_closes_the_gap_to_two_grpo_experts() {
         minibatch: 8,
         ..Default::default()
     };
-    let src = PromptSource::Builtin { domains: domains.join(","), split: Split::Train, seed: 5, difficulty: None };
+    let src = PromptSource::Builtin {
+        domains: domains.join(","),
+        split: Split::Train,
+        seed: 5,
+        difficulty: Default::default(),
+    };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     let mut t = LocalTeachers { pool: TeacherPool::new(reg.clone(), 1), store: None };
     let rep = run_opd(&mut s, &cfg, &src, &mut r, &mut t, &reg, "t", &mut m, &NoProgress, None).unwrap();

@@ -8,12 +8,15 @@
 
 mod agent;
 mod code;
+mod difficulty;
 mod instruct;
 mod math;
 
 use crate::chat::{encode_messages, render_reply, render_tool_results, Message, Mode, ToolCall};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use difficulty::{Difficulty, Levels};
 
 /// Train or eval split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -378,7 +381,18 @@ pub fn sample(
     n: usize,
     difficulty: Option<u32>,
 ) -> crate::error::Result<Vec<Task>> {
-    (0..n as u64).map(|i| generate(domain, split, seed, i, difficulty)).collect()
+    sample_with(domain, split, seed, n, &Difficulty::uniform(difficulty))
+}
+
+/// `n` tasks of `(domain, split, seed)`, indices `0..n`, each at its level of `difficulty`.
+pub fn sample_with(
+    domain: &str,
+    split: Split,
+    seed: u64,
+    n: usize,
+    difficulty: &Difficulty,
+) -> crate::error::Result<Vec<Task>> {
+    (0..n as u64).map(|i| generate(domain, split, seed, i, difficulty.for_prompt(domain, i))).collect()
 }
 
 /// Number words used in verbal descriptions.

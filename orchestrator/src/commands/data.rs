@@ -34,12 +34,7 @@ pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
     if tasks::domain_info(&a.domain).is_none() {
         bail!("unknown domain `{}` (see `v4post tasks list`)", a.domain);
     }
-    if let Some(d) = a.difficulty {
-        if !(1..=5).contains(&d) {
-            bail!("--difficulty must be between 1 and 5");
-        }
-    }
-    let ts = tasks::sample(&a.domain, split, a.seed, a.n, a.difficulty)?;
+    let ts = tasks::sample_with(&a.domain, split, a.seed, a.n, &a.difficulty.into())?;
     datasets::prompts::write_tasks(&a.out, &ts).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} {} prompts of {} to {}", ts.len(), split.as_str(), a.domain, a.out.display());
     Ok(())

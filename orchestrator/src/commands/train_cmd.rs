@@ -7,7 +7,7 @@ use datasets::chat::Mode;
 use datasets::progress::NoProgress;
 use datasets::prompts::PromptSource;
 use datasets::store::{MetricsWriter, TrajectoryStore};
-use datasets::tasks::{self, Split};
+use datasets::tasks::{self, Levels, Split};
 use datasets::ByteTokenizer;
 use model::checkpoint::{self, SaveFormat};
 use model::train::{TrainModel, TrainOptions};
@@ -90,8 +90,10 @@ pub struct SftArgs {
     /// Reasoning modes of the examples.
     #[arg(long, value_delimiter = ',', default_value = "non_think,think_high,think_max")]
     pub modes: Vec<String>,
+    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
+    /// levels alternate over the prompts (default: each domain's own).
     #[arg(long)]
-    pub difficulty: Option<u32>,
+    pub difficulty: Option<Levels>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Continue from the latest checkpoint in the work directory (see --work).
@@ -151,8 +153,10 @@ pub struct GrpoArgs {
     /// Routing in the training forward: keep (sampler's ids), free, or anticipatory:DT.
     #[arg(long, default_value = "keep")]
     pub routing: String,
+    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
+    /// levels alternate over the prompts (default: each domain's own).
     #[arg(long)]
-    pub difficulty: Option<u32>,
+    pub difficulty: Option<Levels>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -180,8 +184,10 @@ pub struct EvalArgs {
     pub mode: String,
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
+    /// levels alternate over the prompts (default: each domain's own).
     #[arg(long)]
-    pub difficulty: Option<u32>,
+    pub difficulty: Option<Levels>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print this many responses per domain.
@@ -274,7 +280,7 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         modes,
         domains: a.domains.clone(),
         mix,
-        difficulty: a.difficulty,
+        difficulty: a.difficulty.into(),
         train_on_prompt: pretrain,
         checkpoint_every: a.checkpoint_every,
         stage: stage.into(),
@@ -405,7 +411,7 @@ pub fn grpo(a: &GrpoArgs) -> Result<()> {
         domains: a.domain.clone(),
         split: Split::Train,
         seed: a.seed,
-        difficulty: a.difficulty,
+        difficulty: a.difficulty.into(),
     };
     let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
     let bars = Bars::new(a.json);
@@ -453,7 +459,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     let engine = Engine::new(&w, EngineOptions::default())?;
     let mut ts = Vec::new();
     for d in tasks::match_domains(&a.domains)? {
-        ts.extend(tasks::sample(d.domain, split, a.seed, a.n, a.difficulty)?);
+        ts.extend(tasks::sample_with(d.domain, split, a.seed, a.n, &a.difficulty.into())?);
     }
     let max_tokens = a.max_tokens.unwrap_or_else(|| rewards::shaping::LengthShaping::default().for_mode(mode).max_len);
     let bars = Bars::new(a.json);
@@ -518,8 +524,10 @@ pub struct OpdArgs {
     pub chunk_rows: usize,
     #[arg(long, default_value_t = 4096)]
     pub chunk_vocab: usize,
+    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
+    /// levels alternate over the prompts (default: each domain's own).
     #[arg(long)]
-    pub difficulty: Option<u32>,
+    pub difficulty: Option<Levels>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -587,7 +595,7 @@ pub fn opd(a: &OpdArgs) -> Result<()> {
             }
             let names: Vec<&str> = tasks::match_domains(&domains)?.iter().map(|d| d.domain).collect();
             reg.check_covers(names)?;
-            PromptSource::Builtin { domains, split: Split::Train, seed: a.seed, difficulty: a.difficulty }
+            PromptSource::Builtin { domains, split: Split::Train, seed: a.seed, difficulty: a.difficulty.into() }
         }
     };
     let cfg = trainer::opd::OpdConfig {

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use datasets::chat::Mode;
+use datasets::tasks::{Difficulty, Levels};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,8 +51,21 @@ pub struct DataSection {
     pub prompts: Option<PathBuf>,
     /// A user prompt dataset for evaluation; default: the built-in suite's eval split.
     pub eval_prompts: Option<PathBuf>,
-    /// Difficulty of built-in prompts (1..5; default: each domain's).
-    pub difficulty: Option<u32>,
+    /// Difficulty of built-in prompts: a level 1..5 or a range `"1-2"` (its levels alternate
+    /// over the prompts); default: each domain's own.
+    pub difficulty: Option<Levels>,
+    /// Per-domain difficulty overriding `difficulty`, e.g. `{ "code.loop" = 2 }`: a curriculum
+    /// puts each domain where the base is neither hopeless nor already perfect.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub difficulty_by_domain: BTreeMap<String, Levels>,
+}
+
+impl DataSection {
+    /// The difficulty of every built-in prompt (per-domain entries must name built-in domains).
+    pub fn difficulty(&self) -> Result<Difficulty> {
+        Difficulty::per_domain(self.difficulty, self.difficulty_by_domain.clone())
+            .map_err(|e| anyhow::anyhow!("data.difficulty_by_domain: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +182,10 @@ pub struct GrpoStage {
     pub minibatch: usize,
     /// Domain SFT steps before GRPO (the V4 experts are SFT then GRPO).
     pub sft_steps: u64,
+    /// Dynamic sampling: extra sampling rounds per step to replace groups whose rewards are
+    /// all equal (no signal). Each round re-samples the missing prompts, so on a domain the
+    /// policy nearly solves, every round costs up to a full step of rollouts.
+    pub refill_rounds: usize,
     pub optim: Optim,
 }
 
@@ -184,6 +202,7 @@ impl Default for GrpoStage {
             epochs: 1,
             minibatch: 32,
             sft_steps: 0,
+            refill_rounds: 2,
             optim: Optim { lr_muon: 0.01, lr_adamw: 1e-3, ..Default::default() },
         }
     }
@@ -269,6 +288,22 @@ impl Default for EvalStage {
     }
 }
 
+/// The demo's curriculum. Difficulty 1 is what the shipped base (pre-trained at difficulty 1)
+/// can start on; two domains it solves perfectly there are drawn harder, so every domain
+/// leaves room to learn (base greedy accuracy, 48 eval prompts × Non-think/Think High):
+/// agent.calc 1.00 at 1 and 0.02 at 2 (it copies only two digits into the calculator), so
+/// half of its prompts are level 2; code.loop 1.00 at 1, 0.58 at 2 (two new loop kinds).
+fn demo_data() -> DataSection {
+    let level = |lo, hi| Levels { lo, hi };
+    DataSection {
+        difficulty: Some(level(1, 1)),
+        difficulty_by_domain: [("agent.calc".to_string(), level(1, 2)), ("code.loop".to_string(), level(2, 2))]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
 fn lr(lr_muon: f32, lr_adamw: f32) -> Optim {
     Optim { lr_muon, lr_adamw, ..Default::default() }
 }
@@ -337,6 +372,7 @@ impl PipelineConfig {
         {
             bail!("an opd stage with teachers = \"all\" needs a grpo stage before it (or a teachers.toml path)");
         }
+        self.data.difficulty()?;
         for s in &self.stages {
             if let Stage::Opd(o) = s {
                 for m in o.mode_mix.keys() {
@@ -359,9 +395,7 @@ impl PipelineConfig {
                 runs_dir: runs(),
             },
             model: ModelSection { base: base.into() },
-            // difficulty 1: what a 2.4M-parameter base trained for ~40 CPU-minutes can start on
-            // (non-zero, imperfect); the shipped base was pre-trained at the same difficulty
-            data: DataSection { difficulty: Some(1), ..Default::default() },
+            data: demo_data(),
             workers: WorkersSection { local: true, ..Default::default() },
             // Stage learning rates are a third of the from-scratch defaults: the base is already
             // trained; at Muon 0.01 the general SFT stage lowered an earlier base (Non-think
@@ -369,12 +403,22 @@ impl PipelineConfig {
             stages: vec![
                 Stage::Sft(SftStage { steps: 30, optim: lr(0.003, 6e-4), ..Default::default() }),
                 // the V4 experts: domain SFT, then GRPO with verifiable rewards
-                Stage::Grpo(GrpoStage { sft_steps: 10, steps: 6, optim: lr(0.004, 4e-4), ..Default::default() }),
+                // (groups of 6 and no refill rounds: with refills, the nearly-solved agent
+                // domains spent ~3 rounds of rollouts per step, 423 s of a 1773 s run, on
+                // groups that carry no signal; zero-variance groups are still dropped)
+                Stage::Grpo(GrpoStage {
+                    sft_steps: 6,
+                    steps: 6,
+                    group: 6,
+                    refill_rounds: 0,
+                    optim: lr(0.004, 4e-4),
+                    ..Default::default()
+                }),
                 Stage::Opd(OpdStage { optim: lr(0.004, 4e-4), ..Default::default() }),
                 // Think Max: SFT on the long-reasoning references, then GRPO in the mode
-                Stage::ThinkMax(ThinkMaxStage { sft_steps: 10, optim: lr(0.002, 2e-4), ..Default::default() }),
-                // 48 prompts per domain and mode: a one-prompt difference is ~0.01
-                Stage::Eval(EvalStage { n: 48, ..Default::default() }),
+                Stage::ThinkMax(ThinkMaxStage { sft_steps: 8, steps: 3, optim: lr(0.002, 2e-4), ..Default::default() }),
+                // 40 prompts per domain and mode: a one-prompt difference is 0.0125
+                Stage::Eval(EvalStage { n: 40, ..Default::default() }),
             ],
         };
         if quick {
@@ -436,6 +480,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn per_domain_difficulty_parses_from_toml() {
+        let t = "[run]\nname='x'\n[model]\nbase='b'\n[data]\ndifficulty = 1\n\
+                 [data.difficulty_by_domain]\n'agent.calc' = '1-2'\n'code.loop' = 2\n[[stage]]\nkind='sft'";
+        let d = PipelineConfig::from_toml_str(t).unwrap().data.difficulty().unwrap();
+        assert_eq!((d.for_prompt("agent.calc", 0), d.for_prompt("agent.calc", 1)), (Some(1), Some(2)));
+        assert_eq!((d.for_prompt("code.loop", 1), d.for_prompt("math.add", 1)), (Some(2), Some(1)));
+        assert_eq!(PipelineConfig::demo(false, "b").data.difficulty().unwrap(), d);
+    }
+
     /// A packed length shorter than an example skips it; the demo's SFT stages must train on
     /// every built-in domain in every mode they use (at 384, agent.chain's Think High examples
     /// were all skipped).
@@ -447,7 +501,7 @@ mod tests {
             domains: domains.into(),
             modes: modes.to_vec(),
             max_len,
-            difficulty: c.data.difficulty,
+            difficulty: c.data.difficulty().unwrap(),
             ..Default::default()
         };
         for s in &c.stages {
@@ -471,6 +525,10 @@ mod tests {
         assert!(e(&format!("{head}[[stage]]\nkind='opd'")).contains("grpo stage"));
         assert!(e(&format!("{head}[[stage]]\nkind='eval'\n[[stage]]\nkind='sft'")).contains("order"));
         assert!(e(&format!("{head}[[stage]]\nkind='bogus'")).contains("bogus"));
+        let data = |d: &str| format!("{head}[data]\n{d}\n[[stage]]\nkind='sft'");
+        assert!(e(&data("[data.difficulty_by_domain]\n'math.nope' = 2")).contains("math.nope"));
+        assert!(e(&data("difficulty = 6")).contains("difficulty"));
+        assert!(e(&data("[data.difficulty_by_domain]\n'code.loop' = '2-1'")).contains("2-1"));
         let mut c = PipelineConfig::demo(true, "b");
         c.run.queue = "redis://u:secret@h:1".into();
         assert!(!c.to_toml_redacted().unwrap().contains("secret"));

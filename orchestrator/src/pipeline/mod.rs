@@ -92,6 +92,8 @@ struct Ctx {
     started: Instant,
     steps_this_process: u64,
     stop_after: Option<u64>,
+    /// `cfg.data`'s difficulty of built-in prompts, resolved.
+    difficulty: tasks::Difficulty,
 }
 
 impl Ctx {
@@ -186,7 +188,7 @@ impl Ctx {
                 domains: domains.to_string(),
                 split: Split::Train,
                 seed: self.cfg.run.seed,
-                difficulty: self.cfg.data.difficulty,
+                difficulty: self.difficulty.clone(),
             },
         }
     }
@@ -275,6 +277,7 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
         started: Instant::now(),
         steps_this_process: 0,
         stop_after: opts.stop_after_steps,
+        difficulty: cfg.data.difficulty()?,
     };
     let outcome = run_stages(&mut ctx);
     if let Some(l) = local {
@@ -372,7 +375,7 @@ fn run_sft_steps(
         max_len,
         modes: modes.to_vec(),
         domains: domains.to_string(),
-        difficulty: ctx.cfg.data.difficulty,
+        difficulty: ctx.difficulty.clone(),
         checkpoint_every: 1,
         stage: key.to_string(),
         warmup: (steps / 10).max(1),
@@ -400,6 +403,7 @@ fn grpo_config(ctx: &Ctx, g: &config::GrpoStage, stage: &str) -> Result<trainer:
     c.temperature = g.temperature;
     c.epochs = g.epochs;
     c.minibatch = g.minibatch;
+    c.max_refill_rounds = g.refill_rounds;
     c.checkpoint_every = 1;
     c.stage = stage.to_string();
     c.rollout_batch = 64;

@@ -1,7 +1,7 @@
 //! The eval stage: greedy accuracy of the base, the SFT model, every expert on its own
 //! domain, the OPD student and the Think Max variant; the headline checks; `results.json`.
 
-use super::config::EvalStage;
+use super::config::{EvalStage, PipelineConfig};
 use super::RunView;
 use anyhow::{Context, Result};
 use datasets::chat::Mode;
@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 /// The modes a "score" averages over (the modes the experts and the student train in).
 const MODES: [Mode; 2] = [Mode::NonThink, Mode::ThinkHigh];
 
-fn eval_tasks(v: &RunView, n: usize) -> Result<Vec<Task>> {
-    match &v.cfg.data.eval_prompts {
+/// The evaluation prompts of a pipeline: `n` per domain of the user's eval file, or of the
+/// built-in suite's eval split at the configured difficulty.
+pub fn eval_tasks(cfg: &PipelineConfig, n: usize) -> Result<Vec<Task>> {
+    match &cfg.data.eval_prompts {
         Some(p) => {
             let all = datasets::prompts::load_dataset(p)?;
             let mut by: BTreeMap<String, Vec<Task>> = BTreeMap::new();
@@ -28,9 +30,10 @@ fn eval_tasks(v: &RunView, n: usize) -> Result<Vec<Task>> {
             Ok(by.into_values().flat_map(|v| v.into_iter().take(n)).collect())
         }
         None => {
+            let difficulty = cfg.data.difficulty()?;
             let mut ts = Vec::new();
             for d in tasks::domains() {
-                ts.extend(tasks::sample(d.domain, Split::Eval, v.cfg.run.seed, n, v.cfg.data.difficulty)?);
+                ts.extend(tasks::sample_with(d.domain, Split::Eval, cfg.run.seed, n, &difficulty)?);
             }
             Ok(ts)
         }
@@ -41,6 +44,12 @@ fn evaluate(w: &ModelWeights, ts: &[Task], mode: Mode, progress: &dyn Progress) 
     let engine = Engine::new(w, EngineOptions::default())?;
     let max = LengthShaping::default().for_mode(mode).max_len;
     Ok(rollout::evaluate(&engine, &ByteTokenizer, ts, mode, max, 2, progress)?)
+}
+
+/// A model's score on `ts` by domain: greedy accuracy, mean over `MODES` (the table's columns).
+pub fn scores(w: &ModelWeights, ts: &[Task], progress: &dyn Progress) -> Result<BTreeMap<String, f64>> {
+    let reports: Vec<EvalReport> = MODES.iter().map(|&m| evaluate(w, ts, m, progress)).collect::<Result<_>>()?;
+    Ok(score(&reports))
 }
 
 /// Mean over `MODES` of per-domain accuracy.
@@ -70,7 +79,7 @@ pub fn stage_eval(
     registry: Option<&teachers::Registry>,
 ) -> Result<Value> {
     let started = std::time::Instant::now();
-    let ts = eval_tasks(&v, e.n)?;
+    let ts = eval_tasks(v.cfg, e.n)?;
     let load = |key: &str| -> Result<Option<ModelWeights>> {
         match v.state.completed.get(key).and_then(|o| o.model.clone()) {
             Some(p) => Ok(Some(model::checkpoint::load(&v.dir.join(&p)).with_context(|| format!("loading {key}"))?)),
@@ -101,7 +110,7 @@ pub fn stage_eval(
             }
             tracing::info!(teacher = %t.id, "evaluating an expert");
             let w = model::checkpoint::load(&t.checkpoint)?;
-            for (d, a) in score(&run_modes(&w, &mine)?) {
+            for (d, a) in scores(&w, &mine, bars)? {
                 teacher_score.insert(d, a);
             }
         }
@@ -118,11 +127,14 @@ pub fn stage_eval(
     let sft_s = sft_r.as_deref().map(score);
     let student_s = student_r.as_deref().map(score);
     let families: BTreeMap<String, String> = ts.iter().map(|t| (t.domain.clone(), t.family.clone())).collect();
+    // the difficulty of the built-in eval prompts of each domain (user eval files: none)
+    let difficulty = v.cfg.data.eval_prompts.is_none().then(|| v.cfg.data.difficulty()).transpose()?;
     let mut rows = Vec::new();
     for (d, fam) in &families {
         rows.push(json!({
             "domain": d,
             "family": fam,
+            "difficulty": difficulty.as_ref().map(|x| x.describe(d)),
             "base": base_s.get(d),
             "sft": sft_s.as_ref().and_then(|s| s.get(d)),
             "teacher": teacher_score.get(d),
@@ -204,14 +216,15 @@ pub fn stage_eval(
 pub fn table(results: &Value) -> String {
     let f = |x: &Value| x.as_f64().map_or("   -  ".to_string(), |v| format!("{v:6.3}"));
     let mut s = format!(
-        "{:<14} {:<6} {:>6} {:>6} {:>7} {:>7} {:>9}\n",
-        "domain", "family", "base", "sft", "teacher", "student", "think_max"
+        "{:<14} {:<6} {:>4} {:>6} {:>6} {:>7} {:>7} {:>9}\n",
+        "domain", "family", "diff", "base", "sft", "teacher", "student", "think_max"
     );
     for r in results["domains"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "{:<14} {:<6} {} {} {:>7} {:>7} {:>9}\n",
+            "{:<14} {:<6} {:>4} {} {} {:>7} {:>7} {:>9}\n",
             r["domain"].as_str().unwrap_or(""),
             r["family"].as_str().unwrap_or(""),
+            r["difficulty"].as_str().unwrap_or("-"),
             f(&r["base"]),
             f(&r["sft"]),
             f(&r["teacher"]),
