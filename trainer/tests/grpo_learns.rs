@@ -126,3 +126,52 @@ fn anticipatory_routing_with_zero_delay_is_bit_identical() {
     let differs = free.tensors.iter().any(|(n, t)| t.data.iter().zip(&delayed.tensors[n].data).any(|(x, y)| x != y));
     assert!(differs, "Δt = 1 should differ from Δt = 0");
 }
+
+/// Dynamic sampling re-samples the prompts whose groups carry no signal at most
+/// `max_refill_rounds` times per step (the pipeline's `refill_rounds`): a random model scores
+/// 0 on every prompt, so every round is used, and with 0 rounds a step samples once.
+#[test]
+fn dynamic_sampling_refills_at_most_max_refill_rounds() {
+    struct Counting<'a> {
+        inner: LocalRollouts<'a>,
+        jobs: usize,
+    }
+    impl trainer::grpo::Rollouts for Counting<'_> {
+        fn sample(
+            &mut self,
+            job: &rollout::RolloutJob,
+            policy: &ModelWeights,
+        ) -> trainer::Result<Vec<datasets::store::Trajectory>> {
+            self.jobs += 1;
+            self.inner.sample(job, policy)
+        }
+    }
+    let base = ModelWeights::random(&Config::tiny(), 7).unwrap();
+    let jobs = |rounds: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = MetricsWriter::new(dir.path(), "t").unwrap();
+        let mut s = Session::new(&base, TrainOptions::default(), OptimConfig::default(), 3).unwrap();
+        let cfg = GrpoConfig {
+            steps: 2,
+            prompts_per_step: 2,
+            group_size: 2,
+            modes: vec![Mode::NonThink],
+            max_refill_rounds: rounds,
+            ..Default::default()
+        };
+        assert!(cfg.dynamic_sampling);
+        let src = PromptSource::Builtin {
+            domains: "if.upper".into(),
+            split: Split::Train,
+            seed: 1,
+            difficulty: Default::default(),
+        };
+        let inner = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
+        let mut r = Counting { inner, jobs: 0 };
+        let rep = run_grpo(&mut s, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
+        assert_eq!(rep.mean_reward_last, 0.0, "a random model should score 0 (else the count proves nothing)");
+        r.jobs
+    };
+    assert_eq!(jobs(0), 2, "no refills: one sampling round per step");
+    assert_eq!(jobs(2), 6, "two refills: three rounds per step when no group has signal");
+}
