@@ -1,6 +1,7 @@
 //! DeepSeek-V4 architecture for v4post.
 //!
 //! * [`config`]: hyper-parameters (official and HF key names), presets, parameter counts.
+//! * [`cost`]: FLOPs and KV bytes of one decoded token, V4 against DeepSeek-V3.2.
 //! * [`formats`]: FP8 E4M3 / MXFP4 encode, decode and fake quantisation.
 //! * [`weights`] / [`checkpoint`]: parameters by official name; safetensors I/O.
 //! * [`engine`]: the incremental decode engine (rollout, teachers, conformance).
@@ -12,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cost;
 pub mod engine;
 pub mod error;
 pub mod formats;

@@ -97,13 +97,20 @@ impl Fp8Blocks {
 
     /// Dequantise to f32 (`w[r,c] = e4m3(data[r,c]) · scale[r/br, c/bc]`).
     pub fn dequantize(&self) -> Vec<f32> {
+        let scales: Vec<f32> = self.scales.iter().map(|&b| e8m0_to_f32(b)).collect();
+        self.dequantize_with(&scales)
+    }
+
+    /// Dequantise with scales already decoded to f32 (row-major
+    /// `[ceil(rows/br), ceil(cols/bc)]`; checkpoints may store them as F32 or UE8M0).
+    /// Edge blocks are partial: block `(i, j)` covers rows `i·br..min((i+1)·br, rows)`.
+    pub fn dequantize_with(&self, scales: &[f32]) -> Vec<f32> {
         let sc = self.scale_cols();
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
             let srow = (r / self.block_rows) * sc;
             for c in 0..self.cols {
-                let s = e8m0_to_f32(self.scales[srow + c / self.block_cols]);
-                out.push(e4m3_to_f32(self.data[r * self.cols + c]) * s);
+                out.push(e4m3_to_f32(self.data[r * self.cols + c]) * scales[srow + c / self.block_cols]);
             }
         }
         out
