@@ -71,6 +71,7 @@ fn train_graph_matches_f32_dense_golden_logits() {
             .map(|&c| SeqInput {
                 tokens: i64s(&bytes, &format!("case{c}.input_ids")).1.into_iter().map(|t| t as u32).collect(),
                 forced: Some(Arc::new(decisions(&bytes, c, "f32_dense", nl, k))),
+                ..Default::default()
             })
             .collect();
         let out = m.forward(&batch).unwrap();
@@ -107,9 +108,8 @@ fn train_graph_qat_numerics_match_f32_noaq() {
     let mut strict = 0;
     for c in 0..3 {
         let toks: Vec<u32> = i64s(&bytes, &format!("case{c}.input_ids")).1.into_iter().map(|t| t as u32).collect();
-        let out = m
-            .forward(&[SeqInput { tokens: toks, forced: Some(Arc::new(decisions(&bytes, c, "f32_noaq", nl, k))) }])
-            .unwrap();
+        let out =
+            m.forward(&[SeqInput::new(toks).with_forced(Arc::new(decisions(&bytes, c, "f32_noaq", nl, k)))]).unwrap();
         let got: Vec<f32> = m.logits(&out.hidden).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let want = f32s(&bytes, &format!("case{c}.f32_noaq.prefill_logits"));
         let mut pp: Vec<f32> = got

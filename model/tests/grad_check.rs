@@ -30,13 +30,10 @@ fn setup() -> (TrainModel, Vec<SeqInput>, Tensor) {
     let m = TrainModel::from_weights(&w, DType::F64, opts).unwrap();
     let seqs: Vec<Vec<u32>> =
         vec![(0..37).map(|i| (i * 7 + 3) % 300).collect(), (0..29).map(|i| (i * 13 + 1) % 300).collect()];
-    let batch: Vec<SeqInput> = seqs.iter().map(|t| SeqInput { tokens: t.clone(), forced: None }).collect();
+    let batch: Vec<SeqInput> = seqs.iter().map(|t| SeqInput::new(t.clone())).collect();
     let out = m.forward(&batch).unwrap();
-    let batch: Vec<SeqInput> = seqs
-        .iter()
-        .zip(out.decisions)
-        .map(|(t, d)| SeqInput { tokens: t.clone(), forced: Some(Arc::new(d)) })
-        .collect();
+    let batch: Vec<SeqInput> =
+        seqs.iter().zip(out.decisions).map(|(t, d)| SeqInput::new(t.clone()).with_forced(Arc::new(d))).collect();
     let s = 37;
     // Padded positions (beyond 29 in the second sequence) must not enter the loss: their
     // routing is not frozen.

@@ -2,7 +2,8 @@
 //! the attention sink, forward and backward written out (a candle `CustomOp3`).
 //!
 //! For query `(b, t)` and head `h` the keys are the raw KV vectors at positions
-//! `max(0, t−W+1) ..= t` and the compressed entries selected for `(b, t)`; K = V. With scores
+//! `max(a, t−W+1) ..= t` (`a` = the start of `t`'s packed document, 0 when unpacked) and
+//! the compressed entries selected for `(b, t)`; K = V. With scores
 //! `s_j = q·k_j · scale`, `p_j = e^{s_j − m} / (Σ_i e^{s_i − m} + e^{sink_h − m})` and
 //! `o = Σ_j p_j k_j`. Cost is `O(S · (W + k))` per head instead of the dense `O(S²)`.
 //!
@@ -26,6 +27,9 @@ pub struct SparseAttention {
     pub scale: f32,
     /// Selected entries per `(b, t)` (length `batch · seq`).
     pub selected: Arc<Vec<Vec<u32>>>,
+    /// First raw key each `(b, t)` may see — the start of its packed document (length
+    /// `batch · seq`); `None`: one document per row (all 0).
+    pub key_start: Option<Arc<Vec<u32>>>,
 }
 
 /// Minimal float abstraction so one implementation serves f32 (training) and f64 (checks).
@@ -78,7 +82,8 @@ impl SparseAttention {
     /// Key rows (indices into the batch row's `kvc`) of query `t`.
     fn keys(&self, b: usize, t: usize, out: &mut Vec<usize>) {
         out.clear();
-        let start = (t + 1).saturating_sub(self.window);
+        let doc = self.key_start.as_ref().map_or(0, |k| k[b * self.seq + t] as usize);
+        let start = (t + 1).saturating_sub(self.window).max(doc);
         out.extend(start..=t);
         out.extend(self.selected[b * self.seq + t].iter().map(|&e| self.seq + e as usize));
     }
@@ -202,6 +207,11 @@ impl SparseAttention {
         if self.selected.len() != b * s {
             bail!("sparse-attention: selection for {} rows, expected {}", self.selected.len(), b * s);
         }
+        if let Some(k) = &self.key_start {
+            if k.len() != b * s || k.iter().enumerate().any(|(r, &a)| a as usize > r % s) {
+                bail!("sparse-attention: key starts must be {} rows, each at most its position", b * s);
+            }
+        }
         Ok(())
     }
 }
@@ -274,4 +284,82 @@ impl CustomOp3 for SparseAttention {
 /// Apply the op: `q [B,S,H,hd]`, `kvc [B,S+NE,hd]`, `sink [H]` → `[B,S,H,hd]`.
 pub fn sparse_attention(q: &Tensor, kvc: &Tensor, sink: &Tensor, op: SparseAttention) -> candle_core::Result<Tensor> {
     q.contiguous()?.apply_op3(&kvc.contiguous()?, &sink.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: usize) -> Vec<f64> {
+        (0..n).map(|i| (((i * 7919 + seed * 104729) % 1009) as f64 / 1009.0 - 0.5) * 2.0).collect()
+    }
+
+    /// One packed row of two documents (6 + 5 tokens, window 4) against the documents run
+    /// alone: forward, `dq`, `dkvc` and `dsink` must agree.
+    #[test]
+    fn packed_documents_attend_only_themselves() {
+        let (h, hd, w) = (2, 4, 4);
+        let (l0, l1) = (6, 5);
+        let s = l0 + l1;
+        // row entries: doc 0 owns 0, 1; doc 1 owns 2 (a padding slot 3 is never selected)
+        let ne = 4;
+        let sel0: Vec<Vec<u32>> = (0..l0).map(|t| (0..((t + 1) / 3).min(2) as u32).collect()).collect();
+        let sel1: Vec<Vec<u32>> = (0..l1).map(|t| (0..((t + 1) / 3).min(1) as u32).collect()).collect();
+        let q = data(s * h * hd, 1);
+        let kv_raw = data(s * hd, 2);
+        let ent = data(3 * hd, 3);
+        let sink = vec![0.3, -0.7];
+        let g = data(s * h * hd, 4);
+        // packed: kvc = raw ‖ entries 0, 1, 2 ‖ zero pad
+        let mut kvc = kv_raw.clone();
+        kvc.extend(&ent);
+        kvc.extend(vec![0.0; hd]);
+        let mut selected = sel0.clone();
+        selected.extend(sel1.iter().map(|v| v.iter().map(|e| e + 2).collect::<Vec<u32>>()));
+        let key_start: Vec<u32> = (0..s).map(|t| if t < l0 { 0 } else { l0 as u32 }).collect();
+        let op = |seq: usize, entries: usize, selected: Vec<Vec<u32>>, ks: Option<Vec<u32>>| SparseAttention {
+            batch: 1,
+            seq,
+            heads: h,
+            head_dim: hd,
+            entries,
+            window: w,
+            scale: 0.5,
+            selected: Arc::new(selected),
+            key_start: ks.map(Arc::new),
+        };
+        let packed = op(s, ne, selected, Some(key_start));
+        let out = packed.forward(&q, &kvc, &sink);
+        let (dq, dkv, ds) = packed.backward(&q, &kvc, &sink, &g);
+        // alone
+        let mut kv0 = kv_raw[..l0 * hd].to_vec();
+        kv0.extend(&ent[..2 * hd]);
+        let mut kv1 = kv_raw[l0 * hd..].to_vec();
+        kv1.extend(&ent[2 * hd..]);
+        let (a0, a1) = (op(l0, 2, sel0, None), op(l1, 1, sel1, None));
+        let (qs0, qs1) = q.split_at(l0 * h * hd);
+        let (gs0, gs1) = g.split_at(l0 * h * hd);
+        let mut want = a0.forward(qs0, &kv0, &sink);
+        want.extend(a1.forward(qs1, &kv1, &sink));
+        let (dq0, dk0, ds0) = a0.backward(qs0, &kv0, &sink, gs0);
+        let (dq1, dk1, ds1) = a1.backward(qs1, &kv1, &sink, gs1);
+        let close = |a: &[f64], b: &[f64], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!((x - y).abs() < 1e-12, "{what}[{i}]: {x} vs {y}");
+            }
+        };
+        close(&out, &want, "out");
+        close(&dq, &[dq0, dq1].concat(), "dq");
+        let mut dkv_want = dk0[..l0 * hd].to_vec();
+        dkv_want.extend(&dk1[..l1 * hd]);
+        dkv_want.extend(&dk0[l0 * hd..]);
+        dkv_want.extend(&dk1[l1 * hd..]);
+        dkv_want.extend(vec![0.0; hd]);
+        close(&dkv, &dkv_want, "dkvc");
+        close(&ds, &[ds0[0] + ds1[0], ds0[1] + ds1[1]], "dsink");
+        // without document starts the second document would see the first one's keys
+        let leaky = op(s, ne, packed.selected.to_vec(), None).forward(&q, &kvc, &sink);
+        assert!(leaky.iter().zip(&out).any(|(x, y)| (x - y).abs() > 1e-3));
+    }
 }

@@ -11,8 +11,13 @@
 //!
 //! Right padding is harmless: a query never attends a later key, compressed entries only pool
 //! complete windows, and MoE is per token, so padded positions never leak into real ones.
+//!
+//! Packed sequences ([`SeqInput::doc_starts`]) hold several documents; each is computed
+//! exactly as if it ran alone (positions, window, compression blocks, indexer selection and
+//! sink all per document; see [`docs`]).
 
 pub mod attention;
+pub mod docs;
 pub mod fused;
 pub mod ops;
 pub mod prof;
@@ -45,12 +50,44 @@ impl Default for TrainOptions {
     }
 }
 
-/// One sequence of a training batch.
+/// One sequence of a training batch: one document, or several documents packed one after
+/// the other.
 #[derive(Debug, Clone, Default)]
 pub struct SeqInput {
     pub tokens: Vec<u32>,
-    /// Decisions to replay (Keep Routing / forced indexer selections), by absolute position.
+    /// Decisions to replay (Keep Routing / forced indexer selections), by absolute position
+    /// in `tokens`; indexer selections number compressed entries from the start of the
+    /// position's own document (as that document run alone would).
     pub forced: Option<Arc<Decisions>>,
+    /// Start offsets of the documents packed into `tokens`: `0 = a_0 < a_1 < … < len`; empty
+    /// means one document. Each document sees only itself — RoPE positions, the sliding
+    /// window, compression blocks (counted from its start), the indexer's top-k and the
+    /// attention sink are all per document — so a packed sequence computes exactly what its
+    /// documents compute run one by one.
+    pub doc_starts: Vec<usize>,
+}
+
+impl SeqInput {
+    /// One document.
+    pub fn new(tokens: Vec<u32>) -> Self {
+        SeqInput { tokens, ..Default::default() }
+    }
+
+    /// Documents packed one after the other (empty documents are dropped).
+    pub fn packed<I: IntoIterator<Item = Vec<u32>>>(documents: I) -> Self {
+        let mut seq = SeqInput::default();
+        for d in documents.into_iter().filter(|d| !d.is_empty()) {
+            seq.doc_starts.push(seq.tokens.len());
+            seq.tokens.extend(d);
+        }
+        seq
+    }
+
+    /// The same sequence with decisions to replay.
+    pub fn with_forced(mut self, forced: Arc<Decisions>) -> Self {
+        self.forced = Some(forced);
+        self
+    }
 }
 
 /// Rotary context of one layer type: its frequencies and the position of every row.
@@ -60,6 +97,43 @@ struct RopeCtx {
     positions: Arc<Vec<usize>>,
 }
 
+/// Document context of one forward: positions, window starts and compressed-entry layouts.
+struct Packing {
+    /// RoPE position of row `(b, t)`: `t` minus the start of its document.
+    positions: Arc<Vec<usize>>,
+    /// First raw key of each query row (`None`: one document per row).
+    key_start: Option<Arc<Vec<u32>>>,
+    /// Compressed-entry layout by compression ratio (every ratio of the config, and 4 for
+    /// the indexer).
+    entries: BTreeMap<usize, docs::EntryLayout>,
+}
+
+impl Packing {
+    fn new(cfg: &Config, batch: &[SeqInput], s: usize) -> Result<Self> {
+        for seq in batch {
+            docs::validate_starts(&seq.doc_starts, seq.tokens.len())?;
+        }
+        let starts: Vec<&[usize]> = batch.iter().map(|q| q.doc_starts.as_slice()).collect();
+        let layout = docs::DocLayout::new(&starts, s);
+        let mut entries = BTreeMap::new();
+        for l in 0..cfg.n_layers {
+            let r = cfg.ratio(l);
+            if r > 0 {
+                entries.entry(r).or_insert_with(|| layout.entries(r));
+                if cfg.layer_kind(l) == LayerKind::Csa {
+                    entries.entry(4).or_insert_with(|| layout.entries(4));
+                }
+            }
+        }
+        let key_start = (!layout.is_unpacked()).then(|| Arc::new(layout.key_starts()));
+        Ok(Packing { positions: Arc::new(layout.positions()), key_start, entries })
+    }
+
+    fn entries(&self, ratio: usize) -> Result<&docs::EntryLayout> {
+        self.entries.get(&ratio).ok_or_else(|| ModelError::Input(format!("no entry layout of ratio {ratio}")))
+    }
+}
+
 /// Result of [`TrainModel::forward`].
 pub struct TrainOutput {
     /// Head inputs `[B, S, D]` (after `hc_head` and the final norm).
@@ -67,7 +141,7 @@ pub struct TrainOutput {
     pub lengths: Vec<usize>,
     /// Mean indexer KL over queries that see at least one compressed entry.
     pub indexer_loss: Option<Tensor>,
-    /// Decisions actually used, per sequence.
+    /// Decisions actually used, per sequence (keyed as [`SeqInput::forced`]).
     pub decisions: Vec<Decisions>,
 }
 
@@ -201,16 +275,18 @@ impl TrainModel {
             cfg.compress_rope_theta,
             Some((cfg.original_seq_len, cfg.rope_factor, cfg.beta_fast, cfg.beta_slow)),
         );
-        // Rotary frequencies of window-only and compressed layers; row (b, t) is at position t.
+        // Rotary frequencies of window-only and compressed layers; row (b, t) is at position
+        // t − (start of its document).
         let freqs = [Arc::new(rope_plain.freqs.clone()), Arc::new(rope_yarn.freqs.clone())];
-        let positions: Arc<Vec<usize>> = Arc::new((0..b * s).map(|r| r % s).collect());
+        let pk = Packing::new(cfg, batch, s)?;
+        let positions = pk.positions.clone();
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}.");
             let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_attn")))?;
             let x = self.norm(&x, Some(&format!("{p}attn_norm.weight")))?;
             let table = RopeCtx { freqs: freqs[usize::from(cfg.ratio(l) > 0)].clone(), positions: positions.clone() };
             let y = prof::time("attention", || {
-                self.attention(l, &x, b, s, &lengths, batch, &table, &freqs[1], &mut decisions, &mut aux)
+                self.attention(l, &x, b, s, &lengths, batch, &pk, &table, &freqs[1], &mut decisions, &mut aux)
             })?;
             h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
             let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_ffn")))?;
@@ -304,58 +380,55 @@ impl TrainModel {
         Ok(y.reshape(out)?)
     }
 
-    /// Compressed entries `[B, n_e, d]` of one compressor, or `None` before the first window closes.
+    /// Compressed entries `[B, n_e, d]` of one compressor over token rows `x [N, D]`
+    /// (`n_e = lay.per_row`, rows zero-padded), or `None` before the first block closes.
+    ///
+    /// Block `i` of a document starting at `a` pools tokens `a + i·m .. a + (i+1)·m`:
+    /// `C = wkv(x)`, `Z = wgate(x) + ape` `[n, m, c·d]`; for CSA (`c = 2`) the candidates are
+    /// the previous block's first halves (0 with gate −∞ for a document's first block) and
+    /// this block's second halves `[n, 2m, d]`. `entry = norm(Σ softmax(Z) ⊙ C)`, RoPE at
+    /// position `i·m` from the document start; then Hadamard + FP4 (indexer) or FP8 (KV).
     #[allow(clippy::too_many_arguments)]
     fn compress(
         &self,
         x: &Tensor,
         b: usize,
-        s: usize,
+        lay: &docs::EntryLayout,
         prefix: &str,
-        ratio: usize,
         d: usize,
         freqs: &Arc<Vec<f32>>,
         indexer: bool,
     ) -> Result<Option<Tensor>> {
         let cfg = &self.config;
-        let ne = s / ratio;
-        if ne == 0 {
+        if lay.is_empty() {
             return Ok(None);
         }
-        let coff = if ratio == 4 { 2 } else { 1 };
-        let c = self
-            .linear(x, &format!("{prefix}wkv.weight"))?
-            .reshape((b, s, coff * d))?
-            .narrow(1, 0, ne * ratio)?
-            .reshape((b, ne, ratio, coff * d))?;
+        let (m, n) = (lay.ratio, lay.len());
+        let coff = if m == 4 { 2 } else { 1 };
+        let rows = Tensor::from_vec(lay.token_rows(), n * m, &self.device)?;
+        let c = self.linear(x, &format!("{prefix}wkv.weight"))?.index_select(&rows, 0)?.reshape((n, m, coff * d))?;
         let z = self
             .linear(x, &format!("{prefix}wgate.weight"))?
-            .reshape((b, s, coff * d))?
-            .narrow(1, 0, ne * ratio)?
-            .reshape((b, ne, ratio, coff * d))?
+            .index_select(&rows, 0)?
+            .reshape((n, m, coff * d))?
             .broadcast_add(self.var(&format!("{prefix}ape"))?)?;
         let (cand_c, cand_z) = if coff == 1 {
             (c, z)
         } else {
-            let zeros = Tensor::zeros((b, 1, ratio, d), self.dtype, &self.device)?;
-            let negs = Tensor::full(NEG as f32, (b, 1, ratio, d), &self.device)?.to_dtype(self.dtype)?;
-            let (prev_c, prev_z) = if ne > 1 {
-                (
-                    Tensor::cat(&[zeros, c.narrow(1, 0, ne - 1)?.narrow(3, 0, d)?], 1)?,
-                    Tensor::cat(&[negs, z.narrow(1, 0, ne - 1)?.narrow(3, 0, d)?], 1)?,
-                )
-            } else {
-                (zeros, negs)
-            };
-            (Tensor::cat(&[prev_c, c.narrow(3, d, d)?], 2)?, Tensor::cat(&[prev_z, z.narrow(3, d, d)?], 2)?)
+            // row 0 of `[pad; blocks]` is the missing previous block of a document's first entry
+            let prev = Tensor::from_vec(lay.prev_rows(), n, &self.device)?;
+            let zeros = Tensor::zeros((1, m, d), self.dtype, &self.device)?;
+            let negs = Tensor::full(NEG as f32, (1, m, d), &self.device)?.to_dtype(self.dtype)?;
+            let prev_c = Tensor::cat(&[zeros, c.narrow(2, 0, d)?], 0)?.index_select(&prev, 0)?;
+            let prev_z = Tensor::cat(&[negs, z.narrow(2, 0, d)?], 0)?.index_select(&prev, 0)?;
+            (Tensor::cat(&[prev_c, c.narrow(2, d, d)?], 1)?, Tensor::cat(&[prev_z, z.narrow(2, d, d)?], 1)?)
         };
-        let p = softmax_dim(&cand_z, 2)?;
-        let entry = (p * cand_c)?.sum(2)?; // [B, ne, d]
+        let p = softmax_dim(&cand_z, 1)?;
+        let entry = (p * cand_c)?.sum(1)?; // [n, d]
         let entry = self.norm(&entry, Some(&format!("{prefix}norm.weight")))?;
-        let pos: Arc<Vec<usize>> = Arc::new((0..b * ne).map(|r| (r % ne) * ratio).collect());
-        let entry = fused::rope(&entry, freqs, &pos, 1, false)?;
+        let entry = fused::rope(&entry, freqs, &Arc::new(lay.pos.clone()), 1, false)?;
         let num = self.options.numerics;
-        Ok(Some(if indexer {
+        let entry = if indexer {
             let r = fused::hadamard(&entry)?;
             if num.indexer_fp4 {
                 fake_quant(&r, FakeQuant::Fp4)?
@@ -366,7 +439,15 @@ impl TrainModel {
             fake_quant(&entry, FakeQuant::KvFp8 { width: d, rope: cfg.rope_head_dim })?
         } else {
             entry
-        }))
+        };
+        // padded per-row layout [B, n_e, d]
+        let entry = if lay.is_dense(b) {
+            entry
+        } else {
+            let src = Tensor::from_vec(lay.slot_sources(b), b * lay.per_row, &self.device)?;
+            Tensor::cat(&[entry, Tensor::zeros((1, d), self.dtype, &self.device)?], 0)?.index_select(&src, 0)?
+        };
+        Ok(Some(entry.reshape((b, lay.per_row, d))?))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -378,6 +459,7 @@ impl TrainModel {
         s: usize,
         lengths: &[usize],
         batch: &[SeqInput],
+        pk: &Packing,
         table: &RopeCtx,
         rope_yarn: &Arc<Vec<f32>>,
         decisions: &mut [Decisions],
@@ -402,15 +484,14 @@ impl TrainModel {
         let kv = if num.kv_fp8 { fake_quant(&kv, FakeQuant::KvFp8 { width: hd, rope: rd })? } else { kv };
         let scale = (hd as f64).powf(-0.5);
         let entries = if ratio > 0 {
-            let x3 = x.reshape((b, s, cfg.dim))?;
-            prof::time("compress", || {
-                self.compress(&x3, b, s, &format!("{a}compressor."), ratio, hd, rope_yarn, false)
-            })?
+            let lay = pk.entries(ratio)?;
+            prof::time("compress", || self.compress(x, b, lay, &format!("{a}compressor."), hd, rope_yarn, false))?
         } else {
             None
         };
         let ne = entries.as_ref().map_or(0, |e| e.dim(1).unwrap_or(0));
-        // compressed entries each query attends: all visible ones (HCA) or the indexer's top-k (CSA)
+        // compressed entries each query attends (row numbering): all visible ones of its
+        // document (HCA) or the indexer's top-k among them (CSA)
         let mut selected: Vec<Vec<u32>> = vec![Vec::new(); b * s];
         if let Some(e) = &entries {
             match kind {
@@ -418,20 +499,14 @@ impl TrainModel {
                     // dense main scores over entries (detached): the indexer's training target
                     let sc = (q.detach().reshape((b, s * h, hd))?.matmul(&e.detach().transpose(1, 2)?)? * scale)?
                         .reshape((b, s, h, ne))?;
-                    let sel = prof::time("indexer", || {
-                        self.indexer(l, x, &qr, b, s, lengths, batch, table, rope_yarn, &sc, decisions, aux)
+                    selected = prof::time("indexer", || {
+                        self.indexer(l, x, &qr, b, s, lengths, batch, pk, table, rope_yarn, &sc, decisions, aux)
                     })?;
-                    for (bi, rows) in sel.into_iter().enumerate() {
-                        for (t, v) in rows.into_iter().enumerate() {
-                            selected[bi * s + t] = v.into_iter().map(|x| x as u32).collect();
-                        }
-                    }
                 }
                 _ => {
-                    for bi in 0..b {
-                        for t in 0..s {
-                            selected[bi * s + t] = (0..((t + 1) / ratio).min(ne) as u32).collect();
-                        }
+                    let lay = pk.entries(ratio)?;
+                    for (r, sel) in selected.iter_mut().enumerate() {
+                        *sel = lay.visible_range(r).map(|e| e as u32).collect();
                     }
                 }
             }
@@ -449,6 +524,7 @@ impl TrainModel {
             window: cfg.window_size,
             scale: scale as f32,
             selected: std::sync::Arc::new(selected),
+            key_start: pk.key_start.clone(),
         };
         let o = attention::sparse_attention(&q, &kvc, self.var(&format!("{a}attn_sink"))?, op)?; // [B, S, H, hd]
         let o = fused::rope(&o, &table.freqs, &table.positions, h, true)?;
@@ -462,7 +538,8 @@ impl TrainModel {
         self.linear(&oa, &format!("{a}wo_b.weight"))
     }
 
-    /// Lightning Indexer of CSA layer `l`: per batch row and query the selected entries.
+    /// Lightning Indexer of CSA layer `l`: per query row `b·S + t` the selected entries (row
+    /// numbering), chosen among the visible entries of the query's own document.
     /// Adds the auxiliary KL loss to `aux` when enabled.
     #[allow(clippy::too_many_arguments)]
     fn indexer(
@@ -474,23 +551,23 @@ impl TrainModel {
         s: usize,
         lengths: &[usize],
         batch: &[SeqInput],
+        pk: &Packing,
         table: &RopeCtx,
         rope_yarn: &Arc<Vec<f32>>,
         main_scores: &Tensor,
         decisions: &mut [Decisions],
         aux: &mut Vec<Tensor>,
-    ) -> Result<Vec<Vec<Vec<usize>>>> {
+    ) -> Result<Vec<Vec<u32>>> {
         let cfg = &self.config;
         let a = format!("layers.{l}.attn.indexer.");
         let (ih, ihd) = (cfg.index_n_heads, cfg.index_head_dim);
         // Detached inputs: the indexer learns only from its own loss.
         let xd = x.detach();
         let qrd = qr.detach();
-        let keys =
-            self.compress(&xd.reshape((b, s, cfg.dim))?, b, s, &format!("{a}compressor."), 4, ihd, rope_yarn, true)?;
-        let keys = match keys {
+        let lay = pk.entries(4)?;
+        let keys = match self.compress(&xd, b, lay, &format!("{a}compressor."), ihd, rope_yarn, true)? {
             Some(k) => k,
-            None => return Ok(vec![vec![vec![]; s]; b]),
+            None => return Ok(vec![Vec::new(); b * s]),
         };
         let ne = keys.dim(1)?;
         let qi = self.linear(&qrd, &format!("{a}wq_b.weight"))?.reshape((b, s, ih, ihd))?;
@@ -502,28 +579,32 @@ impl TrainModel {
         let w = (self.linear(&xd, &format!("{a}weights_proj.weight"))? * wscale)?.reshape((b, s, ih, 1))?;
         let scores = qi.matmul(&keys.transpose(1, 2)?)?.reshape((b, s, ih, ne))?.relu()?.broadcast_mul(&w)?.sum(2)?; // [B, S, ne]
         let vals: Vec<f32> = scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut selected = vec![vec![Vec::new(); s]; b];
+        let mut selected = vec![Vec::new(); b * s];
         for bi in 0..b {
             for t in 0..s {
-                let visible = ((t + 1) / 4).min(ne);
+                let r = bi * s + t;
+                // entries `off .. off + visible` of the row: the document's first `visible`
+                let range = lay.visible_range(r);
+                let (off, visible) = (range.start, range.len());
                 if visible == 0 {
                     continue;
                 }
                 let forced = batch[bi].forced.as_ref().and_then(|f| f.topk.get(&(l, t)));
+                // document numbering
                 let sel: Vec<usize> = match forced {
                     Some(f) => f.iter().copied().filter(|&e| e < visible).collect(),
                     None => {
-                        let row = &vals[(bi * s + t) * ne..(bi * s + t) * ne + visible];
+                        let row = &vals[r * ne + off..r * ne + off + visible];
                         let mut order: Vec<(f32, usize)> = row.iter().copied().zip(0..).collect();
                         order.sort_by(|p, q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
                         order.truncate(cfg.index_topk.min(visible));
                         order.into_iter().map(|(_, e)| e).collect()
                     }
                 };
+                selected[r] = sel.iter().map(|&e| (off + e) as u32).collect();
                 if t < lengths[bi] {
-                    decisions[bi].topk.insert((l, t), sel.clone());
+                    decisions[bi].topk.insert((l, t), sel);
                 }
-                selected[bi][t] = sel;
             }
         }
         if self.options.indexer_loss {
@@ -532,12 +613,13 @@ impl TrainModel {
             let mut rows = vec![0f32; b * s];
             for bi in 0..b {
                 for t in 0..lengths[bi].min(s) {
-                    let visible = ((t + 1) / 4).min(ne);
-                    for e in 0..visible {
-                        vis[(bi * s + t) * ne + e] = 0.0;
+                    let r = bi * s + t;
+                    let range = lay.visible_range(r);
+                    if !range.is_empty() {
+                        rows[r] = 1.0;
                     }
-                    if visible > 0 {
-                        rows[bi * s + t] = 1.0;
+                    for e in range {
+                        vis[r * ne + e] = 0.0;
                     }
                 }
             }
