@@ -57,7 +57,13 @@ pub fn evaluate(
             seed: 0,
         })
         .collect();
-    let (samples, _) = generate(engine, tok, &reqs, &GenOptions { max_batch: 32, record_routing: false }, progress)?;
+    let (samples, _) = generate(
+        engine,
+        tok,
+        &reqs,
+        &GenOptions { max_batch: 32, record_routing: false, record_indexer: false },
+        progress,
+    )?;
     let mut acc: BTreeMap<String, (f64, f64, f64, usize)> = BTreeMap::new();
     let mut examples = Vec::new();
     for (t, s) in tasks.iter().zip(&samples) {

@@ -13,7 +13,7 @@ use datasets::tasks::{fnv1a, Pcg};
 use datasets::Tokenizer;
 use model::{DecodeState, Engine, Row, Want};
 use rewards::agent::{AgentEnv, MAX_TURNS};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// One prompt to sample `n` responses for.
 #[derive(Debug, Clone)]
@@ -52,7 +52,8 @@ impl Finish {
 pub struct GenSample {
     /// Response tokens: generated ones and inserted tool results.
     pub tokens: Vec<u32>,
-    /// Sampler log-probability per token (0 for inserted tokens).
+    /// Behaviour log-probability per token, `log μ` of [`crate::sampling`]: tempered and, when
+    /// sampling truncated, renormalised over the token's kept set (0 for inserted tokens).
     pub logprobs: Vec<f32>,
     /// 1 = generated, 0 = inserted by the environment.
     pub gen_mask: Vec<u8>,
@@ -61,6 +62,9 @@ pub struct GenSample {
     pub prompt_routing: Option<Vec<u16>>,
     /// Kept ids per response token when sampling truncated (empty for inserted tokens).
     pub sample_mask: Option<Vec<Vec<u32>>>,
+    /// (layer, absolute position) → compressed entries the indexer selected, prompt included,
+    /// when [`GenOptions::record_indexer`].
+    pub indexer_topk: Option<BTreeMap<(usize, usize), Vec<usize>>>,
     pub finish: Finish,
     pub text: String,
     pub turns: usize,
@@ -73,11 +77,14 @@ pub struct GenOptions {
     pub max_batch: usize,
     /// Record expert ids (Keep Routing).
     pub record_routing: bool,
+    /// Return the indexer's top-k selections ([`GenSample::indexer_topk`]) for replay checks;
+    /// trajectories do not store them.
+    pub record_indexer: bool,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { max_batch: 32, record_routing: true }
+        GenOptions { max_batch: 32, record_routing: true, record_indexer: false }
     }
 }
 
@@ -171,6 +178,7 @@ pub fn generate(
                     routing: None,
                     prompt_routing,
                     sample_mask: if truncating { Some(vec![s.kept.unwrap_or_default()]) } else { None },
+                    indexer_topk: None,
                     finish: Finish::Length,
                     text: String::new(),
                     turns: 1,
@@ -198,7 +206,13 @@ pub fn generate(
             }
             let mut pstates: Vec<DecodeState> = batch_reqs
                 .iter()
-                .map(|_| if opts.record_routing { engine.new_state().recording() } else { engine.new_state() })
+                .map(|_| {
+                    if opts.record_routing || opts.record_indexer {
+                        engine.new_state().recording()
+                    } else {
+                        engine.new_state()
+                    }
+                })
                 .collect();
             let rows: Vec<Row> = batch_reqs
                 .iter()
@@ -209,7 +223,7 @@ pub fn generate(
             for (si, &r) in batch_reqs.iter().enumerate() {
                 let st = &pstates[si];
                 stats.prompt_tokens += reqs[r].prompt_tokens.len();
-                let prompt_routing = routes_u16(st, 0, st.pos, width);
+                let prompt_routing = if opts.record_routing { routes_u16(st, 0, st.pos, width) } else { None };
                 for g in 0..reqs[r].n {
                     waiting.push_back(Waiting {
                         req: r,
@@ -286,7 +300,12 @@ pub fn generate(
                 stats.max_state_bytes = stats.max_state_bytes.max(st.bytes().total());
                 s.out.finish = f;
                 s.out.text = tok.decode(&s.out.tokens);
-                s.out.routing = routes_u16(&st, s.prompt_len, s.prompt_len + s.out.tokens.len(), width);
+                if opts.record_routing {
+                    s.out.routing = routes_u16(&st, s.prompt_len, s.prompt_len + s.out.tokens.len(), width);
+                }
+                if opts.record_indexer {
+                    s.out.indexer_topk = st.record.map(|r| r.topk);
+                }
                 results[s.req][s.g] = Some(s.out);
                 progress.advance(1);
             } else {

@@ -1,5 +1,15 @@
 //! Losses: per-token log-probabilities (fused log-softmax + gather with an optional Keep
 //! Sampling Mask), masked cross-entropy for SFT, and the GRPO family.
+//!
+//! Keep Sampling Mask (algorithms.md §5.5): with the kept set `K` of a truncated sample,
+//!
+//! ```text
+//! log π_θ(x | K) = z_x / τ − lse_{i∈K}(z_i / τ)         ∂/∂z_i = ([i = x] − π_θ(i | K)) / τ, i ∈ K
+//! ```
+//!
+//! and 0 outside `K`. The sampler records `log μ` with the same formula and normaliser
+//! (`rollout::sampling::log_normaliser`), so at θ = θ_old the ratio `π_θ / μ` is 1 and
+//! off-policy sequence masking measures only policy staleness.
 
 use crate::error::{Result, TrainError};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -14,18 +24,25 @@ struct LogProbGather {
 }
 
 impl LogProbGather {
-    fn row_stats(&self, z: &[f32], r: usize) -> (f32, f32) {
-        // (max, log-sum-exp) over the row's support, of z / τ
-        let kept = self.masks.as_ref().and_then(|m| m.get(r).and_then(|x| x.as_ref()));
-        let it: Box<dyn Iterator<Item = f32>> = match kept {
-            Some(k) => Box::new(k.iter().filter_map(|&i| z.get(i as usize)).map(|v| v / self.tau)),
-            None => Box::new(z.iter().map(|v| v / self.tau)),
-        };
-        let vals: Vec<f32> = it.collect();
-        let m = vals.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let s: f32 = vals.iter().map(|v| (v - m).exp()).sum();
-        (m, m + s.ln())
+    /// Kept ids of row `r`, if masked.
+    fn kept(&self, r: usize) -> Option<&[u32]> {
+        self.masks.as_ref().and_then(|m| m.get(r).and_then(|x| x.as_deref()))
     }
+    /// `lse_{i∈K}(z_i / τ)` of row `r` (the sampler's normaliser, see the module docs).
+    fn log_normaliser(&self, z: &[f32], r: usize) -> f32 {
+        rollout::sampling::log_normaliser(z, self.kept(r), self.tau)
+    }
+}
+
+/// Checks that a kept set is a non-empty set of vocabulary ids containing the target.
+fn check_kept(kept: &[u32], target: usize, v: usize, r: usize) -> candle_core::Result<()> {
+    if let Some(&bad) = kept.iter().find(|&&i| i as usize >= v) {
+        bail!("logprob-gather: row {r} keeps id {bad} outside vocab {v}");
+    }
+    if !kept.contains(&(target as u32)) {
+        bail!("logprob-gather: row {r}: target {target} is not in its kept set ({} ids)", kept.len());
+    }
+    Ok(())
 }
 
 impl CustomOp2 for LogProbGather {
@@ -55,12 +72,14 @@ impl CustomOp2 for LogProbGather {
         let mut out = Vec::with_capacity(n);
         for r in 0..n {
             let row = &z[r * v..(r + 1) * v];
-            let (_, lse) = self.row_stats(row, r);
             let tok = t[r] as usize;
             if tok >= v {
                 bail!("logprob-gather: target {tok} outside vocab {v}");
             }
-            out.push(row[tok] / self.tau - lse);
+            if let Some(k) = self.kept(r) {
+                check_kept(k, tok, v, r)?;
+            }
+            out.push(row[tok] / self.tau - self.log_normaliser(row, r));
         }
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -80,10 +99,10 @@ impl CustomOp2 for LogProbGather {
         let mut out = vec![0f32; n * v];
         for r in 0..n {
             let row = &zv[r * v..(r + 1) * v];
-            let (_, lse) = self.row_stats(row, r);
+            let lse = self.log_normaliser(row, r);
             let g = gv[r] / self.tau;
             let o = &mut out[r * v..(r + 1) * v];
-            match self.masks.as_ref().and_then(|m| m.get(r).and_then(|x| x.as_ref())) {
+            match self.kept(r) {
                 Some(k) => {
                     for &i in k {
                         if let Some(x) = o.get_mut(i as usize) {
@@ -103,8 +122,9 @@ impl CustomOp2 for LogProbGather {
     }
 }
 
-/// Log-probabilities `[N]` of `targets` under `logits [N, V]` at temperature `tau`, with
-/// optional per-row kept sets (Keep Sampling Mask).
+/// Log-probabilities `[N]` of `targets` under `logits [N, V]` at temperature `tau` (≤ 0 means
+/// 1, as in the sampler), with optional per-row kept sets (Keep Sampling Mask): a row's
+/// softmax then runs over its kept ids, which must contain its target.
 pub fn token_logprobs(
     logits: &Tensor,
     targets: &[u32],
@@ -115,8 +135,11 @@ pub fn token_logprobs(
     if logits.dim(0)? != n {
         return Err(TrainError::Shape(format!("{} logit rows for {n} targets", logits.dim(0)?)));
     }
+    if let Some(m) = masks.as_ref().filter(|m| m.len() != n) {
+        return Err(TrainError::Shape(format!("{} kept sets for {n} targets", m.len())));
+    }
     let t = Tensor::from_slice(targets, n, logits.device())?;
-    let op = LogProbGather { tau: if tau > 0.0 { tau } else { 1.0 }, masks: masks.map(std::sync::Arc::new) };
+    let op = LogProbGather { tau: rollout::sampling::logprob_temperature(tau), masks: masks.map(std::sync::Arc::new) };
     Ok(logits.contiguous()?.apply_op2(&t, op)?)
 }
 
@@ -414,6 +437,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn kept_sets_are_checked_and_scored_as_the_sampler_records() {
+        let dev = Device::Cpu;
+        let z = [0.3f32, -1.2, 2.0, 0.7, 1.1];
+        let t = Tensor::new(&z, &dev).unwrap().reshape((1, 5)).unwrap();
+        let kept = vec![0u32, 2, 4];
+        let lp: Vec<f32> = token_logprobs(&t, &[4], 0.8, Some(vec![Some(kept.clone())])).unwrap().to_vec1().unwrap();
+        assert_eq!(lp[0], rollout::sampling::behaviour_logprob(&z, Some(&kept), 4, 0.8), "bit for bit");
+        assert!(token_logprobs(&t, &[3], 0.8, Some(vec![Some(kept)])).is_err(), "target outside its kept set");
+        assert!(token_logprobs(&t, &[2], 0.8, Some(vec![Some(vec![2, 9])])).is_err(), "kept id outside the vocab");
+        assert!(token_logprobs(&t, &[2], 0.8, Some(vec![])).is_err(), "one kept set per row");
     }
 
     #[test]
