@@ -244,66 +244,158 @@ pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
 
 /// Write tasks (with their rendered first prompt) as Parquet or JSONL, by extension.
 pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    write_tasks_iter(path, tasks.iter().cloned().map(Ok)).map(|_| ())
+}
+
+/// Rows per Parquet row group written by [`TaskWriter`].
+pub const TASK_ROW_GROUP: usize = 8192;
+
+/// Write tasks as they come (`tasks sample --n 10^11`): memory is one row group, not `n`.
+/// Returns the number written; the file appears (renamed from `.tmp`) only when complete.
+pub fn write_tasks_iter(path: &Path, tasks: impl IntoIterator<Item = Result<Task>>) -> Result<u64> {
+    let mut w = TaskWriter::create(path, TASK_ROW_GROUP)?;
+    for t in tasks {
+        w.push(t?)?;
     }
-    let tmp = path.with_extension(format!("{ext}.tmp"));
-    match ext {
-        "jsonl" | "json" | "ndjson" => {
-            let mut s = String::new();
-            for t in tasks {
-                s.push_str(&serde_json::to_string(t)?);
-                s.push('\n');
+    w.finish()
+}
+
+enum TaskSink {
+    Jsonl(std::io::BufWriter<std::fs::File>),
+    Parquet(Box<parquet::arrow::ArrowWriter<std::fs::File>>),
+}
+
+/// Streaming task writer: Parquet rows are buffered up to `row_group` tasks, then encoded
+/// and flushed to the file as one row group; JSONL rows go through a buffered file. The
+/// footer's row-group index grows by a few hundred bytes per row group.
+pub struct TaskWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    sink: TaskSink,
+    buf: Vec<Task>,
+    row_group: usize,
+    written: u64,
+    groups: u64,
+}
+
+fn task_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new("domain", DataType::Utf8, false),
+        Field::new("family", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("difficulty", DataType::UInt32, false),
+        Field::new("messages", DataType::Utf8, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("verifier", DataType::Utf8, false),
+        Field::new("reference", DataType::Utf8, false),
+    ]))
+}
+
+fn task_batch(tasks: &[Task]) -> Result<arrow::record_batch::RecordBatch> {
+    use std::sync::Arc;
+    let s = |f: &dyn Fn(&Task) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(tasks.iter().map(f))) };
+    let cols: Vec<ArrayRef> = vec![
+        s(&|t| t.prompt_id.clone()),
+        s(&|t| t.domain.clone()),
+        s(&|t| t.family.clone()),
+        s(&|t| t.split.as_str().to_string()),
+        Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.difficulty))),
+        s(&|t| serde_json::to_string(&t.messages).unwrap_or_default()),
+        s(&|t| t.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default()),
+        s(&|t| t.answer.clone()),
+        s(&|t| t.verifier.to_string()),
+        s(&|t| serde_json::to_string(&t.reference).unwrap_or_default()),
+    ];
+    Ok(arrow::record_batch::RecordBatch::try_new(task_schema(), cols)?)
+}
+
+impl TaskWriter {
+    pub fn create(path: &Path, row_group: usize) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        }
+        let tmp = path.with_extension(format!("{ext}.tmp"));
+        let open = || std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e));
+        let row_group = row_group.max(1);
+        let sink = match ext {
+            "jsonl" | "json" | "ndjson" => TaskSink::Jsonl(std::io::BufWriter::new(open()?)),
+            "parquet" => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(row_group))
+                    .build();
+                TaskSink::Parquet(Box::new(parquet::arrow::ArrowWriter::try_new(open()?, task_schema(), Some(props))?))
             }
-            std::fs::write(&tmp, s).map_err(|e| DataError::io(&tmp, e))?;
-        }
-        "parquet" => {
-            use arrow::datatypes::{Field, Schema};
-            use std::sync::Arc;
-            let s = |f: &dyn Fn(&Task) -> String| -> ArrayRef {
-                Arc::new(StringArray::from_iter_values(tasks.iter().map(f)))
-            };
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("prompt_id", DataType::Utf8, false),
-                Field::new("domain", DataType::Utf8, false),
-                Field::new("family", DataType::Utf8, false),
-                Field::new("split", DataType::Utf8, false),
-                Field::new("difficulty", DataType::UInt32, false),
-                Field::new("messages", DataType::Utf8, false),
-                Field::new("prompt", DataType::Utf8, false),
-                Field::new("answer", DataType::Utf8, false),
-                Field::new("verifier", DataType::Utf8, false),
-                Field::new("reference", DataType::Utf8, false),
-            ]));
-            let cols: Vec<ArrayRef> = vec![
-                s(&|t| t.prompt_id.clone()),
-                s(&|t| t.domain.clone()),
-                s(&|t| t.family.clone()),
-                s(&|t| t.split.as_str().to_string()),
-                Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.difficulty))),
-                s(&|t| serde_json::to_string(&t.messages).unwrap_or_default()),
-                s(&|t| {
-                    t.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default()
-                }),
-                s(&|t| t.answer.clone()),
-                s(&|t| t.verifier.to_string()),
-                s(&|t| serde_json::to_string(&t.reference).unwrap_or_default()),
-            ];
-            let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)?;
-            let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
-            w.write(&batch)?;
-            w.close()?;
-        }
-        other => {
-            return Err(DataError::Format(format!(
-                "{}: unknown output format `.{other}` (use .parquet or .jsonl)",
-                path.display()
-            )))
-        }
+            other => {
+                return Err(DataError::Format(format!(
+                    "{}: unknown output format `.{other}` (use .parquet or .jsonl)",
+                    path.display()
+                )))
+            }
+        };
+        Ok(TaskWriter { path: path.to_path_buf(), tmp, sink, buf: Vec::new(), row_group, written: 0, groups: 0 })
     }
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+
+    pub fn push(&mut self, t: Task) -> Result<()> {
+        match &mut self.sink {
+            TaskSink::Jsonl(w) => {
+                use std::io::Write;
+                serde_json::to_writer(&mut *w, &t)?;
+                w.write_all(b"\n").map_err(|e| DataError::io(&self.tmp, e))?;
+                self.written += 1;
+            }
+            TaskSink::Parquet(_) => {
+                self.buf.push(t);
+                if self.buf.len() >= self.row_group {
+                    self.flush_group()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode the buffered rows as one row group and write it out.
+    fn flush_group(&mut self) -> Result<()> {
+        let TaskSink::Parquet(w) = &mut self.sink else { return Ok(()) };
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        w.write(&task_batch(&self.buf)?)?;
+        w.flush()?;
+        self.written += self.buf.len() as u64;
+        self.groups += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Tasks held in memory, not yet written (at most one row group).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Row groups written so far.
+    pub fn row_groups(&self) -> u64 {
+        self.groups
+    }
+
+    /// Write what is left, close the file and move it into place; the number of tasks.
+    pub fn finish(mut self) -> Result<u64> {
+        self.flush_group()?;
+        match self.sink {
+            TaskSink::Jsonl(mut w) => {
+                use std::io::Write;
+                w.flush().map_err(|e| DataError::io(&self.tmp, e))?;
+            }
+            TaskSink::Parquet(w) => {
+                w.close()?;
+            }
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| DataError::io(&self.path, e))?;
+        Ok(self.written)
+    }
 }
 
 /// Where prompts come from.
@@ -318,8 +410,28 @@ pub enum PromptSource {
     FileDomains(std::path::PathBuf, String),
 }
 
+/// Separates a record's prompt id from the pass over the records that drew it.
+pub const PASS_MARK: char = '@';
+
+/// Draw `k` (0-based, over a whole run) of a list that is cycled through: record `k % len`.
+/// From the second pass on, its prompt id carries the pass (`data.jsonl#3@2`), so a file
+/// that wraps around never yields a prompt id twice — nor, through it, a trajectory id, a
+/// sampling seed or a GRPO group that collides with an earlier draw of the same record.
+fn cycled(all: &[Task], k: u64) -> Task {
+    let len = all.len() as u64;
+    let mut t = all[(k % len) as usize].clone();
+    let pass = k / len;
+    if pass > 0 {
+        t.prompt_id = format!("{}{PASS_MARK}{pass}", t.prompt_id);
+    }
+    t
+}
+
 impl PromptSource {
-    /// `n` prompts, cycling over the matched domains (built-in) or the file's records.
+    /// `n` prompts from draw `offset` on, cycling over the matched domains (built-in) or the
+    /// file's records. Prompt ids are unique over all draws: built-in tasks carry their
+    /// index, and a record drawn again on a later pass over a file gets the pass appended
+    /// (`data.jsonl#3@1`, see [`PASS_MARK`]).
     pub fn take(&self, n: usize, offset: u64) -> Result<Vec<Task>> {
         match self {
             PromptSource::Builtin { domains, split, seed, difficulty } => {
@@ -334,7 +446,7 @@ impl PromptSource {
             }
             PromptSource::File(p) => {
                 let all = load_dataset(p)?;
-                Ok((0..n).map(|i| all[(offset as usize + i) % all.len()].clone()).collect())
+                Ok((0..n as u64).map(|i| cycled(&all, offset + i)).collect())
             }
             PromptSource::FileDomains(p, pattern) => {
                 let all: Vec<Task> =
@@ -342,8 +454,54 @@ impl PromptSource {
                 if all.is_empty() {
                     return Err(DataError::Format(format!("{}: no record of domain `{pattern}`", p.display())));
                 }
-                Ok((0..n).map(|i| all[(offset as usize + i) % all.len()].clone()).collect())
+                Ok((0..n as u64).map(|i| cycled(&all, offset + i)).collect())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod task_writer_tests {
+    use super::*;
+
+    /// Parquet rows leave memory one row group at a time: the writer never holds more than
+    /// a row group, and the file grows while tasks are still being generated.
+    #[test]
+    fn tasks_are_written_in_bounded_row_groups_as_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let d = tasks::Difficulty::uniform(None);
+        let mut w = TaskWriter::create(&path, 16).unwrap();
+        let tmp = path.with_extension("parquet.tmp");
+        let mut sizes = Vec::new();
+        for t in tasks::sample_iter("math.add", Split::Train, 0, 200, &d) {
+            w.push(t.unwrap()).unwrap();
+            assert!(w.buffered() < 16, "{} tasks held in memory", w.buffered());
+            sizes.push(std::fs::metadata(&tmp).unwrap().len());
+        }
+        assert_eq!(w.row_groups(), 12);
+        // written incrementally: the file grew many times before the end
+        sizes.dedup();
+        assert!(sizes.len() >= 5, "file sizes while writing: {sizes:?}");
+        assert_eq!(w.finish().unwrap(), 200);
+        let back = load_dataset(&path).unwrap();
+        assert_eq!(back.len(), 200);
+        let want = tasks::sample("math.add", Split::Train, 0, 200, None).unwrap();
+        assert_eq!((&back[199].answer, &back[199].messages), (&want[199].answer, &want[199].messages));
+    }
+
+    /// A huge `n` is a lazy range: nothing is allocated up front, and a consumer that stops
+    /// early (an error, a full disk) has generated only what it took.
+    #[test]
+    fn sampling_a_huge_n_is_lazy() {
+        let d = tasks::Difficulty::uniform(None);
+        let it = tasks::sample_iter("math.add", Split::Train, 0, 100_000_000_000, &d);
+        assert_eq!(it.size_hint().0, 100_000_000_000);
+        let first: Vec<Task> = it.take(3).map(|t| t.unwrap()).collect();
+        assert_eq!(first.len(), 3);
+        let jsonl = tempfile::tempdir().unwrap();
+        let p = jsonl.path().join("t.jsonl");
+        let n = write_tasks_iter(&p, tasks::sample_iter("math.add", Split::Train, 0, 50, &d)).unwrap();
+        assert_eq!((n, load_dataset(&p).unwrap().len()), (50, 50));
     }
 }

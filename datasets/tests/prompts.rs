@@ -104,3 +104,27 @@ fn sampled_tasks_write_and_read_back() {
     let ps = src.take(10, 0).unwrap();
     assert_eq!(ps.iter().filter(|t| t.domain == "if.json").count(), 2);
 }
+
+#[test]
+fn a_file_smaller_than_the_draws_gives_unique_prompt_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("small.jsonl");
+    let lines: String = (0..3)
+        .map(|i| format!("{{\"prompt\": \"{i}+1?\", \"answer\": {}, \"domain\": \"math.add\"}}\n", i + 1))
+        .collect();
+    std::fs::write(&p, lines).unwrap();
+    for src in [PromptSource::File(p.clone()), PromptSource::FileDomains(p.clone(), "math.*".into())] {
+        // 10 draws from 3 records: the source wraps around three times
+        let ts = src.take(10, 0).unwrap();
+        let ids: std::collections::HashSet<&str> = ts.iter().map(|t| t.prompt_id.as_str()).collect();
+        assert_eq!(ids.len(), 10, "{:?}", ts.iter().map(|t| &t.prompt_id).collect::<Vec<_>>());
+        // the first pass keeps the records' own ids; later passes say which pass they are
+        assert_eq!(ts[0].prompt_id, "small.jsonl#0");
+        assert_eq!(ts[4].prompt_id, "small.jsonl#1@1");
+        assert_eq!(ts[9].prompt_id, "small.jsonl#0@3");
+        assert!(ts.iter().zip(ts.iter().skip(3)).all(|(a, b)| a.messages == b.messages && a.answer == b.answer));
+        // draws depend only on their position (a resumed run draws the same prompts)
+        let later = src.take(4, 5).unwrap();
+        assert_eq!(later, ts[5..9].to_vec());
+    }
+}

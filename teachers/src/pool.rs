@@ -1,9 +1,11 @@
 //! Teachers loaded when needed, at most `max_resident` at a time (least recently used
 //! evicted first). Callers process samples in teacher order, so with the default of one
-//! resident teacher each checkpoint is read once per step.
+//! resident teacher each checkpoint is read once per step. Heads alone ([`TeacherPool::head`])
+//! are read straight from the checkpoint files, without loading the teacher.
 
 use crate::error::{Result, TeacherError};
-use crate::registry::Registry;
+use crate::head::{load_head, TeacherHead, HEAD_WEIGHT};
+use crate::registry::{Registry, TeacherSpec};
 use model::{Engine, EngineOptions};
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ impl LoadedTeacher {
     pub fn from_weights(id: &str, w: &model::ModelWeights, opts: EngineOptions) -> Result<Self> {
         let head = w
             .tensors
-            .get("head.weight")
+            .get(HEAD_WEIGHT)
             .ok_or_else(|| TeacherError::Teacher { id: id.into(), msg: "checkpoint has no head.weight".into() })?
             .data
             .clone();
@@ -46,6 +48,8 @@ pub struct TeacherPool {
     resident: Vec<(usize, Arc<LoadedTeacher>)>,
     /// Checkpoint loads so far (for logs and tests).
     pub loads: usize,
+    /// Head-only loads so far ([`TeacherPool::head`]; for logs and tests).
+    pub head_loads: usize,
 }
 
 impl TeacherPool {
@@ -56,16 +60,30 @@ impl TeacherPool {
             options: EngineOptions::default(),
             resident: Vec::new(),
             loads: 0,
+            head_loads: 0,
         }
+    }
+
+    fn spec(&self, idx: usize) -> Result<&TeacherSpec> {
+        self.registry
+            .teachers
+            .get(idx)
+            .ok_or_else(|| TeacherError::Registry(format!("no teacher #{idx} ({} registered)", self.registry.len())))
+    }
+
+    /// The head of teacher `idx`, read from its checkpoint (only `head.weight` is decoded);
+    /// the resident teachers are left as they are.
+    pub fn head(&mut self, idx: usize) -> Result<TeacherHead> {
+        let spec = self.spec(idx)?;
+        let head = load_head(&spec.id, &spec.checkpoint)?;
+        self.head_loads += 1;
+        Ok(head)
     }
 
     /// Teacher `idx` of the registry, loading it (and evicting the least recently used one
     /// beyond `max_resident`) when it is not resident.
     pub fn get(&mut self, idx: usize) -> Result<Arc<LoadedTeacher>> {
-        let spec =
-            self.registry.teachers.get(idx).ok_or_else(|| {
-                TeacherError::Registry(format!("no teacher #{idx} ({} registered)", self.registry.len()))
-            })?;
+        let spec = self.spec(idx)?.clone();
         if let Some(pos) = self.resident.iter().position(|(i, _)| *i == idx) {
             let e = self.resident.remove(pos);
             let t = e.1.clone();

@@ -395,6 +395,18 @@ pub fn sample_with(
     (0..n as u64).map(|i| generate(domain, split, seed, i, difficulty.for_prompt(domain, i))).collect()
 }
 
+/// [`sample_with`] as a lazy iterator: tasks are generated one at a time, so `n` may be far
+/// larger than memory (`tasks sample --n 100000000000`).
+pub fn sample_iter<'a>(
+    domain: &'a str,
+    split: Split,
+    seed: u64,
+    n: u64,
+    difficulty: &'a Difficulty,
+) -> impl Iterator<Item = crate::error::Result<Task>> + 'a {
+    (0..n).map(move |i| generate(domain, split, seed, i, difficulty.for_prompt(domain, i)))
+}
+
 /// Number words used in verbal descriptions.
 pub(crate) const NUMBER_WORDS: [&str; 11] =
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
