@@ -7,12 +7,21 @@
 //! gradient steps of the clipped surrogate with importance correction against the sampler's
 //! log-probabilities (optionally with Keep Routing, Keep Sampling Mask, a KL penalty to a
 //! frozen reference, off-policy sequence masking, Anticipatory Routing).
+//!
+//! Anticipatory Routing ([`crate::anticipatory`]): while active (after a spike of the step's
+//! mean loss, or always), each minibatch is first routed by the current backbone with the
+//! router of Δt optimizer updates ago and the training forward replays those expert ids
+//! (they replace Keep Routing's recorded ids for that step; the reference model, if any,
+//! sees the same ids). The spike detector sees one value per GRPO step; activation lasts
+//! `hold_steps` GRPO steps.
 
+use crate::anticipatory::{AnticipatoryConfig, AnticipatoryState, SpikeSignal, Trigger};
 use crate::error::{Result, TrainError};
 use crate::losses::{advantages, grpo_loss, token_logprobs, GrpoLossConfig, KlKind};
 use crate::optim::lr_schedule;
+use crate::reference::{counted_tokens, FrozenReference};
 use crate::session::Session;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use datasets::chat::Mode;
 use datasets::progress::Progress;
 use datasets::prompts::PromptSource;
@@ -24,7 +33,7 @@ use model::{Decisions, Engine, EngineOptions, ModelWeights};
 use rewards::shaping::LengthShaping;
 use rollout::{GenOptions, RolloutJob, SamplingParams};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,7 +46,8 @@ pub enum RoutingMode {
     Free,
     /// Replay the sampler's expert ids (Keep Routing).
     Keep,
-    /// Indices from a parameter snapshot `dt` steps old (Anticipatory Routing).
+    /// Legacy spelling of `Free` plus [`GrpoConfig::anticipatory`] with `trigger = spike` and
+    /// this `dt` (Anticipatory Routing switched on by loss spikes, not always on).
     Anticipatory { dt: u64 },
 }
 
@@ -45,6 +55,10 @@ pub enum RoutingMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoConfig {
+    /// Stop after this step (resumably), while the learning-rate schedule still spans `steps`
+    /// (`--stop-after-steps`): a stopped and resumed run is bit-identical to an uninterrupted one.
+    #[serde(skip)]
+    pub stop_at: Option<u64>,
     pub steps: u64,
     pub prompts_per_step: usize,
     pub group_size: usize,
@@ -65,6 +79,11 @@ pub struct GrpoConfig {
     pub dynamic_sampling: bool,
     pub max_refill_rounds: usize,
     pub routing: RoutingMode,
+    /// Anticipatory Routing on loss spikes (off by default); combines with `routing`.
+    pub anticipatory: AnticipatoryConfig,
+    /// Score π_θ (and π_ref) over each token's recorded top-k/top-p kept set, the support
+    /// the sampler's recorded log-prob is normalised over, so on-policy ratios are 1. Off:
+    /// full-vocabulary π_θ against the truncated μ (on-policy ratio `Σ_K π_θ` < 1).
     pub keep_sampling_mask: bool,
     pub shaping: LengthShaping,
     pub warmup: u64,
@@ -79,6 +98,7 @@ pub struct GrpoConfig {
 impl Default for GrpoConfig {
     fn default() -> Self {
         GrpoConfig {
+            stop_at: None,
             steps: 20,
             prompts_per_step: 8,
             group_size: 8,
@@ -94,6 +114,7 @@ impl Default for GrpoConfig {
             dynamic_sampling: true,
             max_refill_rounds: 2,
             routing: RoutingMode::Keep,
+            anticipatory: AnticipatoryConfig::default(),
             keep_sampling_mask: true,
             shaping: LengthShaping::default(),
             warmup: 0,
@@ -103,6 +124,32 @@ impl Default for GrpoConfig {
             stage: "grpo".into(),
             rollout_batch: 64,
         }
+    }
+}
+
+impl GrpoConfig {
+    /// The base routing mode and the Anticipatory Routing settings, with the legacy
+    /// `routing = anticipatory{dt}` folded in (free routing + spike-triggered, Δt = dt).
+    pub fn routing_plan(&self) -> Result<(RoutingMode, AnticipatoryConfig)> {
+        let mut a = self.anticipatory.clone();
+        let base = match self.routing {
+            RoutingMode::Anticipatory { dt } => {
+                if a.trigger != Trigger::Off && a.dt != dt {
+                    return Err(TrainError::Input(format!(
+                        "routing anticipatory:{dt} conflicts with anticipatory.dt = {}",
+                        a.dt
+                    )));
+                }
+                if a.trigger == Trigger::Off {
+                    a.trigger = Trigger::Spike;
+                }
+                a.dt = dt;
+                RoutingMode::Free
+            }
+            m => m,
+        };
+        a.validate()?;
+        Ok((base, a))
     }
 }
 
@@ -154,6 +201,7 @@ pub fn recorded_routes(t: &Trajectory) -> Decisions {
 }
 
 /// One training row of a batch: the sequence and which response tokens count.
+#[derive(Clone)]
 struct Row<'a> {
     t: &'a Trajectory,
     adv: f32,
@@ -174,17 +222,32 @@ struct PolicyEval {
     indexer_loss: Option<Tensor>,
 }
 
-/// Evaluate the counted response tokens of `rows` under `model`.
-fn policy_logprobs(model: &TrainModel, rows: &[Row], tau: f32, keep_mask: bool) -> Result<PolicyEval> {
-    let inputs: Vec<SeqInput> = rows
-        .iter()
+/// The model inputs of `rows`: prompt + response, with the rows' forced decisions.
+fn seq_inputs(rows: &[Row]) -> Vec<SeqInput> {
+    rows.iter()
         .map(|r| {
             let mut toks = r.t.prompt_tokens.clone();
             toks.extend(&r.t.response_tokens);
-            SeqInput { tokens: toks, forced: r.forced.clone() }
+            SeqInput { tokens: toks, forced: r.forced.clone(), ..Default::default() }
         })
-        .collect();
-    let out = model.forward(&inputs)?;
+        .collect()
+}
+
+/// `rows` with their expert ids replaced by those the Δt-old router chooses for this batch
+/// (the same batch the training forward sees, so Δt = 0 reproduces normal routing).
+fn anticipatory_rows<'a>(
+    model: &TrainModel,
+    state: &AnticipatoryState,
+    cfg: &AnticipatoryConfig,
+    rows: &[Row<'a>],
+) -> Result<Vec<Row<'a>>> {
+    let routes = state.routes(model, cfg, &seq_inputs(rows))?;
+    Ok(rows.iter().zip(routes).map(|(r, d)| Row { forced: Some(Arc::new(d)), ..r.clone() }).collect())
+}
+
+/// Evaluate the counted response tokens of `rows` under `model`.
+fn policy_logprobs(model: &TrainModel, rows: &[Row], tau: f32, keep_mask: bool) -> Result<PolicyEval> {
+    let out = model.forward(&seq_inputs(rows))?;
     let s = out.hidden.dim(1)?;
     let d = out.hidden.dim(2)?;
     let mut idx = Vec::new();
@@ -194,22 +257,15 @@ fn policy_logprobs(model: &TrainModel, rows: &[Row], tau: f32, keep_mask: bool) 
     let mut old = Vec::new();
     for (b, r) in rows.iter().enumerate() {
         let p = r.t.prompt_tokens.len();
-        let mut c = 0;
-        for (j, &tok) in r.t.response_tokens.iter().enumerate() {
-            if r.t.response_mask.as_ref().is_some_and(|m| m[j] == 0) {
-                continue;
-            }
-            idx.push((b * s + p - 1 + j) as u32);
-            targets.push(tok);
-            old.push(r.t.response_logprobs[j]);
-            masks.push(if keep_mask {
-                r.t.sample_mask.as_ref().and_then(|m| m.get(j)).filter(|k| !k.is_empty()).cloned()
-            } else {
-                None
-            });
-            c += 1;
+        let counted = counted_tokens(r.t, keep_mask)?;
+        counts.push(counted.len());
+        for c in counted {
+            idx.push((b * s + p - 1 + c.j) as u32);
+            targets.push(c.target);
+            old.push(c.behaviour);
+            // the kept set the recorded log-prob is normalised over (Keep Sampling Mask)
+            masks.push(c.mask);
         }
-        counts.push(c);
     }
     let h = out.hidden.reshape((rows.len() * s, d))?;
     let sel = Tensor::from_vec(idx, targets.len(), h.device())?;
@@ -242,6 +298,18 @@ fn mode_for(modes: &[Mode], seed: u64, prompt_id: &str) -> Mode {
     modes[(fnv1a(&format!("{seed}/{prompt_id}")) % modes.len() as u64) as usize]
 }
 
+/// Give the session Anticipatory Routing state for `cfg` (kept from a checkpoint when there
+/// is one), or drop it when the mechanism is off.
+fn prepare_anticipatory(session: &mut Session, cfg: &AnticipatoryConfig) -> Result<()> {
+    if cfg.trigger == Trigger::Off {
+        session.anticipatory = None;
+        return Ok(());
+    }
+    let state = session.anticipatory.get_or_insert_with(AnticipatoryState::default);
+    state.conform(cfg);
+    state.check_against(&session.model)
+}
+
 /// Run GRPO from the session's step to `cfg.steps`.
 pub fn run_grpo(
     session: &mut Session,
@@ -249,7 +317,7 @@ pub fn run_grpo(
     source: &PromptSource,
     rollouts: &mut dyn Rollouts,
     run: &str,
-    reference: Option<&TrainModel>,
+    reference: Option<&FrozenReference>,
     metrics: &mut MetricsWriter,
     progress: &dyn Progress,
     ckpt_root: Option<&Path>,
@@ -263,9 +331,10 @@ pub fn run_grpo(
     if cfg.loss.beta > 0.0 && cfg.loss.kl != KlKind::None && reference.is_none() {
         return Err(TrainError::Input("a KL penalty needs a reference model".into()));
     }
+    let (base_routing, ar_cfg) = cfg.routing_plan()?;
+    prepare_anticipatory(session, &ar_cfg)?;
     let mut report = GrpoReport { mean_reward_first: f64::NAN, ..Default::default() };
     let start = Instant::now();
-    let mut snapshots: VecDeque<ModelWeights> = VecDeque::new();
     let params = SamplingParams {
         temperature: cfg.temperature,
         top_p: cfg.top_p,
@@ -277,7 +346,7 @@ pub fn run_grpo(
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
     progress.message(&format!("optimizer groups: {}", session.opt.describe()));
-    while session.counters.step < cfg.steps {
+    while session.counters.step < cfg.stop_at.map_or(cfg.steps, |l| l.min(cfg.steps)) {
         let step = session.counters.step;
         let t0 = Instant::now();
         let policy = session.weights()?;
@@ -350,58 +419,44 @@ pub fn run_grpo(
                 rows_data.push((t.clone(), a));
             }
         }
-        // ---- anticipatory routing: indices from a snapshot dt steps old
-        snapshots.push_back(policy.clone());
-        let anticipatory = match cfg.routing {
-            RoutingMode::Anticipatory { dt } => {
-                while snapshots.len() > dt as usize + 1 {
-                    snapshots.pop_front();
-                }
-                let old = snapshots.front().cloned().unwrap_or_else(|| policy.clone());
-                Some(TrainModel::from_weights(&old, DType::F32, session.model.options)?)
-            }
-            _ => {
-                snapshots.clear();
-                None
-            }
-        };
-        let mut rows: Vec<Row> = Vec::with_capacity(rows_data.len());
-        for (t, a) in &rows_data {
-            let forced = match (cfg.routing, &anticipatory) {
-                (RoutingMode::Keep, _) => Some(Arc::new(recorded_routes(t))),
-                (RoutingMode::Anticipatory { .. }, Some(m)) => {
-                    let mut toks = t.prompt_tokens.clone();
-                    toks.extend(&t.response_tokens);
-                    let out = m.forward(&[SeqInput { tokens: toks, forced: None }])?;
-                    Some(Arc::new(Decisions { routes: out.decisions[0].routes.clone(), topk: Default::default() }))
-                }
-                _ => None,
-            };
-            rows.push(Row { t, adv: *a, forced });
-        }
+        let rows: Vec<Row> = rows_data
+            .iter()
+            .map(|(t, a)| {
+                let forced = (base_routing == RoutingMode::Keep).then(|| Arc::new(recorded_routes(t)));
+                Row { t, adv: *a, forced }
+            })
+            .collect();
+        // ---- anticipatory routing this step? (decided by the spikes of earlier steps)
+        let anticipating = session.anticipatory.as_ref().is_some_and(|a| a.is_active(&ar_cfg));
         // ---- policy update
         let t1 = Instant::now();
         let lr = lr_schedule(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
+        // the temperature the sampler's log-probs were recorded at
+        let tau = rollout::sampling::logprob_temperature(cfg.temperature);
         let (mut clip, mut kl, mut ent, mut gnorm, mut n_updates, mut masked, mut train_tokens) =
             (0f32, 0f32, 0f32, 0f32, 0usize, 0usize, 0usize);
+        let mut loss_sum = 0f64;
         let mut decisions = Vec::new();
         for _epoch in 0..cfg.epochs {
             for mb in rows.chunks(cfg.minibatch) {
                 if mb.iter().all(|r| r.adv == 0.0) && cfg.loss.beta == 0.0 {
                     continue;
                 }
+                let routed = match (&session.anticipatory, anticipating) {
+                    (Some(a), true) => Some(anticipatory_rows(&session.model, a, &ar_cfg, mb)?),
+                    _ => None,
+                };
+                let mb = routed.as_deref().unwrap_or(mb);
                 let PolicyEval { logprobs: lp, counts, old, entropy: e, decisions: dec, indexer_loss: aux } =
-                    policy_logprobs(&session.model, mb, cfg.temperature.max(1e-3), cfg.keep_sampling_mask)?;
+                    policy_logprobs(&session.model, mb, tau, cfg.keep_sampling_mask)?;
                 if counts.iter().sum::<usize>() == 0 {
                     continue;
                 }
                 let ref_lp = match reference {
-                    Some(r) if cfg.loss.beta > 0.0 => Some(
-                        policy_logprobs(r, mb, cfg.temperature.max(1e-3), cfg.keep_sampling_mask)?
-                            .logprobs
-                            .detach()
-                            .to_vec1::<f32>()?,
-                    ),
+                    Some(r) if cfg.loss.beta > 0.0 => {
+                        let seqs: Vec<_> = mb.iter().map(|r| (r.t, r.forced.clone())).collect();
+                        Some(r.logprobs(&seqs, tau, cfg.keep_sampling_mask)?)
+                    }
                     _ => None,
                 };
                 let adv: Vec<f32> = mb.iter().map(|r| r.adv).collect();
@@ -418,7 +473,11 @@ pub fn run_grpo(
                     _ => loss,
                 };
                 let grads = total.backward()?;
+                if let Some(a) = session.anticipatory.as_mut() {
+                    a.record_update(&session.model, &ar_cfg)?;
+                }
                 let s = session.step(&grads, lr)?;
+                loss_sum += lv as f64;
                 clip += st.clip_fraction;
                 kl += st.kl_mean;
                 ent += e;
@@ -432,6 +491,12 @@ pub fn run_grpo(
         session.balance_router(&decisions)?;
         session.counters.step += 1;
         let train_s = t1.elapsed().as_secs_f64();
+        // ---- spike detector: feed this step's signal, decide the next step's routing
+        let signal = (n_updates > 0).then(|| match ar_cfg.detector.signal {
+            SpikeSignal::Loss => loss_sum / n_updates as f64,
+            SpikeSignal::GradNorm => gnorm as f64 / n_updates as f64,
+        });
+        let outcome = session.anticipatory.as_mut().map(|a| a.end_step(signal, &ar_cfg));
         // ---- metrics
         let st = session.counters.step;
         let tok = session.counters.sampled_tokens;
@@ -471,6 +536,19 @@ pub fn run_grpo(
         metrics.log(stage, st, "train/grad_norm", gnorm as f64 / n, none, tok);
         metrics.log(stage, st, "grpo/kept_groups", kept as f64 / seen.max(1) as f64, none, tok);
         metrics.log(stage, st, "grpo/masked_sequences", masked as f64, none, tok);
+        if let Some(o) = outcome {
+            metrics.log(stage, st, "routing/anticipatory_active", f64::from(u8::from(anticipating)), none, tok);
+            metrics.log(stage, st, "routing/loss_spike", f64::from(u8::from(o.spike)), none, tok);
+            if o.spike {
+                progress.message(&format!(
+                    "step {st}: {:?} spike ({:.4}): anticipatory routing (Δt = {} updates) for the next {} steps",
+                    ar_cfg.detector.signal,
+                    signal.unwrap_or(f64::NAN),
+                    ar_cfg.dt,
+                    ar_cfg.hold_steps
+                ));
+            }
+        }
         metrics.log(
             stage,
             st,

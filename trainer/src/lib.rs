@@ -6,15 +6,19 @@
 //! * [`session`]: model + optimizer + counters, checkpoints that resume bit-identically;
 //! * [`sft`]: supervised fine-tuning / pre-training on the suite's reference solutions;
 //! * [`grpo`]: GRPO / DAPO / Dr. GRPO / V3.2 variants with pluggable rollouts;
+//! * [`reference`]: the frozen KL reference, run in the decode engine (packed experts);
+//! * [`anticipatory`]: Anticipatory Routing (Δt-old router while the loss spikes);
 //! * [`kl`]: the fused, chunked full-vocabulary reverse KL (custom op with closed-form gradient);
 //! * [`opd`]: multi-teacher on-policy distillation.
 
+pub mod anticipatory;
 pub mod error;
 pub mod grpo;
 pub mod kl;
 pub mod losses;
 pub mod opd;
 pub mod optim;
+pub mod reference;
 pub mod session;
 pub mod sft;
 

@@ -5,7 +5,8 @@
 //! by default); the teachers' head inputs over the sampled tokens are obtained in teacher
 //! order (a [`TeacherStates`] backend: in-process or teacher workers); then
 //! `L = Σ_{b,t} m_{b,t} Σ_i w_{b,i} KL_t(π_θ ‖ π_{E_i}) / Σ m` is minimised with the fused
-//! full-vocabulary reverse KL of [`crate::kl`], one teacher head resident at a time.
+//! full-vocabulary reverse KL of [`crate::kl`]. Each teacher's head is loaded once per step
+//! (whatever the number of minibatches) and dropped after the last minibatch that uses it.
 
 use crate::error::{Result, TrainError};
 use crate::grpo::{recorded_routes, Rollouts};
@@ -31,6 +32,10 @@ use teachers::{teacher_states, Registry, TeacherPool};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpdConfig {
+    /// Stop after this step (resumably), while the learning-rate schedule still spans `steps`
+    /// (`--stop-after-steps`): a stopped and resumed run is bit-identical to an uninterrupted one.
+    #[serde(skip)]
+    pub stop_at: Option<u64>,
     pub steps: u64,
     pub prompts_per_step: usize,
     /// Samples per prompt.
@@ -60,6 +65,7 @@ pub struct OpdConfig {
 impl Default for OpdConfig {
     fn default() -> Self {
         OpdConfig {
+            stop_at: None,
             steps: 20,
             prompts_per_step: 16,
             group_size: 1,
@@ -120,7 +126,8 @@ pub trait TeacherStates {
         stage: &str,
         step: u64,
     ) -> Result<HashMap<String, TeacherState>>;
-    /// The teacher's head `[vocab, dim]` and `dim`.
+    /// Load the teacher's head `[vocab, dim]`; returns it and `dim`. OPD asks at most once
+    /// per teacher per step and keeps it for the step.
     fn head(&mut self, idx: usize) -> Result<(Arc<Vec<f32>>, usize)>;
     /// Teacher id of registry index `idx`.
     fn id(&self, idx: usize) -> String;
@@ -160,9 +167,10 @@ impl TeacherStates for LocalTeachers {
         Ok(have)
     }
 
+    /// Only `head.weight`, read from the checkpoint: the resident teacher is left alone.
     fn head(&mut self, idx: usize) -> Result<(Arc<Vec<f32>>, usize)> {
-        let t = self.pool.get(idx).map_err(|e| TrainError::Input(e.to_string()))?;
-        Ok((t.head.clone(), t.dim))
+        let h = self.pool.head(idx).map_err(|e| TrainError::Input(e.to_string()))?;
+        Ok((h.weight, h.dim))
     }
 
     fn id(&self, idx: usize) -> String {
@@ -204,6 +212,46 @@ struct Minibatch<'a> {
     weights: Vec<&'a [(usize, f32)]>,
 }
 
+/// The teacher heads of one step: each loaded on first use and dropped after the last
+/// minibatch that needs it, so a step loads every head once, however many minibatches it
+/// has, and holds only the heads still to be used.
+struct StepHeads {
+    /// Teacher index → the last minibatch with weight on it.
+    last_use: HashMap<usize, usize>,
+    held: HashMap<usize, (Arc<Vec<f32>>, usize)>,
+}
+
+impl StepHeads {
+    /// Plan for `minibatches` (indices into `weights`, the per-sample teacher weights).
+    fn plan(minibatches: &[&[usize]], weights: &[Vec<(usize, f32)>]) -> Self {
+        let mut last_use = HashMap::new();
+        for (k, mb) in minibatches.iter().enumerate() {
+            for &i in mb.iter() {
+                for &(t, _) in &weights[i] {
+                    last_use.insert(t, k);
+                }
+            }
+        }
+        StepHeads { last_use, held: HashMap::new() }
+    }
+
+    /// Teacher `idx`'s head and `dim`, loaded through `teachers` on first use this step.
+    fn get(&mut self, idx: usize, teachers: &mut dyn TeacherStates) -> Result<(Arc<Vec<f32>>, usize)> {
+        if let Some((h, d)) = self.held.get(&idx) {
+            return Ok((h.clone(), *d));
+        }
+        let (h, d) = teachers.head(idx)?;
+        self.held.insert(idx, (h.clone(), d));
+        Ok((h, d))
+    }
+
+    /// Drop the heads no minibatch after `mb` needs.
+    fn release_after(&mut self, mb: usize) {
+        let last_use = &self.last_use;
+        self.held.retain(|idx, _| last_use.get(idx).is_some_and(|&k| k > mb));
+    }
+}
+
 /// Run OPD from the session's step to `cfg.steps`.
 pub fn run_opd(
     session: &mut Session,
@@ -230,7 +278,7 @@ pub fn run_opd(
     let params = SamplingParams { temperature: cfg.temperature, top_p: 1.0, top_k: 0, max_tokens: 128, stop: vec![] };
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
-    while session.counters.step < cfg.steps {
+    while session.counters.step < cfg.stop_at.map_or(cfg.steps, |l| l.min(cfg.steps)) {
         let step = session.counters.step;
         let t0 = Instant::now();
         let policy = session.weights()?;
@@ -308,12 +356,15 @@ pub fn run_opd(
         let (mut gnorm, mut updates, mut train_tokens) = (0f64, 0usize, 0usize);
         let mut decisions = Vec::new();
         let order: Vec<usize> = (0..trajs.len()).collect();
-        for mb_idx in order.chunks(cfg.minibatch) {
+        let minibatches: Vec<&[usize]> = order.chunks(cfg.minibatch).collect();
+        let mut heads = StepHeads::plan(&minibatches, &weights);
+        for (k, mb_idx) in minibatches.iter().enumerate() {
             let mb = Minibatch {
                 trajs: mb_idx.iter().map(|&i| &trajs[i]).collect(),
                 weights: mb_idx.iter().map(|&i| weights[i].as_slice()).collect(),
             };
-            let out = minibatch_loss(session, &mb, &states, teachers, cfg, chunks, vocab)?;
+            let out = minibatch_loss(session, &mb, &states, teachers, &mut heads, cfg, chunks, vocab)?;
+            heads.release_after(k);
             let Some((loss, rows)) = out.loss else { continue };
             let lv = loss.to_scalar::<f32>()?;
             if !lv.is_finite() {
@@ -425,6 +476,7 @@ fn minibatch_loss(
     mb: &Minibatch,
     states: &HashMap<(String, usize), TeacherState>,
     teachers: &mut dyn TeacherStates,
+    heads: &mut StepHeads,
     cfg: &OpdConfig,
     chunks: Chunks,
     vocab: usize,
@@ -435,7 +487,11 @@ fn minibatch_loss(
         .map(|t| {
             let mut toks = t.prompt_tokens.clone();
             toks.extend(&t.response_tokens);
-            SeqInput { tokens: toks, forced: cfg.keep_routing.then(|| Arc::new(recorded_routes(t))) }
+            SeqInput {
+                tokens: toks,
+                forced: cfg.keep_routing.then(|| Arc::new(recorded_routes(t))),
+                ..Default::default()
+            }
         })
         .collect();
     // counted rows: (sequence, response index, flat hidden row)
@@ -469,7 +525,7 @@ fn minibatch_loss(
         let mut coef = Vec::new();
         let mut targets = Vec::new();
         let mut meta = Vec::new();
-        let (head_t, dt) = teachers.head(idx)?;
+        let (head_t, dt) = heads.get(idx, teachers)?;
         let mut t_hidden: Vec<f32> = Vec::new();
         for &(b, j, row) in &counted {
             let Some(&(_, w)) = mb.weights[b].iter().find(|x| x.0 == idx) else { continue };

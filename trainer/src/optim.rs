@@ -140,9 +140,11 @@ fn matches(pattern: &str, name: &str) -> bool {
 }
 
 /// The default rule: AdamW for embeddings, head, norms, mHC gates/biases (and the head's
-/// mHC projection), sinks and `ape`; none for the router bias; Muon for other matrices.
+/// mHC projection), sinks and `ape`; none for the router bias (balanced without gradients)
+/// and for the MTP block(s) (`mtp.*`: the trainers have no MTP loss, so they are carried over
+/// unchanged, as the checkpoint metadata says); Muon for other matrices.
 pub fn default_group(name: &str, shape: &[usize]) -> Group {
-    if name.ends_with("ffn.gate.bias") {
+    if name.ends_with("ffn.gate.bias") || name.starts_with("mtp.") {
         return Group::None;
     }
     let adamw = name == "embed.weight"

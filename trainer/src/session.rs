@@ -1,9 +1,11 @@
 //! A training session: the trainable model, the optimizer, and the counters that make a run
 //! resumable bit for bit (step, data cursor, seed). Checkpoints are directories
-//! `<root>/<step>/` holding `model.safetensors` + `config.json` (F32), `optimizer.safetensors`
-//! and `trainer_state.json`; they are written under a temporary name and renamed, and
-//! `<root>/latest` names the newest complete one.
+//! `<root>/<step>/` holding `model.safetensors` + `config.json` (F32), `optimizer.safetensors`,
+//! `trainer_state.json` and, when Anticipatory Routing keeps state, `anticipatory.safetensors`
+//! (router snapshot queue and spike-detector statistics); they are written under a temporary
+//! name and renamed, and `<root>/latest` names the newest complete one.
 
+use crate::anticipatory::{self, AnticipatoryState};
 use crate::error::{Result, TrainError};
 use crate::optim::{Group, OptimConfig, Optimizer, StepStats};
 use candle_core::backprop::GradStore;
@@ -39,6 +41,8 @@ pub struct Session {
     pub counters: Counters,
     /// Step checkpoints kept by [`save`](Self::save) (0 = all).
     pub keep_checkpoints: usize,
+    /// Anticipatory Routing state (router snapshots, spike detector), saved with checkpoints.
+    pub anticipatory: Option<AnticipatoryState>,
 }
 
 impl Session {
@@ -47,7 +51,13 @@ impl Session {
         let shapes: BTreeMap<String, Vec<usize>> =
             model.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect();
         let opt = Optimizer::new(optim, &shapes);
-        Ok(Session { model, opt, counters: Counters { seed, ..Default::default() }, keep_checkpoints: 2 })
+        Ok(Session {
+            model,
+            opt,
+            counters: Counters { seed, ..Default::default() },
+            keep_checkpoints: 2,
+            anticipatory: None,
+        })
     }
 
     /// Apply the gradients of `grads` with learning-rate multiplier `lr_scale`.
@@ -132,6 +142,9 @@ impl Session {
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         checkpoint::save(&self.weights()?, &tmp, SaveFormat::F32, None)?;
         self.save_optimizer(&tmp.join("optimizer.safetensors"))?;
+        if let Some(a) = &self.anticipatory {
+            a.save(&tmp.join(anticipatory::STATE_FILE))?;
+        }
         let state = serde_json::to_string_pretty(&self.counters).map_err(|e| TrainError::Input(e.to_string()))?;
         std::fs::write(tmp.join("trainer_state.json"), state).map_err(|e| TrainError::io(&tmp, e))?;
         if final_dir.exists() {
@@ -192,7 +205,7 @@ impl Session {
         let mut meta = std::collections::HashMap::new();
         meta.insert("optimizer_step".to_string(), self.opt.step.to_string());
         meta.insert("config".to_string(), serde_json::to_string(&self.opt.cfg).unwrap_or_default());
-        safetensors::serialize_to_file(views, Some(meta), path)
+        checkpoint::serialize_to_file(views, Some(meta), path)
             .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
     }
 
@@ -239,6 +252,13 @@ impl Session {
             }
         }
         s.opt.step = s.counters.optimizer_step;
+        let ar_path = dir.join(anticipatory::STATE_FILE);
+        if ar_path.exists() {
+            let a = AnticipatoryState::load(&ar_path)?;
+            a.check_against(&s.model)
+                .map_err(|e| TrainError::Checkpoint { path: ar_path.clone(), msg: e.to_string() })?;
+            s.anticipatory = Some(a);
+        }
         Ok(s)
     }
 }

@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_LEN: usize = 1152;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftConfig {
+    /// Stop after this step (resumably), while the learning-rate schedule still spans `steps`
+    /// (`--stop-after-steps`): a stopped and resumed run is bit-identical to an uninterrupted one.
+    #[serde(skip)]
+    pub stop_at: Option<u64>,
     pub steps: u64,
     /// Packed sequences per micro-batch.
     pub batch: usize,
@@ -55,6 +59,7 @@ pub struct SftConfig {
 impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
+            stop_at: None,
             steps: 100,
             batch: 4,
             max_len: DEFAULT_MAX_LEN,
@@ -73,12 +78,16 @@ impl Default for SftConfig {
     }
 }
 
-/// One training example: tokens and per-token loss weights (weight of token t = weight of
-/// predicting it from t − 1).
-#[derive(Debug, Clone, PartialEq)]
+/// One training example, or several packed into one sequence: tokens and per-token loss
+/// weights (weight of token t = weight of predicting it from t − 1).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Example {
     pub tokens: Vec<u32>,
     pub weights: Vec<f32>,
+    /// Start offsets of the examples packed into `tokens` (`0 = a_0 < a_1 < …`); empty means
+    /// one example. The model computes each packed example as if it ran alone, and the first
+    /// token of an example is never predicted from the one before it.
+    pub docs: Vec<usize>,
 }
 
 /// The data mixture: the selected domains in a fixed cycle, each appearing `weight` times
@@ -163,7 +172,7 @@ pub fn suite_example(
         weights.extend(std::iter::repeat_n(if generated || train_on_prompt { 1.0 } else { 0.0 }, t.len()));
         tokens.extend(t);
     }
-    Ok(Example { tokens, weights })
+    Ok(Example { tokens, weights, docs: Vec::new() })
 }
 
 /// `pack` skips examples longer than `max_len`; a domain — or a reasoning mode of a domain
@@ -222,8 +231,9 @@ pub fn examples_not_fitting(cfg: &SftConfig, seed: u64, tok: &dyn Tokenizer) -> 
     warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)
 }
 
-/// Pack examples starting at `cursor` into `batch` sequences of at most `max_len` tokens;
-/// returns the sequences and the new cursor. Examples longer than `max_len` are skipped
+/// Pack examples starting at `cursor` into `batch` sequences of at most `max_len` tokens,
+/// recording where each example starts (document boundaries: the model keeps packed examples
+/// apart); returns the sequences and the new cursor. Examples longer than `max_len` are skipped
 /// (truncating them would cut the answer off and teach a wrong ending); an error says so
 /// when nothing fits.
 pub fn pack(
@@ -237,7 +247,7 @@ pub fn pack(
     let mut out = Vec::with_capacity(batch);
     let mut skipped_in_a_row = 0;
     for _ in 0..batch {
-        let mut seq = Example { tokens: Vec::new(), weights: Vec::new() };
+        let mut seq = Example::default();
         loop {
             let ex = next(c)?;
             if ex.tokens.len() > max_len {
@@ -256,6 +266,7 @@ pub fn pack(
                 break;
             }
             c += 1;
+            seq.docs.push(seq.tokens.len());
             seq.tokens.extend_from_slice(&ex.tokens);
             seq.weights.extend_from_slice(&ex.weights);
             if seq.tokens.len() >= max_len {
@@ -267,18 +278,20 @@ pub fn pack(
     Ok((out, c))
 }
 
-/// Loss of a micro-batch: weighted NLL of next tokens (+ indexer auxiliary loss).
+/// Loss of a micro-batch: weighted NLL of next tokens (+ indexer auxiliary loss). Packed
+/// examples are computed apart ([`Example::docs`] become the model's document starts).
 pub fn batch_loss(session: &Session, seqs: &[Example], indexer_coef: f32) -> Result<(candle_core::Tensor, f32, usize)> {
-    let inputs: Vec<SeqInput> = seqs.iter().map(|e| SeqInput { tokens: e.tokens.clone(), forced: None }).collect();
+    let inputs: Vec<SeqInput> =
+        seqs.iter().map(|e| SeqInput { tokens: e.tokens.clone(), forced: None, doc_starts: e.docs.clone() }).collect();
     let out = session.model.forward(&inputs)?;
     let s = out.hidden.dim(1)?;
-    // Positions whose next token is weighted.
+    // Positions whose next token is weighted (never across a document boundary).
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     let mut weights = Vec::new();
     for (b, e) in seqs.iter().enumerate() {
         for t in 1..e.tokens.len() {
-            if e.weights[t] > 0.0 {
+            if e.weights[t] > 0.0 && e.docs.binary_search(&t).is_err() {
                 rows.push((b * s + t - 1) as u32);
                 targets.push(e.tokens[t]);
                 weights.push(e.weights[t]);
@@ -332,7 +345,7 @@ pub fn run_sft(
     progress.advance(session.counters.step);
     let mut report = SftReport { first_loss: f32::NAN, ..Default::default() };
     let start = Instant::now();
-    while session.counters.step < cfg.steps {
+    while session.counters.step < cfg.stop_at.map_or(cfg.steps, |l| l.min(cfg.steps)) {
         let t0 = Instant::now();
         let mut grads: Option<candle_core::backprop::GradStore> = None;
         let mut loss_sum = 0f32;
@@ -400,6 +413,60 @@ pub fn run_sft(
 mod tests {
     use super::*;
     use datasets::ByteTokenizer;
+
+    #[test]
+    fn packing_records_where_each_example_starts() {
+        let lens = [5usize, 7, 3, 9, 4, 6];
+        let mut next = |k: u64| {
+            let n = lens[k as usize % lens.len()];
+            Ok(Example { tokens: vec![k as u32 + 2; n], weights: vec![1.0; n], docs: Vec::new() })
+        };
+        let (seqs, c) = pack(&mut next, 0, 2, 16).unwrap();
+        // 5 + 7 + 3 fit 16 (9 does not); then 9 + 4 (6 does not)
+        assert_eq!(c, 5);
+        assert_eq!(seqs[0].docs, [0, 5, 12]);
+        assert_eq!(seqs[1].docs, [0, 9]);
+        assert_eq!(seqs[1].tokens.len(), 13);
+    }
+
+    /// A packed micro-batch trains exactly like its examples as separate sequences: same
+    /// loss, same trained-token count, same gradients (the training numerics: f32, QAT).
+    #[test]
+    fn a_packed_micro_batch_matches_its_examples_apart() {
+        use model::{Config, ModelWeights};
+        let w = ModelWeights::random(&Config::tiny(), 4).unwrap();
+        let session =
+            Session::new(&w, model::train::TrainOptions::default(), crate::optim::OptimConfig::default(), 1).unwrap();
+        let mix = Mixture::new("math.add,if.upper", &[]).unwrap();
+        let modes = [Mode::NonThink];
+        let examples: Vec<Example> =
+            (0..3).map(|k| suite_example(&mix, &modes, 0, k, &Some(1).into(), &ByteTokenizer, true).unwrap()).collect();
+        let total: usize = examples.iter().map(|e| e.tokens.len()).sum();
+        let mut next = |k: u64| Ok(examples[k as usize % examples.len()].clone());
+        let (packed, _) = pack(&mut next, 0, 1, total).unwrap();
+        assert_eq!(packed[0].docs.len(), 3);
+        let (lp, nll_p, n_p) = batch_loss(&session, &packed, 1.0).unwrap();
+        let (la, nll_a, n_a) = batch_loss(&session, &examples, 1.0).unwrap();
+        assert_eq!(n_p, n_a);
+        let (vp, va) = (lp.to_scalar::<f32>().unwrap(), la.to_scalar::<f32>().unwrap());
+        let loss_diff = ((vp - va).abs() / (1.0 + va.abs())).max((nll_p - nll_a).abs() / (1.0 + nll_a.abs()));
+        let (gp, ga) = (lp.backward().unwrap(), la.backward().unwrap());
+        let mut worst = (0f32, String::new());
+        for (name, var) in session.model.vars() {
+            let (Some(a), Some(b)) = (gp.get(var.as_tensor()), ga.get(var.as_tensor())) else {
+                assert!(gp.get(var.as_tensor()).is_none() && ga.get(var.as_tensor()).is_none(), "{name}");
+                continue;
+            };
+            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0f32, f32::max);
+            if d > worst.0 {
+                worst = (d, name.clone());
+            }
+        }
+        eprintln!("packed vs apart: loss {loss_diff:.2e}, gradients {:.2e} ({})", worst.0, worst.1);
+        assert!(loss_diff <= 1e-5 && worst.0 <= 1e-5, "loss {loss_diff}, gradients {worst:?}");
+    }
 
     #[test]
     fn domains_whose_examples_never_fit_are_reported() {

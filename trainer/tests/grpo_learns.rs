@@ -9,6 +9,7 @@ use datasets::tasks::{self, Split};
 use datasets::ByteTokenizer;
 use model::train::TrainOptions;
 use model::{Config, Engine, EngineOptions, ModelWeights};
+use trainer::anticipatory::{AnticipatoryConfig, Trigger};
 use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, RoutingMode};
 use trainer::optim::OptimConfig;
 use trainer::sft::{run_sft, SftConfig};
@@ -87,7 +88,8 @@ fn grpo_raises_eval_accuracy() {
 #[test]
 fn anticipatory_routing_with_zero_delay_is_bit_identical() {
     let base = ModelWeights::random(&Config::tiny(), 5).unwrap();
-    let run = |routing: RoutingMode| {
+    // `None`: normal (free) routing; `Some(dt)`: anticipatory on every step with a Δt-old router
+    let run = |anticipatory: Option<u64>| {
         let dir = tempfile::tempdir().unwrap();
         let mut m = MetricsWriter::new(dir.path(), "t").unwrap();
         let mut s = Session::new(&base, TrainOptions::default(), OptimConfig::default(), 9).unwrap();
@@ -97,7 +99,10 @@ fn anticipatory_routing_with_zero_delay_is_bit_identical() {
             group_size: 4,
             modes: vec![Mode::NonThink],
             dynamic_sampling: false,
-            routing,
+            routing: RoutingMode::Free,
+            anticipatory: anticipatory
+                .map(|dt| AnticipatoryConfig { trigger: Trigger::Always, dt, ..Default::default() })
+                .unwrap_or_default(),
             ..Default::default()
         };
         // rewards of a random model are all 0; the length shaping (DAPO overlong penalty,
@@ -112,9 +117,9 @@ fn anticipatory_routing_with_zero_delay_is_bit_identical() {
         run_grpo(&mut s, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
         s.weights().unwrap()
     };
-    let free = run(RoutingMode::Free);
-    let anticipatory = run(RoutingMode::Anticipatory { dt: 0 });
-    let delayed = run(RoutingMode::Anticipatory { dt: 1 });
+    let free = run(None);
+    let anticipatory = run(Some(0));
+    let delayed = run(Some(1));
     let mut moved = false;
     for (name, t) in &free.tensors {
         let a = &anticipatory.tensors[name].data;

@@ -11,7 +11,7 @@ use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
 
 fn cfg(steps: u64) -> SftConfig {
-    SftConfig { steps, batch: 2, max_len: 96, warmup: 2, domains: "math.add,if.upper".into(), ..Default::default() }
+    SftConfig { steps, batch: 2, max_len: 96, warmup: 1, domains: "math.add,if.upper".into(), ..Default::default() }
 }
 
 #[test]
@@ -33,9 +33,10 @@ fn killed_and_resumed_run_is_bit_identical() {
     // uninterrupted
     let mut a = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 5).unwrap();
     run_sft(&mut a, &cfg(6), &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
-    // interrupted after 3 steps, restored from disk, continued
+    // interrupted after 3 steps (`stop_at`: the schedule still spans 6), restored, continued
     let mut b = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 5).unwrap();
-    run_sft(&mut b, &cfg(3), &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    run_sft(&mut b, &SftConfig { stop_at: Some(3), ..cfg(6) }, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    assert_eq!(b.counters.step, 3);
     let ck = dir.path().join("ckpt");
     b.save(&ck).unwrap();
     drop(b);
@@ -49,4 +50,20 @@ fn killed_and_resumed_run_is_bit_identical() {
     }
     assert_eq!(a.opt, c.opt);
     assert_eq!(a.counters, c.counters);
+}
+
+#[test]
+fn stopping_early_by_shortening_the_run_would_change_the_schedule() {
+    // Why `stop_at` exists: a run of 3 steps decays its learning rate over 3 steps, so
+    // continuing it to 6 is not the 6-step run (what `--stop-after-steps` used to do).
+    let w = ModelWeights::random(&Config::tiny(), 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = MetricsWriter::new(dir.path(), "t").unwrap();
+    let mut a = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 5).unwrap();
+    run_sft(&mut a, &SftConfig { stop_at: Some(3), ..cfg(6) }, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    let mut b = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 5).unwrap();
+    run_sft(&mut b, &cfg(3), &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    assert_eq!((a.counters.step, b.counters.step), (3, 3));
+    let (wa, wb) = (a.weights().unwrap(), b.weights().unwrap());
+    assert!(wa.tensors.iter().any(|(n, t)| t.data != wb.tensors[n].data), "the schedules should differ");
 }
