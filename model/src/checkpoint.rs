@@ -14,7 +14,7 @@
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::formats::{e8m0_to_f32, fp8, fp8::e4m3_to_f32, mxfp4, mxfp4::Mxfp4Matrix};
+use crate::formats::{e8m0_to_f32, fp8, mxfp4, mxfp4::Mxfp4Matrix};
 use crate::weights::{ModelWeights, Tensor32};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +43,9 @@ impl std::str::FromStr for SaveFormat {
         }
     }
 }
+
+/// Block edge of the official FP8 weight scales (`weight_block_size: [128, 128]`).
+pub const FP8_BLOCK: usize = 128;
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -122,6 +125,12 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn read_raw(files: &[PathBuf]) -> Result<BTreeMap<String, Raw>> {
+    read_raw_where(files, |_| true)
+}
+
+/// The stored tensors of `files` whose official name passes `keep`, copied out of their files
+/// (only those are touched: the files are memory-mapped).
+fn read_raw_where(files: &[PathBuf], keep: impl Fn(&str) -> bool) -> Result<BTreeMap<String, Raw>> {
     let mut out = BTreeMap::new();
     for file in files {
         let f = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
@@ -131,20 +140,24 @@ fn read_raw(files: &[PathBuf]) -> Result<BTreeMap<String, Raw>> {
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(file, e))?;
         let st = safetensors::SafeTensors::deserialize(&mmap)
             .map_err(|e| ModelError::Checkpoint(format!("{}: not a valid safetensors file ({e})", file.display())))?;
-        for (name, view) in st.tensors() {
-            let off = official_name(&name);
+        for name in st.names() {
+            let off = official_name(name);
+            if !keep(&off) {
+                continue;
+            }
             if out.contains_key(&off) {
                 return Err(ModelError::Checkpoint(format!("{}: tensor `{off}` appears twice", file.display())));
             }
-            out.insert(
-                off,
-                Raw {
-                    dtype: view.dtype(),
-                    shape: view.shape().to_vec(),
-                    bytes: view.data().to_vec(),
-                    file: file.clone(),
-                },
-            );
+            let view = st
+                .tensor(name)
+                .map_err(|e| ModelError::Checkpoint(format!("{}: tensor `{name}`: {e}", file.display())))?;
+            let raw = Raw {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+                file: file.clone(),
+            };
+            out.insert(off, raw);
         }
     }
     Ok(out)
@@ -214,20 +227,26 @@ fn decode_weight(
             if scale.shape.len() != 2 || scale.shape[0] == 0 || scale.shape[1] == 0 {
                 return Err(ModelError::Checkpoint(format!("{file}: scale `{sname}` has shape {:?}", scale.shape)));
             }
-            let (br, bc) = (rows.div_ceil(scale.shape[0]), cols.div_ceil(scale.shape[1]));
-            if rows.div_ceil(br) != scale.shape[0] || cols.div_ceil(bc) != scale.shape[1] {
+            // The official format fixes the block at 128×128; edge blocks are partial, so the
+            // block size cannot be recovered from the shapes (a 192-row weight has 2 scale rows:
+            // 128 + 64, not 96 + 96).
+            let want_scale = [rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)];
+            if scale.shape != want_scale {
                 return Err(ModelError::Checkpoint(format!(
-                    "{file}: scale `{sname}` shape {:?} does not tile `{name}` {:?}",
-                    scale.shape, shape
+                    "{file}: scale `{sname}` has shape {:?}; `{name}` {:?} in {FP8_BLOCK}×{FP8_BLOCK} blocks \
+                     (partial edge blocks included) needs {:?}",
+                    scale.shape, shape, want_scale
                 )));
             }
-            let mut out = Vec::with_capacity(rows * cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    out.push(e4m3_to_f32(raw.bytes[r * cols + c]) * s[(r / br) * scale.shape[1] + c / bc]);
-                }
-            }
-            Ok((out, None))
+            let blocks = fp8::Fp8Blocks {
+                rows,
+                cols,
+                block_rows: FP8_BLOCK,
+                block_cols: FP8_BLOCK,
+                data: raw.bytes,
+                scales: Vec::new(),
+            };
+            Ok((blocks.dequantize_with(&s), None))
         }
         Dtype::I8 | Dtype::U8 => {
             // Packed FP4: [out, in/2] bytes + UE8M0 [out, in/32].
@@ -335,6 +354,37 @@ pub fn load_with_config(dir: &Path, config: Config) -> Result<ModelWeights> {
     Ok(w)
 }
 
+/// Only the named tensors of a checkpoint (a directory, or one safetensors file), decoded
+/// to f32, keyed by official name (Hugging Face names in the files are mapped). The files
+/// are memory-mapped and only their headers parsed: no other tensor is copied or decoded,
+/// and no `config.json` is needed. Shapes are the stored ones, except packed FP4 weights,
+/// which come back as their logical `[out, in]`; FP8 and FP4 weights take their `.scale`.
+pub fn load_tensors(dir: &Path, names: &[&str]) -> Result<BTreeMap<String, Tensor32>> {
+    let mut wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    wanted.sort();
+    wanted.dedup();
+    let with_scales: std::collections::HashSet<String> =
+        wanted.iter().flat_map(|n| [n.clone(), scale_name(n)]).collect();
+    let mut raws = read_raw_where(&checkpoint_files(dir)?, |n| with_scales.contains(n))?;
+    let mut out = BTreeMap::new();
+    for name in wanted {
+        let raw =
+            raws.get(&name).ok_or_else(|| ModelError::Checkpoint(format!("{}: no tensor `{name}`", dir.display())))?;
+        let shape = stored_logical_shape(raw);
+        let (data, _) = decode_weight(&name, &shape, &mut raws)?;
+        out.insert(name, Tensor32::new(shape, data));
+    }
+    Ok(out)
+}
+
+/// The logical shape of a stored weight: packed FP4 `[out, in/2]` bytes hold `[out, in]`.
+fn stored_logical_shape(raw: &Raw) -> Vec<usize> {
+    match (raw.dtype, raw.shape.as_slice()) {
+        (Dtype::I8 | Dtype::U8, &[rows, half_cols]) => vec![rows, half_cols * 2],
+        _ => raw.shape.clone(),
+    }
+}
+
 /// An owned tensor ready to be written.
 struct Out {
     dtype: Dtype,
@@ -404,8 +454,8 @@ fn encode(w: &ModelWeights, format: SaveFormat) -> Result<BTreeMap<String, Out>>
             }
             "fp8" => {
                 let (rows, cols) = (t.shape[0], t.shape[1]);
-                let q = fp8::quantize_blocks(&t.data, rows, cols, 128, 128, 0.0);
-                let sshape = vec![rows.div_ceil(128), cols.div_ceil(128)];
+                let q = fp8::quantize_blocks(&t.data, rows, cols, FP8_BLOCK, FP8_BLOCK, 0.0);
+                let sshape = vec![rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)];
                 out.insert(name.clone(), Out { dtype: Dtype::F8_E4M3, shape: t.shape.clone(), bytes: q.data });
                 out.insert(scale_name(name), Out { dtype: Dtype::F8_E8M0, shape: sshape, bytes: q.scales });
             }
@@ -451,8 +501,7 @@ pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: O
         }
     }
     let n = shards.len();
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
+    let meta = metadata(&w.config);
     let mut weight_map = serde_json::Map::new();
     for (i, shard) in shards.iter().enumerate() {
         let fname =
@@ -470,8 +519,7 @@ pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: O
         }
         let path = dir.join(&fname);
         let tmp = dir.join(format!(".{fname}.tmp"));
-        safetensors::serialize_to_file(views, Some(meta.clone()), &tmp)
-            .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", tmp.display())))?;
+        serialize_to_file(views, Some(meta.clone()), &tmp)?;
         std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
     }
     if n > 1 {
@@ -487,6 +535,63 @@ pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: O
         cfg.expert_dtype = "fp4".into();
     }
     write_atomic(&dir.join("config.json"), cfg.to_json_pretty().as_bytes())
+}
+
+/// Safetensors `__metadata__` key that says what happened to the MTP block(s).
+pub const MTP_METADATA_KEY: &str = "v4post.mtp";
+/// Its value: v4post carries MTP weights over without training or running them.
+pub const MTP_CARRIED_UNCHANGED: &str = "carried unchanged: v4post neither trains the MTP block(s) (no MTP loss) \
+     nor uses them for speculative decoding; they are the starting checkpoint's weights";
+
+/// The metadata written into every shard.
+fn metadata(config: &Config) -> HashMap<String, String> {
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    if config.n_mtp_layers > 0 {
+        meta.insert(MTP_METADATA_KEY.to_string(), MTP_CARRIED_UNCHANGED.to_string());
+    }
+    meta
+}
+
+/// The `__metadata__` of a checkpoint's first safetensors file.
+pub fn read_metadata(dir: &Path) -> Result<HashMap<String, String>> {
+    let files = checkpoint_files(dir)?;
+    let Some(file) = files.first() else { return Ok(HashMap::new()) };
+    // Only the header is read: `u64` length, then the JSON header.
+    let bad = |m: &str| ModelError::Checkpoint(format!("{}: not a valid safetensors file ({m})", file.display()));
+    let mut f = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
+    let mut len = [0u8; 8];
+    std::io::Read::read_exact(&mut f, &mut len).map_err(|e| ModelError::io(file, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad("header larger than 100 MB"));
+    }
+    let mut header = vec![0u8; len as usize];
+    std::io::Read::read_exact(&mut f, &mut header).map_err(|e| ModelError::io(file, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(&e.to_string()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
+}
+
+/// [`safetensors::serialize_to_file`] with the file mode a plain `File::create` gives
+/// (`0666` less the umask). safetensors writes through a `tempfile` (mode `0600`) and renames
+/// it into place, which would leave checkpoints and published policies unreadable to workers
+/// running as another user whatever the umask; the mode of a probe file created at `path`
+/// first is put back on the finished file.
+pub fn serialize_to_file(
+    views: Vec<(String, TensorView<'_>)>,
+    meta: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
+    let umask_mode = std::fs::File::create(path)
+        .and_then(|f| f.metadata())
+        .map(|m| m.permissions())
+        .map_err(|e| ModelError::io(path, e))?;
+    safetensors::serialize_to_file(views, meta, path)
+        .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", path.display())))?;
+    std::fs::set_permissions(path, umask_mode).map_err(|e| ModelError::io(path, e))
 }
 
 /// Write a file through a temporary name and a rename.

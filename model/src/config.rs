@@ -97,6 +97,75 @@ pub struct ParamCounts {
     pub routed_experts: u64,
 }
 
+/// Reads one size or count of a [`Config`].
+type SizeField = fn(&Config) -> usize;
+
+/// Bounds of every size and count a config may hold, `(key, min, max, field)`, checked by
+/// [`Config::validate`] before anything is allocated or multiplied. The maxima admit
+/// DeepSeek-V4-Pro (and V3-sized relatives) with a wide margin; they exist so that a config
+/// alone can never ask for an absurd allocation, overflow a size computation or make a forward
+/// pass loop for ever. With these bounds every tensor has fewer than 2^64 elements and every
+/// parameter count fits in a `u64` (counts are summed in `u128` regardless).
+pub const SIZE_LIMITS: &[(&str, usize, usize, SizeField)] = &[
+    ("vocab_size", 1, 1 << 22, |c| c.vocab_size),
+    ("dim", 1, 1 << 16, |c| c.dim),
+    ("moe_inter_dim", 1, 1 << 18, |c| c.moe_inter_dim),
+    ("n_layers", 1, MAX_LAYERS, |c| c.n_layers),
+    ("n_hash_layers", 0, MAX_LAYERS, |c| c.n_hash_layers),
+    ("n_mtp_layers", 0, MAX_MTP_LAYERS, |c| c.n_mtp_layers),
+    ("n_heads", 1, 1 << 12, |c| c.n_heads),
+    ("n_routed_experts", 1, 1 << 16, |c| c.n_routed_experts),
+    ("n_shared_experts", 0, 1, |c| c.n_shared_experts),
+    ("n_activated_experts", 1, 1 << 10, |c| c.n_activated_experts),
+    ("q_lora_rank", 1, 1 << 16, |c| c.q_lora_rank),
+    ("head_dim", 1, 1 << 16, |c| c.head_dim),
+    ("rope_head_dim", 0, 1 << 16, |c| c.rope_head_dim),
+    ("o_groups", 1, 1 << 12, |c| c.o_groups),
+    ("o_lora_rank", 1, 1 << 16, |c| c.o_lora_rank),
+    ("window_size", 1, 1 << 20, |c| c.window_size),
+    ("original_seq_len", 0, MAX_SEQ_LEN, |c| c.original_seq_len),
+    ("index_n_heads", 0, 1 << 12, |c| c.index_n_heads),
+    ("index_head_dim", 0, 1 << 16, |c| c.index_head_dim),
+    ("index_topk", 0, 1 << 20, |c| c.index_topk),
+    ("hc_mult", 1, 64, |c| c.hc_mult),
+    ("hc_sinkhorn_iters", 1, 1000, |c| c.hc_sinkhorn_iters),
+    ("max_seq_len", 1, MAX_SEQ_LEN, |c| c.max_seq_len),
+];
+
+/// Most main layers a config may have.
+pub const MAX_LAYERS: usize = 1024;
+/// Most MTP layers a config may have.
+pub const MAX_MTP_LAYERS: usize = 16;
+/// Longest context (`max_seq_len`, `original_seq_len`) a config may declare: 2^28 tokens.
+pub const MAX_SEQ_LEN: usize = 1 << 28;
+/// Largest entry of `compress_ratios` (tokens pooled per compressed entry).
+pub const MAX_COMPRESS_RATIO: usize = 1 << 16;
+
+/// Check one value against its row of [`SIZE_LIMITS`]; the error names the key.
+fn check_limit(key: &str, value: usize) -> Result<()> {
+    match SIZE_LIMITS.iter().find(|(k, ..)| *k == key) {
+        Some(&(_, lo, hi, _)) if value < lo || value > hi => {
+            Err(ModelError::Config(format!("key `{key}` is {value}; it must be in {lo}..={hi}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `u128` product of a shape: never overflows for two dimensions, saturates beyond.
+fn numel(shape: &[usize]) -> u128 {
+    shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128))
+}
+
+/// Sum of the element counts of a list of shapes.
+fn count_of(shapes: &[(String, Vec<usize>)]) -> u128 {
+    shapes.iter().fold(0u128, |a, (_, s)| a.saturating_add(numel(s)))
+}
+
+/// A `u128` count as a `u64`, saturating (a validated config never reaches the cap).
+fn to_u64(n: u128) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 fn get<'a>(obj: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
 }
@@ -113,6 +182,11 @@ fn opt_usize(obj: &Map<String, Value>, keys: &[&str], default: usize) -> Result<
         None => Ok(default),
         Some(_) => req_usize(obj, keys),
     }
+}
+
+fn opt_u32(obj: &Map<String, Value>, keys: &[&str], default: u32) -> Result<u32> {
+    let v = opt_usize(obj, keys, default as usize)?;
+    u32::try_from(v).map_err(|_| ModelError::Config(format!("key `{}` is {v}; it must fit in 32 bits", keys[0])))
 }
 
 fn opt_f32(obj: &Map<String, Value>, keys: &[&str], default: f32) -> Result<f32> {
@@ -145,6 +219,9 @@ impl Config {
         let rs = obj.get("rope_scaling").and_then(Value::as_object).unwrap_or(&empty);
         let n_layers = req_usize(obj, &["n_layers", "num_hidden_layers"])?;
         let n_mtp_layers = opt_usize(obj, &["n_mtp_layers", "num_nextn_predict_layers"], 0)?;
+        // Bounded before `compress_ratios` defaults to one entry per layer.
+        check_limit("n_layers", n_layers)?;
+        check_limit("n_mtp_layers", n_mtp_layers)?;
         let ratios = match get(obj, &["compress_ratios"]) {
             None => vec![0; n_layers + n_mtp_layers],
             Some(Value::Array(a)) => a
@@ -214,8 +291,8 @@ impl Config {
             hc_sinkhorn_iters: opt_usize(obj, &["hc_sinkhorn_iters"], 20)?,
             hc_eps: opt_f32(obj, &["hc_eps"], 1e-6)?,
             max_seq_len: opt_usize(obj, &["max_seq_len", "max_position_embeddings"], 1 << 20)?,
-            bos_token_id: opt_usize(obj, &["bos_token_id"], 0)? as u32,
-            eos_token_id: opt_usize(obj, &["eos_token_id"], 1)? as u32,
+            bos_token_id: opt_u32(obj, &["bos_token_id"], 0)?,
+            eos_token_id: opt_u32(obj, &["eos_token_id"], 1)?,
             dtype,
             expert_dtype: opt_str(obj, &["expert_dtype"], "fp4")?,
         };
@@ -231,38 +308,38 @@ impl Config {
         })
     }
 
-    /// Check internal consistency; every later shape computation relies on it.
+    /// Check bounds ([`SIZE_LIMITS`]) and internal consistency; every later shape computation
+    /// relies on it.
     pub fn validate(&self) -> Result<()> {
+        self.validate_sizes()?;
+        self.validate_layers()?;
+        self.validate_shapes()?;
+        self.validate_floats()
+    }
+
+    /// Every size and count within its [`SIZE_LIMITS`] bounds.
+    fn validate_sizes(&self) -> Result<()> {
+        for &(key, _, _, field) in SIZE_LIMITS {
+            check_limit(key, field(self))?;
+        }
+        Ok(())
+    }
+
+    /// The layer schedule: `compress_ratios` length and entries, hash layers.
+    fn validate_layers(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.compress_ratios.len() != self.n_layers + self.n_mtp_layers
-            && self.compress_ratios.len() != self.n_layers
-        {
+        let all = self.n_layers + self.n_mtp_layers;
+        if self.compress_ratios.len() != all && self.compress_ratios.len() != self.n_layers {
             return bad(format!(
-                "compress_ratios has {} entries; expected n_layers + n_mtp_layers = {}",
-                self.compress_ratios.len(),
-                self.n_layers + self.n_mtp_layers
+                "compress_ratios has {} entries; expected n_layers + n_mtp_layers = {all}",
+                self.compress_ratios.len()
             ));
         }
-        if self.score_func != "sqrtsoftplus" {
-            return bad(format!("score_func `{}` is not supported (V4 uses sqrtsoftplus)", self.score_func));
+        if let Some((i, r)) = self.compress_ratios.iter().enumerate().find(|(_, &r)| r > MAX_COMPRESS_RATIO) {
+            return bad(format!("key `compress_ratios` entry {i} is {r}; it must be in 0..={MAX_COMPRESS_RATIO}"));
         }
-        if self.head_dim <= self.rope_head_dim || !self.rope_head_dim.is_multiple_of(2) {
-            return bad(format!(
-                "rope_head_dim {} must be even and smaller than head_dim {}",
-                self.rope_head_dim, self.head_dim
-            ));
-        }
-        if !self.n_heads.is_multiple_of(self.o_groups) {
-            return bad(format!("n_heads {} must be divisible by o_groups {}", self.n_heads, self.o_groups));
-        }
-        if self.n_activated_experts == 0 || self.n_activated_experts > self.n_routed_experts {
-            return bad("n_activated_experts must be in 1..=n_routed_experts".into());
-        }
-        if self.n_shared_experts > 1 {
-            return bad("at most one shared expert is supported (V4 has one)".into());
-        }
-        if self.hc_mult == 0 || self.hc_sinkhorn_iters == 0 {
-            return bad("hc_mult and hc_sinkhorn_iters must be positive".into());
+        if self.n_hash_layers > self.n_layers {
+            return bad(format!("n_hash_layers {} exceeds n_layers {}", self.n_hash_layers, self.n_layers));
         }
         for (i, &r) in self.compress_ratios.iter().enumerate() {
             if r == 4 && (self.index_n_heads == 0 || self.index_head_dim == 0 || self.index_topk == 0) {
@@ -277,11 +354,56 @@ impl Config {
                 return bad("index_head_dim must exceed rope_head_dim".into());
             }
         }
+        Ok(())
+    }
+
+    /// Relations between sizes (divisibility, ordering, supported variants).
+    fn validate_shapes(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.score_func != "sqrtsoftplus" {
+            return bad(format!("score_func `{}` is not supported (V4 uses sqrtsoftplus)", self.score_func));
+        }
+        if self.head_dim <= self.rope_head_dim || !self.rope_head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "rope_head_dim {} must be even and smaller than head_dim {}",
+                self.rope_head_dim, self.head_dim
+            ));
+        }
+        if !self.n_heads.is_multiple_of(self.o_groups) {
+            return bad(format!("n_heads {} must be divisible by o_groups {}", self.n_heads, self.o_groups));
+        }
+        if self.n_activated_experts > self.n_routed_experts {
+            return bad("n_activated_experts must be in 1..=n_routed_experts".into());
+        }
         if self.expert_dtype == "fp4" && (!self.dim.is_multiple_of(32) || !self.moe_inter_dim.is_multiple_of(32)) {
             return bad("FP4 experts need dim and moe_inter_dim to be multiples of 32".into());
         }
-        if self.vocab_size == 0 || self.dim == 0 || self.n_layers == 0 {
-            return bad("vocab_size, dim and n_layers must be positive".into());
+        Ok(())
+    }
+
+    /// Float hyper-parameters finite; RoPE bases and the YaRN factor positive.
+    fn validate_floats(&self) -> Result<()> {
+        let floats = [
+            ("route_scale", self.route_scale),
+            ("swiglu_limit", self.swiglu_limit),
+            ("norm_eps", self.norm_eps),
+            ("compress_rope_theta", self.compress_rope_theta),
+            ("rope_theta", self.rope_theta),
+            ("rope_factor", self.rope_factor),
+            ("beta_fast", self.beta_fast),
+            ("beta_slow", self.beta_slow),
+            ("hc_eps", self.hc_eps),
+        ];
+        if let Some((key, v)) = floats.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(ModelError::Config(format!("key `{key}` is {v}; it must be a finite number")));
+        }
+        let positive = [
+            ("compress_rope_theta", self.compress_rope_theta),
+            ("rope_theta", self.rope_theta),
+            ("rope_factor", self.rope_factor),
+        ];
+        if let Some((key, v)) = positive.iter().find(|(_, v)| *v <= 0.0) {
+            return Err(ModelError::Config(format!("key `{key}` is {v}; it must be positive")));
         }
         Ok(())
     }
@@ -297,7 +419,7 @@ impl Config {
     }
     /// Number of `(pre, post, comb)` mixing weights per mHC site: `(2 + n)·n`.
     pub fn hc_mix(&self) -> usize {
-        (2 + self.hc_mult) * self.hc_mult
+        self.hc_mult.saturating_add(2).saturating_mul(self.hc_mult)
     }
 
     /// Official tensor shapes of the whole checkpoint, `(name, shape)`, f32-equivalent
@@ -326,41 +448,52 @@ impl Config {
 
     fn hc_head_shapes(&self, p: &str) -> Vec<(String, Vec<usize>)> {
         vec![
-            (format!("{p}hc_head_fn"), vec![self.hc_mult, self.hc_mult * self.dim]),
+            (format!("{p}hc_head_fn"), vec![self.hc_mult, self.hc_mult.saturating_mul(self.dim)]),
             (format!("{p}hc_head_base"), vec![self.hc_mult]),
             (format!("{p}hc_head_scale"), vec![1]),
         ]
     }
 
     fn compressor_shapes(&self, p: &str, ratio: usize, head_dim: usize) -> Vec<(String, Vec<usize>)> {
-        let coff = if ratio == 4 { 2 } else { 1 };
+        let width = if ratio == 4 { head_dim.saturating_mul(2) } else { head_dim };
         vec![
-            (format!("{p}ape"), vec![ratio, coff * head_dim]),
-            (format!("{p}wkv.weight"), vec![coff * head_dim, self.dim]),
-            (format!("{p}wgate.weight"), vec![coff * head_dim, self.dim]),
+            (format!("{p}ape"), vec![ratio, width]),
+            (format!("{p}wkv.weight"), vec![width, self.dim]),
+            (format!("{p}wgate.weight"), vec![width, self.dim]),
             (format!("{p}norm.weight"), vec![head_dim]),
         ]
     }
 
     fn block_shapes(&self, p: &str, layer: usize) -> Vec<(String, Vec<usize>)> {
+        let mut v = self.block_head_shapes(p, layer);
+        for e in 0..self.n_routed_experts {
+            v.extend(self.expert_shapes(&format!("{p}ffn.experts.{e}.")));
+        }
+        v.extend(self.block_tail_shapes(p));
+        v
+    }
+
+    /// A block's tensors before its routed experts: attention, compressor, indexer, gate.
+    fn block_head_shapes(&self, p: &str, layer: usize) -> Vec<(String, Vec<usize>)> {
         let (d, h, hd) = (self.dim, self.n_heads, self.head_dim);
+        let (g, lora, hhd) = (self.o_groups, self.o_lora_rank, h.saturating_mul(hd));
         let ratio = self.ratio(layer);
         let mut v = vec![
             (format!("{p}attn.attn_sink"), vec![h]),
             (format!("{p}attn.wq_a.weight"), vec![self.q_lora_rank, d]),
             (format!("{p}attn.q_norm.weight"), vec![self.q_lora_rank]),
-            (format!("{p}attn.wq_b.weight"), vec![h * hd, self.q_lora_rank]),
+            (format!("{p}attn.wq_b.weight"), vec![hhd, self.q_lora_rank]),
             (format!("{p}attn.wkv.weight"), vec![hd, d]),
             (format!("{p}attn.kv_norm.weight"), vec![hd]),
-            (format!("{p}attn.wo_a.weight"), vec![self.o_groups * self.o_lora_rank, h * hd / self.o_groups]),
-            (format!("{p}attn.wo_b.weight"), vec![d, self.o_groups * self.o_lora_rank]),
+            (format!("{p}attn.wo_a.weight"), vec![g.saturating_mul(lora), hhd / g.max(1)]),
+            (format!("{p}attn.wo_b.weight"), vec![d, g.saturating_mul(lora)]),
         ];
         if ratio > 0 {
             v.extend(self.compressor_shapes(&format!("{p}attn.compressor."), ratio, hd));
         }
         if ratio == 4 {
             let (ih, ihd) = (self.index_n_heads, self.index_head_dim);
-            v.push((format!("{p}attn.indexer.wq_b.weight"), vec![ih * ihd, self.q_lora_rank]));
+            v.push((format!("{p}attn.indexer.wq_b.weight"), vec![ih.saturating_mul(ihd), self.q_lora_rank]));
             v.push((format!("{p}attn.indexer.weights_proj.weight"), vec![ih, d]));
             v.extend(self.compressor_shapes(&format!("{p}attn.indexer.compressor."), 4, ihd));
         }
@@ -368,20 +501,29 @@ impl Config {
         if !self.is_hash_layer(layer) {
             v.push((format!("{p}ffn.gate.bias"), vec![self.n_routed_experts]));
         }
-        let inter = self.moe_inter_dim;
-        for e in 0..self.n_routed_experts {
-            v.push((format!("{p}ffn.experts.{e}.w1.weight"), vec![inter, d]));
-            v.push((format!("{p}ffn.experts.{e}.w2.weight"), vec![d, inter]));
-            v.push((format!("{p}ffn.experts.{e}.w3.weight"), vec![inter, d]));
-        }
+        v
+    }
+
+    /// One SwiGLU expert (`p` ends in `experts.<e>.` or `shared_experts.`).
+    fn expert_shapes(&self, p: &str) -> Vec<(String, Vec<usize>)> {
+        let (d, inter) = (self.dim, self.moe_inter_dim);
+        vec![
+            (format!("{p}w1.weight"), vec![inter, d]),
+            (format!("{p}w2.weight"), vec![d, inter]),
+            (format!("{p}w3.weight"), vec![inter, d]),
+        ]
+    }
+
+    /// A block's tensors after its routed experts: shared expert, norms, mHC sites.
+    fn block_tail_shapes(&self, p: &str) -> Vec<(String, Vec<usize>)> {
+        let d = self.dim;
+        let mut v = Vec::new();
         if self.n_shared_experts > 0 {
-            v.push((format!("{p}ffn.shared_experts.w1.weight"), vec![inter, d]));
-            v.push((format!("{p}ffn.shared_experts.w2.weight"), vec![d, inter]));
-            v.push((format!("{p}ffn.shared_experts.w3.weight"), vec![inter, d]));
+            v.extend(self.expert_shapes(&format!("{p}ffn.shared_experts.")));
         }
         v.push((format!("{p}attn_norm.weight"), vec![d]));
         v.push((format!("{p}ffn_norm.weight"), vec![d]));
-        let (mix, hcd) = (self.hc_mix(), self.hc_mult * d);
+        let (mix, hcd) = (self.hc_mix(), self.hc_mult.saturating_mul(d));
         for site in ["attn", "ffn"] {
             v.push((format!("{p}hc_{site}_fn"), vec![mix, hcd]));
             v.push((format!("{p}hc_{site}_base"), vec![mix]));
@@ -390,32 +532,48 @@ impl Config {
         v
     }
 
-    /// Total and per-token parameter counts.
+    /// `(routed-expert parameters, everything else)` of block `layer`, without listing every
+    /// expert's tensors (a config may have tens of thousands of experts).
+    fn block_counts(&self, layer: usize) -> (u128, u128) {
+        let other = count_of(&self.block_head_shapes("", layer)).saturating_add(count_of(&self.block_tail_shapes("")));
+        let routed = count_of(&self.expert_shapes("")).saturating_mul(self.n_routed_experts as u128);
+        (routed, other)
+    }
+
+    /// Parameters of the MTP blocks (embedding and head shared with the main model).
+    fn mtp_count(&self) -> u128 {
+        let d = self.dim as u128;
+        let per_block_extra = (2 * d * d + 3 * d).saturating_add(count_of(&self.hc_head_shapes("")));
+        (0..self.n_mtp_layers).fold(0u128, |a, m| {
+            let (routed, other) = self.block_counts(self.n_layers + m);
+            a.saturating_add(routed).saturating_add(other).saturating_add(per_block_extra)
+        })
+    }
+
+    /// Total and per-token parameter counts, summed in `u128` (no overflow for any config;
+    /// a count beyond `u64::MAX`, impossible for a validated config, saturates).
     pub fn param_counts(&self) -> ParamCounts {
-        let numel = |s: &[usize]| s.iter().product::<usize>() as u64;
-        let mut total = 0u64;
-        let mut mtp = 0u64;
-        let mut routed = 0u64;
-        for (name, shape) in self.param_shapes() {
-            let n = numel(&shape);
-            if name.starts_with("mtp.") {
-                mtp += n;
-                continue;
-            }
-            total += n;
-            if name.contains(".ffn.experts.") {
-                routed += n;
-            }
+        let embedding = numel(&[self.vocab_size, self.dim]);
+        // embedding, head, final norm, hc_head
+        let mut total = embedding
+            .saturating_mul(2)
+            .saturating_add(self.dim as u128)
+            .saturating_add(count_of(&self.hc_head_shapes("")));
+        let mut routed = 0u128;
+        for l in 0..self.n_layers {
+            let (r, other) = self.block_counts(l);
+            total = total.saturating_add(r).saturating_add(other);
+            routed = routed.saturating_add(r);
         }
-        let embedding = (self.vocab_size * self.dim) as u64;
-        let per_expert_layer = routed / (self.n_layers as u64 * self.n_routed_experts as u64).max(1);
-        let active_routed = per_expert_layer * self.n_activated_experts as u64 * self.n_layers as u64;
+        let per_expert = count_of(&self.expert_shapes(""));
+        let active_routed = per_expert.saturating_mul(self.n_activated_experts as u128 * self.n_layers as u128);
+        let active = total.saturating_sub(routed).saturating_add(active_routed).saturating_sub(embedding);
         ParamCounts {
-            total,
-            active: total - routed + active_routed - embedding,
-            mtp,
-            embedding,
-            routed_experts: routed,
+            total: to_u64(total),
+            active: to_u64(active),
+            mtp: to_u64(self.mtp_count()),
+            embedding: to_u64(embedding),
+            routed_experts: to_u64(routed),
         }
     }
 
@@ -427,15 +585,15 @@ impl Config {
         for l in 0..self.n_layers {
             let ratio = self.ratio(l);
             let kind = self.layer_kind(l);
-            let window = self.window_size.min(context) * self.head_dim;
-            let mut values = window as f64;
+            let hd = self.head_dim as f64;
+            let mut values = self.window_size.min(context) as f64 * hd;
             if let Some(n) = context.checked_div(ratio) {
-                values += n as f64 * self.head_dim as f64;
+                values += n as f64 * hd;
             }
             if kind == LayerKind::Csa {
                 values += (context / 4) as f64 * self.index_head_dim as f64;
             }
-            let per_token = values * bytes_per_value as f64 / context as f64;
+            let per_token = if context == 0 { 0.0 } else { values * bytes_per_value as f64 / context as f64 };
             match out.iter_mut().find(|(k, _, _)| *k == kind) {
                 Some(e) => {
                     e.1 += 1;

@@ -98,7 +98,18 @@ impl Linear {
             Some(m) => m.clone(),
             None => {
                 let t = w.get(name)?;
-                Mxfp4Matrix::quantize(&t.data, t.shape[0], t.shape[1], mxfp4::ScaleRule::DeepSeekCeil)
+                match t.shape[..] {
+                    [rows, cols] if cols % mxfp4::BLOCK == 0 => {
+                        Mxfp4Matrix::quantize(&t.data, rows, cols, mxfp4::ScaleRule::DeepSeekCeil)
+                    }
+                    _ => {
+                        return Err(ModelError::Shape(format!(
+                            "`{name}` has shape {:?}: FP4 experts need 2-D weights with an input dimension that is a multiple of {}; use f32 experts",
+                            t.shape,
+                            mxfp4::BLOCK
+                        )))
+                    }
+                }
             }
         };
         Ok(Linear { out: m.rows, inp: m.cols, w: Weight::Fp4(m), quantized_input: true })
