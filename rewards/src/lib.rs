@@ -1,12 +1,14 @@
 //! Verifiers: `score(task, response, mode) -> Reward { value, detail }`, one per family,
 //! deterministic, and safe on any input — garbage, huge or adversarial responses get reward 0
-//! with a reason; nothing panics and nothing runs unbounded.
+//! with a reason; nothing panics and nothing runs unbounded. A verifier that cannot run at all
+//! (no python3, no sandbox) returns an *error* reward: value 0 with `detail.error` set
+//! ([`Reward::error`]) and a one-time message on stderr, never a silent 0.
 //!
 //! | kind     | what is checked |
 //! |----------|-----------------|
 //! | `math`   | last `\boxed{}` of the final content ≡ answer ([`math`]) |
 //! | `code`   | the program (TL, [`tl`]) passes every `(input, expected)` test |
-//! | `python` | Python code passes the given asserts in a sandboxed child process ([`python`]) |
+//! | `python` | Python code passes the given asserts in a namespace sandbox ([`python`], [`sandbox`]) |
 //! | `agent`  | the episode's tool calls replay correctly and the final answer is right ([`agent`]) |
 //! | `if`     | every IFEval-style check passes (strict; loose reported) ([`instruct`]) |
 //! | `exact`  | normalised text equality |
@@ -15,6 +17,7 @@ pub mod agent;
 pub mod instruct;
 pub mod math;
 pub mod python;
+pub mod sandbox;
 pub mod shaping;
 pub mod tl;
 
@@ -37,6 +40,18 @@ pub struct Reward {
 impl Reward {
     fn zero(reason: impl Into<String>) -> Self {
         Reward { value: 0.0, detail: json!({"correct": false, "reason": reason.into()}) }
+    }
+    /// The verifier could not run (e.g. the sandbox is unavailable): value 0 with the reason
+    /// in `detail.error`, which callers should surface rather than train on.
+    fn error(msg: impl Into<String>) -> Self {
+        let msg = msg.into();
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("v4post rewards: verifier error (reward is not a real 0): {msg}"));
+        Reward { value: 0.0, detail: json!({"correct": false, "error": msg, "reason": msg}) }
+    }
+    /// Why the verifier could not run, when it could not (see [`Reward::error`]).
+    pub fn error_message(&self) -> Option<&str> {
+        self.detail.get("error").and_then(Value::as_str)
     }
     /// Whether the task was solved (the part of the reward length shaping must not touch).
     pub fn correct(&self) -> bool {
@@ -71,6 +86,44 @@ fn extract_code(content: &str) -> &str {
     content
 }
 
+/// Evaluation steps for all the tests of one code response together (ten tests at the
+/// per-test limit): a verifier with thousands of tests must not multiply the per-test
+/// limit into seconds of interpreter time per response.
+pub const CODE_RESPONSE_MAX_STEPS: u64 = 2_000_000;
+/// List cells (peak per test, summed over the tests) for one code response.
+pub const CODE_RESPONSE_MAX_CELLS: u64 = 1_000_000;
+
+/// What is left of a response's budget; each test runs with the smaller of its own limits
+/// and what is left.
+struct CodeBudget {
+    steps: u64,
+    cells: u64,
+}
+
+impl CodeBudget {
+    fn new() -> Self {
+        CodeBudget { steps: CODE_RESPONSE_MAX_STEPS, cells: CODE_RESPONSE_MAX_CELLS }
+    }
+
+    fn limits_for_next(&self, per_test: &tl::Limits) -> tl::Limits {
+        let cells = usize::try_from(self.cells).unwrap_or(usize::MAX);
+        tl::Limits {
+            max_steps: per_test.max_steps.min(self.steps),
+            max_cells: per_test.max_cells.min(cells),
+            ..*per_test
+        }
+    }
+
+    fn charge(&mut self, u: tl::Usage) {
+        self.steps = self.steps.saturating_sub(u.steps);
+        self.cells = self.cells.saturating_sub(u.peak_cells as u64);
+    }
+
+    fn exhausted(&self) -> bool {
+        self.steps == 0 || self.cells == 0
+    }
+}
+
 fn verify_code(verifier: &Value, content: &str) -> Reward {
     let input = verifier.get("input").and_then(Value::as_str).unwrap_or("x");
     let Some(tests) = verifier.get("tests").and_then(Value::as_array) else {
@@ -85,11 +138,14 @@ fn verify_code(verifier: &Value, content: &str) -> Reward {
     };
     let mut passed = 0;
     let mut first_failure = Value::Null;
-    for t in tests {
+    let mut budget = CodeBudget::new();
+    for (run, t) in tests.iter().enumerate() {
         let (Some(x), Some(want)) = (t.get(0).and_then(Value::as_i64), t.get(1).and_then(Value::as_i64)) else {
             return Reward::zero("malformed test in verifier kwargs");
         };
-        match prog.run(&[(input, x)], &limits) {
+        let (out, used) = prog.run_counted(&[(input, x)], &budget.limits_for_next(&limits));
+        budget.charge(used);
+        match out {
             Ok(tl::Value::Int(v)) if v == want => passed += 1,
             other => {
                 if first_failure.is_null() {
@@ -97,11 +153,27 @@ fn verify_code(verifier: &Value, content: &str) -> Reward {
                 }
             }
         }
+        if budget.exhausted() && run + 1 < tests.len() {
+            return code_budget_exhausted(passed, run + 1, tests.len(), first_failure);
+        }
     }
     let ok = passed == tests.len() && !tests.is_empty();
     Reward {
         value: if ok { 1.0 } else { 0.0 },
         detail: json!({"correct": ok, "passed": passed, "total": tests.len(), "first_failure": first_failure}),
+    }
+}
+
+/// Reward 0: the response used up its budget with tests left to run.
+fn code_budget_exhausted(passed: usize, ran: usize, total: usize, first_failure: Value) -> Reward {
+    let reason = format!(
+        "budget exhausted after {ran} of {total} tests (at most {CODE_RESPONSE_MAX_STEPS} steps and \
+         {CODE_RESPONSE_MAX_CELLS} list cells per response)"
+    );
+    Reward {
+        value: 0.0,
+        detail: json!({"correct": false, "reason": reason, "budget_exhausted": true, "passed": passed,
+                       "ran": ran, "total": total, "first_failure": first_failure}),
     }
 }
 
@@ -121,7 +193,7 @@ fn verify_python(verifier: &Value, content: &str) -> Reward {
             value: if o.passed { 1.0 } else { 0.0 },
             detail: json!({"correct": o.passed, "timed_out": o.timed_out, "exit_code": o.exit_code, "stderr": o.stderr_tail}),
         },
-        Err(e) => Reward::zero(e),
+        Err(e) => Reward::error(e.to_string()),
     }
 }
 
@@ -217,5 +289,48 @@ mod tests {
         assert_eq!(r.value, 0.0);
         assert!(r.detail["reason"].as_str().unwrap().contains("malformed"), "{}", r.detail);
         assert_eq!(score(a, &"x".repeat(MAX_RESPONSE_BYTES + 1), Mode::NonThink).value, 0.0);
+    }
+
+    fn code_verifier(n: i64) -> Value {
+        json!({"kind": "code", "input": "x", "tests": (0..n).map(|i| json!([i, i])).collect::<Vec<_>>()})
+    }
+
+    /// The step limit is per test: 5000 tests of a program that spins must not cost 5000
+    /// per-test limits (seconds); the response's total budget ends it with a clear reason.
+    #[test]
+    fn a_code_response_has_one_budget_for_all_its_tests() {
+        let t = std::time::Instant::now();
+        let r = score_with(&code_verifier(5000), "", "while 1 { }", Mode::NonThink);
+        let took = t.elapsed();
+        assert_eq!(r.value, 0.0);
+        assert_eq!(r.detail["budget_exhausted"], true, "{}", r.detail);
+        assert!(r.detail["reason"].as_str().unwrap().contains("budget exhausted"), "{}", r.detail);
+        assert!(r.detail["ran"].as_u64().unwrap() < 5000, "{}", r.detail);
+        assert!(took < std::time::Duration::from_secs(3), "5000 spinning tests took {took:?}");
+        // list memory counts too: 40 000 cells a test exhausts 1M cells in 25 tests
+        let hog = "l = []\ni = 0\nwhile i < 40000 { push(l, i); i = i + 1 }\nreturn x";
+        let r = score_with(&code_verifier(5000), "", hog, Mode::NonThink);
+        assert_eq!(r.detail["budget_exhausted"], true, "{}", r.detail);
+        // a correct program with many cheap tests is unaffected
+        let r = score_with(&code_verifier(5000), "", "return x", Mode::NonThink);
+        assert_eq!(r.value, 1.0, "{}", r.detail);
+        assert_eq!(r.detail["passed"], 5000);
+    }
+
+    #[test]
+    fn the_code_budget_charges_steps_and_peak_cells() {
+        let mut b = CodeBudget::new();
+        let per = tl::Limits::default();
+        assert_eq!(b.limits_for_next(&per).max_steps, per.max_steps);
+        b.charge(tl::Usage { steps: CODE_RESPONSE_MAX_STEPS - 10, peak_cells: 0 });
+        assert_eq!(b.limits_for_next(&per).max_steps, 10);
+        assert!(!b.exhausted());
+        b.charge(tl::Usage { steps: 0, peak_cells: CODE_RESPONSE_MAX_CELLS as usize });
+        assert!(b.exhausted());
+        let p = tl::Program::parse("l = [1, 2, 3]\npush(l, 4)\nreturn len(l)", &per).unwrap();
+        let (v, u) = p.run_counted(&[], &per);
+        assert_eq!(v, Ok(tl::Value::Int(4)));
+        assert_eq!(u.peak_cells, 4);
+        assert!(u.steps > 0);
     }
 }

@@ -354,15 +354,29 @@ impl Program {
 
     /// Run with `inputs` bound; the result of the first `return` reached.
     pub fn run(&self, inputs: &[(&str, i64)], limits: &Limits) -> Result<Value, String> {
-        let mut m = Machine { vars: HashMap::new(), steps: 0, limits: *limits, cells: 0 };
+        self.run_counted(inputs, limits).0
+    }
+
+    /// [`Program::run`], also returning what the run used (for budgets over many runs).
+    pub fn run_counted(&self, inputs: &[(&str, i64)], limits: &Limits) -> (Result<Value, String>, Usage) {
+        let mut m = Machine { vars: HashMap::new(), steps: 0, limits: *limits, cells: 0, peak_cells: 0 };
         for (k, v) in inputs {
             m.vars.insert(k.to_string(), Value::Int(*v));
         }
-        match m.block(&self.body, 0)? {
-            Some(v) => Ok(v),
-            None => Err("program ended without `return`".into()),
-        }
+        let r = match m.block(&self.body, 0) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err("program ended without `return`".into()),
+            Err(e) => Err(e),
+        };
+        (r, Usage { steps: m.steps, peak_cells: m.peak_cells.max(m.cells) })
     }
+}
+
+/// Resources one run used: evaluation steps, and the most list cells alive at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub steps: u64,
+    pub peak_cells: usize,
 }
 
 struct Machine {
@@ -370,6 +384,8 @@ struct Machine {
     steps: u64,
     limits: Limits,
     cells: usize,
+    /// Highest `cells` seen (checked at each step).
+    peak_cells: usize,
 }
 
 fn int(v: Value) -> Result<i64, String> {
@@ -382,6 +398,7 @@ fn int(v: Value) -> Result<i64, String> {
 impl Machine {
     fn tick(&mut self) -> Result<(), String> {
         self.steps += 1;
+        self.peak_cells = self.peak_cells.max(self.cells);
         if self.steps > self.limits.max_steps {
             Err(format!("step limit of {} exceeded", self.limits.max_steps))
         } else {
