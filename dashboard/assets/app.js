@@ -1,6 +1,8 @@
 // v4post dashboard: one script for the live page (polls the JSON API) and the static report
 // (data inlined as window.V4POST_DATA). Charts are uPlot; every chart element carries
 // data-series / data-points / data-labels so tests (and people) can check what is drawn.
+// Names (runs, stages, domains, families, teachers) come from datasets: they go into the
+// page only as text (textContent, el()), never as markup; no innerHTML takes data.
 (function () {
   "use strict";
   const COLS = ["stage", "step", "name", "value", "teacher", "domain", "mode", "tokens", "time_ms"];
@@ -24,6 +26,13 @@
   const plots = {};
   const ui = { xaxis: "step", log: false, smooth: 0, stage: "", teachers: null, domains: null };
   const $ = (id) => document.getElementById(id);
+  // an element with a class and children (strings become text nodes)
+  function el(tag, cls, ...children) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    e.append(...children.map((c) => (c instanceof Node ? c : String(c))));
+    return e;
+  }
 
   function key(r) { return [r[C.stage], r[C.step], r[C.name], r[C.teacher], r[C.domain], r[C.mode]].join("\u001f"); }
   function addRows(name, rows) {
@@ -38,7 +47,7 @@
     $("messages").appendChild(d);
   }
   function showMessages() {
-    $("messages").innerHTML = "";
+    $("messages").replaceChildren();
     const names = Object.keys(runs);
     if (names.length === 0) message("No runs to show: start the dashboard with --run runs/NAME.", "error");
     let total = 0;
@@ -116,8 +125,7 @@
       box = document.createElement("section");
       box.className = "chart";
       box.id = "chart-" + spec.id;
-      box.innerHTML = "<h2></h2><div class='plot'></div>";
-      box.querySelector("h2").textContent = spec.title;
+      box.append(el("h2", "", spec.title), el("div", "plot"));
       $("charts").appendChild(box);
     }
     const series = seriesFor(spec);
@@ -126,9 +134,9 @@
     box.dataset.labels = series.map((s) => s.label).join("|");
     if (plots[spec.id]) { plots[spec.id].destroy(); delete plots[spec.id]; }
     const holder = box.querySelector(".plot");
-    holder.innerHTML = "";
+    holder.replaceChildren();
     if (series.length === 0) {
-      holder.innerHTML = "<div class='empty'>no data for this chart" + (ui.stage ? " in stage " + ui.stage : "") + "</div>";
+      holder.append(el("div", "empty", "no data for this chart" + (ui.stage ? " in stage " + ui.stage : "")));
       box.dataset.ready = "1";
       return;
     }
@@ -152,26 +160,29 @@
 
   function fmt(v) { return typeof v === "number" ? v.toFixed(3) : "–"; }
   function drawResults() {
-    const el = $("results");
-    el.innerHTML = "";
+    const box = $("results");
+    box.replaceChildren();
     for (const rn of Object.keys(runs)) {
       const res = runs[rn].results;
       if (!res || !res.domains) continue;
       const h = document.createElement("h2");
       h.textContent = "Evaluation — " + rn + " (" + (res.score || "accuracy") + ")";
-      el.appendChild(h);
+      box.appendChild(h);
       const t = document.createElement("table");
       t.id = "results-" + rn;
-      t.innerHTML = "<tr><th>domain</th><th>family</th><th>base</th><th>sft</th><th>teacher</th><th>student</th><th>think_max</th></tr>" +
-        res.domains.map((d) => "<tr><td>" + d.domain + "</td><td>" + d.family + "</td><td>" + fmt(d.base) + "</td><td>" + fmt(d.sft) +
-          "</td><td>" + fmt(d.teacher) + "</td><td>" + fmt(d.student) + "</td><td>" + fmt(d.think_max) + "</td></tr>").join("");
-      el.appendChild(t);
+      const head = ["domain", "family", "base", "sft", "teacher", "student", "think_max"];
+      t.append(el("tr", "", ...head.map((c) => el("th", "", c))));
+      for (const d of res.domains) {
+        const cells = [d.domain ?? "", d.family ?? "", fmt(d.base), fmt(d.sft), fmt(d.teacher), fmt(d.student), fmt(d.think_max)];
+        t.append(el("tr", "", ...cells.map((c) => el("td", "", c))));
+      }
+      box.appendChild(t);
       const hl = res.headline || {};
       const p = document.createElement("p");
       p.textContent = "experts beat base: " + hl.all_experts_beat_base + " · student keeps " + fmt(hl.student_keeps_fraction) +
         " of the experts' gain · sampled tokens GRPO " + hl.grpo_sampled_tokens + " vs OPD " + hl.opd_sampled_tokens +
         " · wall " + Math.round(res.wall_s || 0) + " s";
-      el.appendChild(p);
+      box.appendChild(p);
     }
   }
 
@@ -188,10 +199,11 @@
       const known = new Set([...box.querySelectorAll("input")].map((i) => i.value));
       for (const v of [...set].sort()) {
         if (known.has(v)) continue;
-        const l = document.createElement("label");
-        l.innerHTML = "<input type='checkbox' checked> ";
-        l.querySelector("input").value = v;
-        l.appendChild(document.createTextNode(v));
+        const input = el("input");
+        input.type = "checkbox";
+        input.checked = true;
+        input.value = v;
+        const l = el("label", "", input, " ", v);
         l.querySelector("input").addEventListener("change", () => {
           const on = [...box.querySelectorAll("input")].filter((i) => i.checked).map((i) => i.value);
           ui[field] = on.length === box.querySelectorAll("input").length ? null : new Set(on);

@@ -49,6 +49,8 @@ impl Run {
             .filter(|n| n != "metrics")
             .or_else(|| dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "run".into());
+        // `runs/<name>` holds the escaped name (datasets::safe_component): show it as written
+        let name = datasets::name_of_component(&name).unwrap_or(name);
         let mut r = Run { name, dir: dir.to_path_buf(), seen: HashSet::new(), rows: BTreeMap::new(), errors: vec![] };
         r.refresh();
         Ok(r)

@@ -7,11 +7,13 @@
 //!   `GET /api/results`; the page polls, so it follows a run while it trains;
 //! * [`report`]: the same page as one self-contained HTML file (data and chart library
 //!   inlined) that opens offline;
+//! * [`csp`]: the pages' Content-Security-Policy (a header live, a `<meta>` in the report);
 //! * [`tensorboard`]: scalar event files (`section/name` tags) for TensorBoard / wandb.
 //!
 //! The chart library is uPlot 1.6.32 (MIT), vendored in `assets/uplot` and compiled into the
 //! binary: no CDN, no network at run time.
 
+pub mod csp;
 pub mod data;
 pub mod report;
 pub mod server;

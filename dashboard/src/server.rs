@@ -6,10 +6,12 @@
 //! * `GET /api/metrics?run=NAME[&names=a,b][&since_step=N][&since_ms=T]` →
 //!   `{"run", "columns":[...], "rows":[[stage, step, name, value, teacher, domain, mode, tokens, time_ms], ...]}`
 //! * `GET /api/results?run=NAME` → the run's `results.json` (or `null`)
+//!
+//! Every response carries a Content-Security-Policy header ([`csp::LIVE`]).
 
 use crate::data::{Run, COLUMNS};
 use crate::report::html_escape;
-use crate::{APP_CSS, APP_JS, PAGE_HTML, UPLOT_CSS, UPLOT_JS};
+use crate::{csp, APP_CSS, APP_JS, PAGE_HTML, UPLOT_CSS, UPLOT_JS};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -104,7 +106,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/runs", get(runs))
         .route("/api/metrics", get(metrics))
         .route("/api/results", get(results))
+        .layer(axum::middleware::map_response(with_policy))
         .with_state(state)
+}
+
+/// Every response carries the page's Content-Security-Policy ([`csp::LIVE`]) and is never
+/// sniffed into another type.
+async fn with_policy(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(csp::LIVE));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    r
 }
 
 /// Bind and serve until `shutdown` resolves; `on_bound` gets the actual address (port 0

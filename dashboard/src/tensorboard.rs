@@ -69,9 +69,10 @@ pub fn tag(r: &MetricRow) -> String {
     t
 }
 
-/// Write one event file for `rows` under `dir/<run>/`; returns its path.
+/// Write one event file for `rows` under `dir/<run>/` (the run name escaped, one component);
+/// returns its path.
 pub fn write_events(dir: &Path, run: &str, rows: &[&MetricRow]) -> Result<PathBuf> {
-    let sub = dir.join(run);
+    let sub = dir.join(datasets::safe_component(run));
     std::fs::create_dir_all(&sub).map_err(|e| DashError::Io { path: sub.clone(), source: e })?;
     let start = rows.iter().map(|r| r.time_ms).min().unwrap_or(0);
     let path = sub.join(format!("events.out.tfevents.{}.v4post", start / 1000));

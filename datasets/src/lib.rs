@@ -6,9 +6,12 @@
 //! * [`tasks`]: the built-in procedural task suite (13 domains in 4 families).
 //! * [`prompts`]: prompt sources — the suite, user Parquet/JSONL datasets.
 //! * [`store`]: trajectories as Arrow/Parquet shards; teacher-state shards; the metrics store.
+//! * [`paths`]: names from data (domains, teacher ids, run and stage names) as safe,
+//!   reversibly escaped path components.
 
 pub mod chat;
 pub mod error;
+pub mod paths;
 pub mod progress;
 pub mod prompts;
 pub mod store;
@@ -17,5 +20,6 @@ pub mod tokenizer;
 
 pub use chat::{Message, Mode, ParsedReply, ToolCall};
 pub use error::{DataError, Result};
+pub use paths::{name_of_component, safe_component};
 pub use tasks::{Split, Task};
 pub use tokenizer::{ByteTokenizer, Tokenizer};
