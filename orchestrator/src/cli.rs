@@ -21,6 +21,10 @@ pub struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Read the Redis password from this file (first line), not from the --queue URL, which
+    /// other users see in the process list; also V4POST_REDIS_PASSWORD(_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -126,7 +130,18 @@ pub enum TrajCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCmd {
-    /// Layer schedule, parameter counts and KV-cache sizes of a config.
+    /// Layer schedule, parameter counts, KV-cache sizes and per-token decode cost of a config.
+    ///
+    /// With `--vs v3.2`, also DeepSeek-V3.2's single-token FLOPs and KV bytes at `--context`
+    /// and the ratios (`--preset v3.2` prints V3.2 alone). Counting rules:
+    /// linear = 2 FLOPs per active weight (embedding lookup free; norms and softmaxes not
+    /// counted); attention = 2 FLOPs per multiply-add of q·k and p·v over every attended entry
+    /// and head (V4: window + compressed entries, CSA through the indexer's top-k; V3.2: MLA
+    /// absorbed, key width 512+64, value width 512, top-2048 tokens); indexer = its heads ×
+    /// head dim over every candidate (V4: compressed entries of CSA layers; V3.2: every token
+    /// of every layer). KV bytes: whole cache of one sequence, in BF16 and as the reference
+    /// inference code stores it (V4: FP8 non-rope dims + BF16 rope, FP4 indexer keys; V3.2:
+    /// FlashMLA's 656-byte FP8 entry + 132-byte FP8 indexer key). MTP layers not counted.
     Info(InfoArgs),
     /// Conformance forward: logits of token sequences, as safetensors.
     Forward(ForwardArgs),
@@ -148,7 +163,7 @@ pub enum ModelCmd {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false, id = "source")]
 pub struct ConfigSource {
-    /// tiny, small, flash or pro.
+    /// tiny, small, flash or pro (`model info` also takes v3.2).
     #[arg(long, group = "source")]
     pub preset: Option<String>,
     /// A config.json (official or HF keys).
@@ -160,8 +175,22 @@ pub struct ConfigSource {
 pub struct InfoArgs {
     #[command(flatten)]
     pub source: ConfigSource,
+    /// Context length (tokens) of the KV-cache and per-token cost figures.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
+    pub context: u64,
+    /// Compare single-token decode FLOPs and KV-cache bytes with this architecture at --context.
+    #[arg(long, value_enum)]
+    pub vs: Option<Baseline>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Architectures `model info --vs` compares against.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// DeepSeek-V3.2 (MLA + DSA Lightning Indexer, 61 layers, 671B / 37B active), published config.
+    #[value(name = "v3.2")]
+    V32,
 }
 
 #[derive(Args, Debug)]

@@ -9,8 +9,12 @@ use std::process::ExitCode;
 static ALLOC: orchestrator::alloc::Counting = orchestrator::alloc::Counting;
 
 fn main() -> ExitCode {
+    orchestrator::ui::quiet_broken_stdout_pipe();
     let cli = Cli::parse();
     orchestrator::ui::init_logging(cli.verbose, cli.quiet);
+    if let Some(f) = cli.redis_password_file.clone() {
+        orchestrator::queue::set_password_file(f);
+    }
     match orchestrator::commands::dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,7 +3,7 @@
 
 use datasets::progress::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 /// Progress bars on stderr.
@@ -96,5 +96,48 @@ pub fn init_logging(verbose: u8, quiet: bool) {
 
 /// Print a JSON value on stdout.
 pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    print_stdout(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+/// Print `text` and a newline on stdout. A reader that went away (`v4post … --json | head -1`)
+/// ends the process quietly with status 0, as a closed pipe reaching `main` as an error does.
+pub fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{text}").and_then(|()| out.flush());
+    drop(out);
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Make the `println!`s of every command end the process quietly (status 0) when stdout is a
+/// closed pipe, instead of panicking with "failed printing to stdout" (exit 101).
+///
+/// SIGPIPE stays ignored (Rust's default): restoring its default action would also let a
+/// vectored write (`writev`) to a disconnected socket — the dashboard, Redis — kill the process.
+pub fn quiet_broken_stdout_pipe() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if is_broken_stdout_panic(info) {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
+}
+
+/// Is this the panic `println!` raises when stdout's reader has gone?
+fn is_broken_stdout_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let payload = info.payload();
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    let epipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe).to_string();
+    let os_epipe = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
+    msg.starts_with("failed printing to stdout") && (msg.contains(&os_epipe) || msg.ends_with(&epipe))
 }

@@ -95,3 +95,61 @@ fn killed_run_resumes_to_the_same_result() {
     assert!(!clash.status.success());
     assert!(String::from_utf8_lossy(&clash.stderr).contains("--resume"));
 }
+
+/// A real `kill -9` of the trainer in the middle of a GRPO stage (once one of its
+/// checkpoints exists), then `--resume`: the run completes, every stage is recorded and no
+/// trajectory is stored twice.
+#[test]
+fn sigkilled_run_resumes_without_duplicates() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("k");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_v4post"))
+        .current_dir(&dir)
+        .args(["run", "pipeline.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn v4post");
+    let ckpts = dir.join("runs/resume/checkpoints/grpo");
+    let mid_stage_checkpoint = || {
+        std::fs::read_dir(&ckpts).into_iter().flatten().flatten().any(|expert| {
+            std::fs::read_dir(expert.path()).into_iter().flatten().flatten().any(|c| {
+                let name = c.file_name().to_string_lossy().into_owned();
+                !name.starts_with('.') && !name.ends_with(".tmp")
+            })
+        })
+    };
+    let t = Instant::now();
+    while !mid_stage_checkpoint() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the run ended ({st}) before a GRPO checkpoint appeared");
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "no GRPO checkpoint after 10 min");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    let st = child.wait().unwrap();
+    assert!(!st.success(), "killed run reported success");
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(9), "{st}");
+    }
+    let done = v4post(&dir, &["run", "--resume", "runs/resume", "--json"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let run = dir.join("runs/resume");
+    let ids = traj_ids(&run);
+    assert!(!ids.is_empty());
+    let dup: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(dup.is_empty(), "trajectories stored twice: {dup:?}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    for key in ["sft", "grpo/math.add", "grpo/if.upper", "opd"] {
+        assert!(!state["completed"][key].is_null(), "{key} not completed: {}", state["completed"]);
+    }
+    for m in ["sft", "grpo-math.add", "grpo-if.upper", "opd"] {
+        assert!(run.join("models").join(m).exists(), "model {m} missing");
+    }
+}

@@ -167,3 +167,32 @@ fn bad_urls_and_unreachable_servers_are_clear_errors_without_secrets() {
     assert!(!e.contains("hunter2"), "{e}");
     assert!(e.contains("unreachable"), "{e}");
 }
+
+/// A job longer than the visibility timeout keeps its lease while its worker lives (a
+/// heartbeat renews it), and is redelivered once the heartbeat stops (the worker died).
+#[test]
+fn a_live_workers_long_job_is_not_redelivered_until_it_dies() {
+    for (b, q, reopen) in backends("lease") {
+        q.push("jobs", "long").unwrap();
+        let d = q.pop("jobs", "worker", W).unwrap().unwrap();
+        let lease = queue::Lease::start(q.clone(), &d, "worker");
+        // three visibility timeouts (400 ms) pass while the worker is alive and on the job
+        let other = reopen();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(1200) {
+            let got = other.pop("jobs", "thief", Duration::from_millis(100)).unwrap();
+            assert!(got.is_none(), "{b}: a live worker's job was redelivered after {:?}", t.elapsed());
+        }
+        // the worker dies: its heartbeat stops with it
+        drop(lease);
+        let t = Instant::now();
+        let again = other.pop("jobs", "survivor", Duration::from_secs(3)).unwrap();
+        let again = again.unwrap_or_else(|| panic!("{b}: a dead worker's job was never redelivered"));
+        assert_eq!((again.id.as_str(), again.deliveries), (d.id.as_str(), 2), "{b}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{b}: redelivered after {:?}", t.elapsed());
+        other.ack(&again).unwrap();
+        // renewing an acked message is harmless and does not resurrect it
+        q.extend(&d, "worker").unwrap();
+        assert!(other.pop("jobs", "survivor", Duration::from_millis(600)).unwrap().is_none(), "{b}");
+    }
+}

@@ -345,7 +345,7 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
     let seqs: Vec<Example> = (0..b)
         .map(|i| {
             let tokens = super::model_cmd::bench_tokens(s, vocab, i + 3);
-            Example { weights: vec![1.0; tokens.len()], tokens }
+            Example { weights: vec![1.0; tokens.len()], tokens, docs: Vec::new() }
         })
         .collect();
     let mut sft = Vec::new();
@@ -364,7 +364,7 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
     for _ in 0..a.reps.max(1) + 1 {
         let t = Instant::now();
         let inputs: Vec<model::train::SeqInput> =
-            seqs.iter().map(|e| model::train::SeqInput { tokens: e.tokens.clone(), forced: None }).collect();
+            seqs.iter().map(|e| model::train::SeqInput::new(e.tokens.clone())).collect();
         let out = sess.model.forward(&inputs)?;
         let d = out.hidden.dim(2)?;
         let mut idx = Vec::new();

@@ -34,9 +34,11 @@ pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
     if tasks::domain_info(&a.domain).is_none() {
         bail!("unknown domain `{}` (see `v4post tasks list`)", a.domain);
     }
-    let ts = tasks::sample_with(&a.domain, split, a.seed, a.n, &a.difficulty.into())?;
-    datasets::prompts::write_tasks(&a.out, &ts).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} {} prompts of {} to {}", ts.len(), split.as_str(), a.domain, a.out.display());
+    // streamed: tasks are generated as they are written, so memory does not grow with --n
+    let difficulty: tasks::Difficulty = a.difficulty.into();
+    let ts = tasks::sample_iter(&a.domain, split, a.seed, a.n as u64, &difficulty);
+    let n = datasets::prompts::write_tasks_iter(&a.out, ts).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {n} {} prompts of {} to {}", split.as_str(), a.domain, a.out.display());
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Score(a) => data::score(&a),
         Command::Trajectories(TrajCmd::Inspect { path, n, json }) => data::traj_inspect(&path, n, json),
         Command::Trajectories(TrajCmd::Stats { path, json }) => data::traj_stats(&path, json),
-        Command::Model(ModelCmd::Info(a)) => model_cmd::info(&a.source, a.json),
+        Command::Model(ModelCmd::Info(a)) => model_cmd::info(&a),
         Command::Model(ModelCmd::Forward(a)) => model_cmd::forward(&a),
         Command::Model(ModelCmd::Quantize { input, out, format, shard_mib }) => {
             model_cmd::quantize(&input, &out, &format, shard_mib)

@@ -1,15 +1,16 @@
 //! `model info|forward|quantize` and `bench forward`.
 
-use crate::cli::{BenchModelArgs, ConfigSource, ForwardArgs};
+use crate::cli::{Baseline, BenchModelArgs, ConfigSource, ForwardArgs, InfoArgs};
 use crate::ui::print_json;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use model::checkpoint::{self, SaveFormat};
+use model::cost::{self, DecodeCost, V32Config};
 use model::train::{SeqInput, TrainModel, TrainOptions};
 use model::{Config, Engine, EngineOptions, ModelWeights, Numerics, Row, Want};
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn load_config(src: &ConfigSource) -> Result<Config> {
@@ -20,40 +21,92 @@ fn load_config(src: &ConfigSource) -> Result<Config> {
     }
 }
 
-pub fn info(src: &ConfigSource, json_out: bool) -> Result<()> {
-    let c = load_config(src)?;
+/// Name of the V3.2 baseline where a preset is expected (`model info --preset v3.2`).
+const V32_PRESET: &str = "v3.2";
+const GIB: f64 = (1u64 << 30) as f64;
+
+pub fn info(a: &InfoArgs) -> Result<()> {
+    let context = usize::try_from(a.context).context("--context does not fit this machine's word size")?;
+    if a.source.preset.as_deref() == Some(V32_PRESET) {
+        return info_v32(context, a.json);
+    }
+    let c = load_config(&a.source)?;
     let pc = c.param_counts();
+    let cost = cost::v4_decode_cost(&c, context);
+    let vs = a.vs.map(|Baseline::V32| V32Config::published().decode_cost(context));
+    if a.json {
+        print_json(&info_json(&c, &pc, &cost, vs.as_ref(), context)?);
+        return Ok(());
+    }
+    print_params(&c, &pc);
+    let kv = c.kv_bytes_per_token(context, 2);
+    let kv_total: f64 = kv.iter().map(|(_, _, b)| b).sum();
+    println!("KV cache at {context} tokens of context (bf16 entries), bytes per token:");
+    for (k, n, b) in &kv {
+        println!("  {:<7} {:>3} layers  {:>10.1}", k.name(), n, b);
+    }
+    println!("  total              {kv_total:>10.1}");
+    print_cost_table(&cost, vs.as_ref());
+    Ok(())
+}
+
+fn info_json(
+    c: &Config,
+    pc: &model::ParamCounts,
+    cost: &DecodeCost,
+    vs: Option<&DecodeCost>,
+    context: usize,
+) -> Result<serde_json::Value> {
     let layers: Vec<serde_json::Value> = (0..c.n_layers)
         .map(|l| json!({"layer": l, "attention": c.layer_kind(l).name(), "compress_ratio": c.ratio(l), "routing": if c.is_hash_layer(l) { "hash" } else { "biased_topk" }}))
         .collect();
-    let ctx = 1 << 20;
-    let kv = c.kv_bytes_per_token(ctx, 2);
+    let kv = c.kv_bytes_per_token(context, 2);
     let kv_json: serde_json::Map<String, serde_json::Value> =
         kv.iter().map(|(k, n, b)| (k.name().to_string(), json!({"layers": n, "bytes_per_token": b}))).collect();
     let kv_total: f64 = kv.iter().map(|(_, _, b)| b).sum();
-    if json_out {
-        print_json(&json!({
-            "total_params": pc.total, "active_params": pc.active, "mtp_params": pc.mtp, "embedding_params": pc.embedding,
-            "routed_expert_params": pc.routed_experts, "layers": layers,
-            "kv_cache_bytes_per_token_at_1m": {"by_kind": kv_json, "total": kv_total, "context": ctx, "dtype": "bf16"},
-            "config": serde_json::from_str::<serde_json::Value>(&c.to_json_pretty())?,
-        }));
-        return Ok(());
+    let mut v = json!({
+        "total_params": pc.total, "active_params": pc.active, "mtp_params": pc.mtp, "embedding_params": pc.embedding,
+        "routed_expert_params": pc.routed_experts, "layers": layers,
+        "kv_cache_bytes_per_token": {"by_kind": kv_json, "total": kv_total, "context": context, "dtype": "bf16"},
+        "decode_cost": cost_json(cost),
+        "config": serde_json::from_str::<serde_json::Value>(&c.to_json_pretty())?,
+    });
+    if let Some(b) = vs {
+        v["vs"] = json!({
+            "name": V32_PRESET,
+            "decode_cost": cost_json(b),
+            "flops_ratio": cost.flops() / b.flops(),
+            "kv_bytes_bf16_ratio": cost.kv_bytes_bf16 / b.kv_bytes_bf16,
+            "kv_bytes_stored_ratio": cost.kv_bytes_stored / b.kv_bytes_stored,
+        });
     }
-    let fmt = |n: u64| {
-        if n >= 1_000_000_000 {
-            format!("{:.2}B", n as f64 / 1e9)
-        } else {
-            format!("{:.2}M", n as f64 / 1e6)
-        }
-    };
+    Ok(v)
+}
+
+fn cost_json(c: &DecodeCost) -> serde_json::Value {
+    json!({
+        "context": c.context, "flops": c.flops(), "linear_flops": c.linear_flops,
+        "attention_flops": c.attention_flops, "indexer_flops": c.indexer_flops,
+        "kv_bytes_bf16": c.kv_bytes_bf16, "kv_bytes_stored": c.kv_bytes_stored,
+    })
+}
+
+fn fmt_count(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.2}B", n as f64 / 1e9)
+    } else {
+        format!("{:.2}M", n as f64 / 1e6)
+    }
+}
+
+fn print_params(c: &Config, pc: &model::ParamCounts) {
     println!(
         "params: total {} ({}), active per token {} ({}), MTP {}",
-        fmt(pc.total),
+        fmt_count(pc.total),
         pc.total,
-        fmt(pc.active),
+        fmt_count(pc.active),
         pc.active,
-        fmt(pc.mtp)
+        fmt_count(pc.mtp)
     );
     println!(
         "dim {} · {} layers · {} heads × {} · vocab {} · {} experts (top-{}, {} shared) · window {}",
@@ -71,11 +124,51 @@ pub fn info(src: &ConfigSource, json_out: bool) -> Result<()> {
         .map(|l| format!("{}{}", c.layer_kind(l).name(), if c.is_hash_layer(l) { "*" } else { "" }))
         .collect();
     println!("layers (* = hash-routed MoE): {}", sched.join(" "));
-    println!("KV cache at 1M context (bf16 entries), bytes per token:");
-    for (k, n, b) in &kv {
-        println!("  {:<7} {:>3} layers  {:>10.1}", k.name(), n, b);
+}
+
+/// One decoded token's cost, with the V3.2 column and ratios when given.
+fn print_cost_table(c: &DecodeCost, vs: Option<&DecodeCost>) {
+    println!("one decoded token at {} tokens of context (counting rules: `v4post model info --help`):", c.context);
+    let rows: [(&str, fn(&DecodeCost) -> f64, f64); 6] = [
+        ("FLOPs, total", |c| c.flops(), 1e9),
+        ("  linear", |c| c.linear_flops, 1e9),
+        ("  attention", |c| c.attention_flops, 1e9),
+        ("  indexer", |c| c.indexer_flops, 1e9),
+        ("KV bytes (bf16)", |c| c.kv_bytes_bf16, GIB),
+        ("KV bytes (stored)", |c| c.kv_bytes_stored, GIB),
+    ];
+    match vs {
+        None => {
+            for (name, f, unit) in rows {
+                println!("  {name:<18} {:>12.2} {}", f(c) / unit, if unit == 1e9 { "G" } else { "GiB" });
+            }
+        }
+        Some(b) => {
+            println!("  {:<18} {:>12} {:>12} {:>7}", "", "this", V32_PRESET, "ratio");
+            for (name, f, unit) in rows {
+                let u = if unit == 1e9 { "G" } else { "GiB" };
+                let ratio = if f(b) > 0.0 { format!("{:.3}", f(c) / f(b)) } else { "-".into() };
+                println!("  {name:<18} {:>10.2}{u:<2} {:>10.2}{u:<2} {ratio:>7}", f(c) / unit, f(b) / unit);
+            }
+        }
     }
-    println!("  total              {kv_total:>10.1}");
+}
+
+fn info_v32(context: usize, json_out: bool) -> Result<()> {
+    let v = V32Config::published();
+    let (total, active) = v.param_counts();
+    let cost = v.decode_cost(context);
+    if json_out {
+        print_json(&json!({"name": V32_PRESET, "total_params": total, "active_params": active,
+            "decode_cost": cost_json(&cost), "config": serde_json::to_value(&v)?}));
+        return Ok(());
+    }
+    println!(
+        "DeepSeek-V3.2 (MLA + DSA): params total {} ({total}), active per token {} ({active})",
+        fmt_count(total),
+        fmt_count(active)
+    );
+    print_cost_table(&cost, None);
     Ok(())
 }
 
@@ -143,13 +236,56 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    safetensors::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    checkpoint::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote logits of {} sequences to {}", seqs.len(), a.out.display());
+    Ok(())
+}
+
+/// `path` made absolute with symlinks resolved, for a path that may not exist yet: its
+/// nearest existing ancestor is canonicalised and the rest appended.
+fn resolve_path(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        match cur.canonicalize() {
+            Ok(c) => return Ok(rest.iter().rev().fold(c, |acc, part| acc.join(part))),
+            Err(_) => match (cur.parent(), cur.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    cur = parent;
+                }
+                // `..` or the root: nothing left to resolve
+                _ => return Ok(abs),
+            },
+        }
+    }
+}
+
+/// Refuse a `--out` that would overwrite the checkpoint being read: the same directory or one
+/// inside it, or, for a single-file `--in`, that file or the directory holding it (and its
+/// `config.json`).
+fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
+    let inp = input.canonicalize().with_context(|| format!("--in {}", input.display()))?;
+    let out_abs = resolve_path(out).with_context(|| format!("--out {}", out.display()))?;
+    let clobbers = if inp.is_file() {
+        out_abs == inp || inp.parent() == Some(out_abs.as_path())
+    } else {
+        out_abs.starts_with(&inp)
+    };
+    if clobbers {
+        bail!(
+            "--out {} would overwrite the input checkpoint {} (quantizing is lossy): write to another directory",
+            out.display(),
+            input.display()
+        );
+    }
     Ok(())
 }
 
 pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>) -> Result<()> {
     let fmt: SaveFormat = format.parse()?;
+    refuse_overwriting_input(input, out)?;
     let w = checkpoint::load(input).with_context(|| format!("loading {}", input.display()))?;
     checkpoint::save(&w, out, fmt, shard_mib.map(|m| m << 20)).with_context(|| format!("writing {}", out.display()))?;
     let bytes: u64 =
@@ -212,8 +348,7 @@ pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
     }
     prefill.remove(0); // warm-up
     let model = TrainModel::from_weights(&w, DType::F32, TrainOptions::default())?;
-    let batch: Vec<SeqInput> =
-        (0..4).map(|b| SeqInput { tokens: bench_tokens(128, cfg.vocab_size, b + 2), forced: None }).collect();
+    let batch: Vec<SeqInput> = (0..4).map(|b| SeqInput::new(bench_tokens(128, cfg.vocab_size, b + 2))).collect();
     let mut train = Vec::new();
     for _ in 0..reps.min(3) + 1 {
         let t = Instant::now();
@@ -247,4 +382,37 @@ pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `model info` on a config at every size limit: exact, non-overflowed counts.
+    #[test]
+    fn info_counts_do_not_overflow_at_the_config_limits() {
+        let c = Config {
+            vocab_size: 1 << 22,
+            dim: 1 << 16,
+            moe_inter_dim: 1 << 18,
+            n_layers: model::config::MAX_LAYERS,
+            n_heads: 1 << 12,
+            n_routed_experts: 1 << 16,
+            n_activated_experts: 1 << 10,
+            head_dim: 1 << 16,
+            compress_ratios: vec![0; model::config::MAX_LAYERS],
+            n_hash_layers: 0,
+            ..Config::tiny()
+        };
+        c.validate().unwrap();
+        let pc = c.param_counts();
+        let context = 1 << 20;
+        let v = info_json(&c, &pc, &cost::v4_decode_cost(&c, context), None, context).unwrap();
+        let routed = 3u64 * (1 << 18) * (1 << 16) * (1 << 16) * model::config::MAX_LAYERS as u64;
+        assert_eq!(v["routed_expert_params"].as_u64(), Some(routed));
+        let total = v["total_params"].as_u64().unwrap();
+        assert!(total > routed && total < u64::MAX, "{total}");
+        assert!(v["active_params"].as_u64().unwrap() < total);
+        assert!(v["decode_cost"]["flops"].as_f64().unwrap().is_finite());
+    }
 }

@@ -34,7 +34,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
             // the run directory is where it is now
             if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
                 c.run.runs_dir = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
-                c.run.name = name.to_string_lossy().into_owned();
+                let name = name.to_string_lossy();
+                c.run.name = datasets::name_of_component(&name)
+                    .with_context(|| format!("--resume {}: not a run directory name", dir.display()))?;
             }
             // the resolved config stores an absolute or file-relative base; keep it
             (c, true)
@@ -78,7 +80,7 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
     if a.queue == "embedded" {
         bail!("a separate worker process needs a shared queue: --queue redis://HOST:PORT");
     }
-    let run_dir = a.runs_dir.join(&a.run);
+    let run_dir = a.runs_dir.join(datasets::safe_component(&a.run));
     if !run_dir.exists() {
         bail!(
             "{} does not exist: workers need the run directory (shared filesystem) of `v4post run`",

@@ -10,13 +10,15 @@ use datasets::store::{MetricsWriter, TrajectoryStore};
 use datasets::tasks::{self, Levels, Split};
 use datasets::ByteTokenizer;
 use model::checkpoint::{self, SaveFormat};
-use model::train::{TrainModel, TrainOptions};
+use model::train::TrainOptions;
 use model::{Config, Engine, EngineOptions, ModelWeights};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use trainer::anticipatory::{AnticipatoryConfig, SpikeConfig, SpikeSignal, Trigger};
 use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, RoutingMode};
 use trainer::losses::{Aggregation, GrpoLossConfig, KlKind};
 use trainer::optim::OptimConfig;
+use trainer::reference::FrozenReference;
 use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
 
@@ -150,9 +152,12 @@ pub struct GrpoArgs {
     pub minibatch: usize,
     #[arg(long, value_delimiter = ',', default_value = "think_high")]
     pub modes: Vec<String>,
-    /// Routing in the training forward: keep (sampler's ids), free, or anticipatory:DT.
+    /// Routing in the training forward: keep (sampler's ids), free, or anticipatory:DT
+    /// (legacy spelling of `--routing free --anticipatory spike --anticipatory-dt DT`).
     #[arg(long, default_value = "keep")]
     pub routing: String,
+    #[command(flatten)]
+    pub anticipatory: AnticipatoryArgs,
     /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
     /// levels alternate over the prompts (default: each domain's own).
     #[arg(long)]
@@ -167,6 +172,62 @@ pub struct GrpoArgs {
     pub optim: OptimArgs,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Anticipatory Routing flags (DeepSeek-V4's MoE stability trick; see `trainer::anticipatory`).
+#[derive(Args, Debug, Clone)]
+pub struct AnticipatoryArgs {
+    /// Anticipatory Routing: `spike` = after a spike of the training signal, route each
+    /// minibatch to the experts that the router of Δt optimizer updates ago picks (backbone
+    /// and gate weights stay current) for --anticipatory-hold steps; `always` = every step
+    /// (ablations); `off`. Combines with --routing (it replaces keep's ids while active).
+    #[arg(long = "anticipatory", default_value = "off", value_name = "off|spike|always")]
+    pub trigger: Trigger,
+    /// Router age Δt in optimizer updates (each minibatch of each epoch is one; 0 = the
+    /// current router, bit-identical to normal routing).
+    #[arg(long, default_value_t = AnticipatoryConfig::default().dt)]
+    pub anticipatory_dt: u64,
+    /// GRPO steps routed with the Δt-old router after each spike (re-armed by a new spike).
+    #[arg(long, default_value_t = AnticipatoryConfig::default().hold_steps)]
+    pub anticipatory_hold: u64,
+    /// End the anticipatory period early at the first step whose signal is back at or below
+    /// the pre-spike window mean.
+    #[arg(long)]
+    pub anticipatory_release_on_recovery: bool,
+    /// Signal of the spike detector: the step's mean GRPO loss, or its mean gradient norm.
+    #[arg(long, default_value = "loss", value_name = "loss|grad_norm")]
+    pub spike_signal: SpikeSignal,
+    /// Trailing window W (steps) of the spike rule: signal > mean + max(k·std, min_rise)
+    /// over the last W steps' values.
+    #[arg(long, default_value_t = SpikeConfig::default().window)]
+    pub spike_window: usize,
+    /// Values needed in the window before anything counts as a spike.
+    #[arg(long, default_value_t = SpikeConfig::default().min_history)]
+    pub spike_min_history: usize,
+    /// k of the spike rule (population standard deviations above the window mean).
+    #[arg(long, default_value_t = SpikeConfig::default().k)]
+    pub spike_k: f64,
+    /// Smallest absolute rise above the window mean that counts as a spike.
+    #[arg(long, default_value_t = SpikeConfig::default().min_rise)]
+    pub spike_min_rise: f64,
+}
+
+impl AnticipatoryArgs {
+    pub fn config(&self) -> AnticipatoryConfig {
+        AnticipatoryConfig {
+            trigger: self.trigger,
+            dt: self.anticipatory_dt,
+            hold_steps: self.anticipatory_hold,
+            release_on_recovery: self.anticipatory_release_on_recovery,
+            detector: SpikeConfig {
+                signal: self.spike_signal,
+                window: self.spike_window,
+                min_history: self.spike_min_history,
+                k: self.spike_k,
+                min_rise: self.spike_min_rise,
+            },
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -322,6 +383,9 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
     Ok(())
 }
 
+/// The named GRPO variants of [`variant_config`].
+pub const GRPO_VARIANTS: [&str; 4] = ["v32", "grpo", "dapo", "dr-grpo"];
+
 /// Loss and sampling choices of a named GRPO variant.
 pub fn variant_config(variant: &str) -> Result<GrpoConfig> {
     let mut loss = GrpoLossConfig::default();
@@ -359,7 +423,7 @@ pub fn variant_config(variant: &str) -> Result<GrpoConfig> {
             };
             c.use_std = false;
         }
-        o => bail!("unknown --variant `{o}` (v32, grpo, dapo, dr-grpo)"),
+        o => bail!("unknown --variant `{o}` ({})", GRPO_VARIANTS.join(", ")),
     }
     c.loss = loss;
     Ok(c)
@@ -392,21 +456,36 @@ pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
             None => bail!("--routing must be keep, free or anticipatory:DT"),
         },
     };
+    c.anticipatory = a.anticipatory.config();
+    // fold the legacy `anticipatory:DT` in and check the settings before any work starts
+    c.routing_plan()?;
     c.checkpoint_every = a.checkpoint_every;
     c.stage = format!("grpo-{}", a.domain.replace(['*', ','], "_"));
     Ok(c)
+}
+
+/// Whether the loss has a KL penalty, which needs a frozen reference model.
+pub fn needs_reference(cfg: &GrpoConfig) -> bool {
+    cfg.loss.beta > 0.0 && cfg.loss.kl != KlKind::None
+}
+
+/// The frozen KL reference of a GRPO run that starts from `start` (None without a KL
+/// penalty): the starting weights in the decode engine, routed experts packed MXFP4 (see
+/// `trainer::reference`). It is never stepped and has no f32 master copy.
+pub fn reference_model(cfg: &GrpoConfig, start: &ModelWeights) -> Result<Option<FrozenReference>> {
+    if !needs_reference(cfg) {
+        return Ok(None);
+    }
+    let r = FrozenReference::new(start).context("building the frozen KL reference model")?;
+    Ok(Some(r))
 }
 
 pub fn grpo(a: &GrpoArgs) -> Result<()> {
     let cfg = grpo_config(a)?;
     tasks::match_domains(&a.domain)?;
     let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config())?;
-    let reference = if cfg.loss.beta > 0.0 {
-        let base = base_weights(&a.base, a.seed)?;
-        Some(TrainModel::from_weights(&base, candle_core::DType::F32, TrainOptions::default())?)
-    } else {
-        None
-    };
+    // the frozen reference is the base the run started from (also on --resume)
+    let reference = if needs_reference(&cfg) { reference_model(&cfg, &base_weights(&a.base, a.seed)?)? } else { None };
     let source = PromptSource::Builtin {
         domains: a.domain.clone(),
         split: Split::Train,
@@ -417,7 +496,7 @@ pub fn grpo(a: &GrpoArgs) -> Result<()> {
     let bars = Bars::new(a.json);
     let mut rollouts = LocalRollouts {
         tok: &ByteTokenizer,
-        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(&cfg.stage))?),
+        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(datasets::safe_component(&cfg.stage)))?),
         opts: Default::default(),
         progress: &NoProgress,
     };
@@ -619,13 +698,15 @@ pub fn opd(a: &OpdArgs) -> Result<()> {
     let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
     let mut rollouts = LocalRollouts {
         tok: &ByteTokenizer,
-        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(&cfg.stage))?),
+        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(datasets::safe_component(&cfg.stage)))?),
         opts: Default::default(),
         progress: &NoProgress,
     };
     let mut local = trainer::opd::LocalTeachers {
         pool: teachers::TeacherPool::new(reg.clone(), a.resident),
-        store: Some(datasets::store::TeacherStateStore::open(&a.out.join("teacher_states").join(&cfg.stage))?),
+        store: Some(datasets::store::TeacherStateStore::open(
+            &a.out.join("teacher_states").join(datasets::safe_component(&cfg.stage)),
+        )?),
     };
     let rep = trainer::opd::run_opd(
         &mut s,

@@ -3,7 +3,7 @@
 //! must not silently fall back to a default). `v4post run` without a file uses
 //! [`PipelineConfig::demo`].
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use datasets::chat::Mode;
 use datasets::tasks::{Difficulty, Levels};
 use serde::{Deserialize, Serialize};
@@ -187,6 +187,10 @@ pub struct GrpoStage {
     /// policy nearly solves, every round costs up to a full step of rollouts.
     pub refill_rounds: usize,
     pub optim: Optim,
+    /// Anticipatory Routing (`[stage.anticipatory]`: trigger = "off" | "spike" | "always",
+    /// dt, hold_steps, release_on_recovery, detector = { signal, window, min_history, k,
+    /// min_rise }); off by default.
+    pub anticipatory: trainer::anticipatory::AnticipatoryConfig,
 }
 
 impl Default for GrpoStage {
@@ -204,6 +208,7 @@ impl Default for GrpoStage {
             sft_steps: 0,
             refill_rounds: 2,
             optim: Optim { lr_muon: 0.01, lr_adamw: 1e-3, ..Default::default() },
+            anticipatory: Default::default(),
         }
     }
 }
@@ -318,8 +323,9 @@ fn runs() -> PathBuf {
 }
 
 impl PipelineConfig {
+    /// Parse and [`validate`](Self::validate) a pipeline file; errors name the field.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let c: PipelineConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let c = super::validate::parse(text)?;
         c.validate()?;
         Ok(c)
     }
@@ -348,39 +354,10 @@ impl PipelineConfig {
         Ok(c)
     }
 
+    /// Every rule that needs no file (ranges, enum strings, stage order, built-in domains);
+    /// [`super::validate::preflight`] checks the files before a run starts.
     pub fn validate(&self) -> Result<()> {
-        let n = &self.run.name;
-        if n.is_empty() || n.contains(['/', '\\', ' ']) || n.starts_with('.') {
-            bail!("run.name `{n}` must be a plain directory name");
-        }
-        if self.stages.is_empty() {
-            bail!("the pipeline has no [[stage]]");
-        }
-        for (i, s) in self.stages.iter().enumerate() {
-            if self.stages[..i].iter().any(|o| o.kind() == s.kind()) {
-                bail!("stage kind `{}` appears twice; each kind runs once per pipeline", s.kind());
-            }
-        }
-        let order = ["sft", "grpo", "opd", "think_max", "eval"];
-        let pos: Vec<usize> =
-            self.stages.iter().map(|s| order.iter().position(|k| *k == s.kind()).unwrap_or(0)).collect();
-        if pos.windows(2).any(|w| w[0] > w[1]) {
-            bail!("stages must follow the recipe order sft → grpo → opd → think_max → eval");
-        }
-        if self.stages.iter().any(|s| matches!(s, Stage::Opd(o) if o.teachers == "all"))
-            && !self.stages.iter().any(|s| matches!(s, Stage::Grpo(_)))
-        {
-            bail!("an opd stage with teachers = \"all\" needs a grpo stage before it (or a teachers.toml path)");
-        }
-        self.data.difficulty()?;
-        for s in &self.stages {
-            if let Stage::Opd(o) = s {
-                for m in o.mode_mix.keys() {
-                    m.parse::<Mode>().map_err(|e| anyhow::anyhow!("opd.mode_mix: {e}"))?;
-                }
-            }
-        }
-        Ok(())
+        Ok(super::validate::check(self)?)
     }
 
     /// The built-in demo: small base → SFT → one GRPO expert per built-in domain → OPD of all
@@ -461,8 +438,9 @@ impl PipelineConfig {
         Ok(toml::to_string_pretty(&c)?)
     }
 
+    /// `runs_dir/<name>`, the name escaped into one component (datasets::safe_component).
     pub fn run_dir(&self) -> PathBuf {
-        self.run.runs_dir.join(&self.run.name)
+        self.run.runs_dir.join(datasets::safe_component(&self.run.name))
     }
 }
 

@@ -14,12 +14,18 @@
 //! runs/<name>/results.json             evaluation of base, teachers, student, Think Max
 //! ```
 //!
+//! Every directory named after a run, stage, domain or teacher goes through
+//! [`datasets::safe_component`] (a reversible escape into one plain file name), so a
+//! dataset's `domain` such as `openai/gsm8k` or `../x` never reaches outside its parent;
+//! the names themselves stay as written in `state.json`, `results.json` and reports.
+//!
 //! Training stages checkpoint after every optimizer step, so `--resume` after a crash at
 //! any point neither repeats nor loses a step; trajectories are idempotent by `traj_id`.
 
 pub mod config;
 pub mod remote;
 pub mod results;
+pub mod validate;
 pub mod workers;
 
 use crate::queue::{self, QueueConfig};
@@ -30,7 +36,7 @@ use datasets::chat::Mode;
 use datasets::prompts::PromptSource;
 use datasets::store::MetricsWriter;
 use datasets::tasks::{self, fnv1a, Split};
-use datasets::ByteTokenizer;
+use datasets::{safe_component, ByteTokenizer};
 use model::checkpoint::{self, SaveFormat};
 use model::train::TrainOptions;
 use model::{Config, ModelWeights};
@@ -129,7 +135,7 @@ impl Ctx {
 
     /// A session for stage `key`: resumed from its latest step checkpoint, or fresh from `start`.
     fn session(&self, key: &str, start: &ModelWeights, optim: &Optim) -> Result<Session> {
-        let root = self.dir.join("checkpoints").join(key);
+        let root = self.ckpt_root(key);
         let oc = OptimConfig {
             muon_lr: optim.lr_muon,
             adamw_lr: optim.lr_adamw,
@@ -144,14 +150,21 @@ impl Ctx {
         Ok(Session::new(start, TrainOptions::default(), oc, self.seed(key))?)
     }
 
+    /// `checkpoints/<stage>` or, for a key `kind/name` (`grpo/<domain>`), `checkpoints/<kind>/<name>`;
+    /// every part escaped.
     fn ckpt_root(&self, key: &str) -> PathBuf {
-        self.dir.join("checkpoints").join(key)
+        let root = self.dir.join("checkpoints");
+        match key.split_once('/') {
+            Some((kind, name)) => root.join(safe_component(kind)).join(safe_component(name)),
+            None => root.join(safe_component(key)),
+        }
     }
 
     /// Write the stage's final model (F32 + FP4 rollout export) atomically.
     fn write_model(&self, key: &str, w: &ModelWeights) -> Result<PathBuf> {
-        let dir = self.dir.join("models").join(key.replace('/', "-"));
-        let tmp = self.dir.join("models").join(format!(".{}.tmp", key.replace('/', "-")));
+        let name = model_dir_name(key);
+        let dir = self.dir.join("models").join(&name);
+        let tmp = self.dir.join("models").join(format!(".{name}.tmp"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
@@ -214,6 +227,15 @@ impl Ctx {
     }
 }
 
+/// The directory name of stage `key`'s model under `models/`: `grpo/<domain>` becomes
+/// `grpo-<domain>`, each part escaped (never empty, never starting with `.`).
+fn model_dir_name(key: &str) -> String {
+    match key.split_once('/') {
+        Some((kind, name)) => format!("{}-{}", safe_component(kind), safe_component(name)),
+        None => safe_component(key),
+    }
+}
+
 /// Load the base model (`preset:NAME` = random weights of a preset).
 pub fn load_base(spec: &str, seed: u64) -> Result<ModelWeights> {
     if let Some(p) = spec.strip_prefix("preset:") {
@@ -222,34 +244,27 @@ pub fn load_base(spec: &str, seed: u64) -> Result<ModelWeights> {
     checkpoint::load(Path::new(spec)).with_context(|| format!("loading the base model {spec}"))
 }
 
-/// Run (or resume) a pipeline; returns the results written to `results.json`.
+/// Run (or resume) a pipeline; returns the results written to `results.json`. The whole
+/// pipeline is validated, its files read and its base loaded before anything is written.
 pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> {
     cfg.validate()?;
+    if let Some(q) = &opts.queue {
+        validate::check_queue(q).map_err(|m| anyhow::anyhow!("--queue: {m}"))?;
+    }
+    validate::preflight(&cfg)?;
     let dir = cfg.run_dir();
-    let state_path = dir.join("state.json");
-    let state: RunState = if opts.resume {
-        let text = std::fs::read_to_string(&state_path)
-            .with_context(|| format!("--resume: no run state at {}", state_path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("reading {}", state_path.display()))?
-    } else {
-        if state_path.exists() {
-            bail!(
-                "{} already holds a run; continue it with `v4post run --resume {}` or choose another run.name",
-                dir.display(),
-                dir.display()
-            );
-        }
-        RunState::default()
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    checkpoint::write_atomic(&dir.join("pipeline.toml"), cfg.to_toml_redacted()?.as_bytes())?;
+    let state = read_state(&dir, opts.resume)?;
+    let base = load_base(&cfg.model.base, cfg.run.seed)?;
     let queue_url = opts.queue.clone().unwrap_or_else(|| cfg.run.queue.clone());
     let qcfg = QueueConfig {
         visibility_timeout: Duration::from_secs_f64(cfg.workers.visibility_timeout_s.max(0.1)),
         max_deliveries: cfg.workers.max_deliveries.max(1),
         ..Default::default()
     };
+    // an unreachable queue fails before the run directory is written
     let q = queue::open(&queue_url, &cfg.run.name, qcfg)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    checkpoint::write_atomic(&dir.join("pipeline.toml"), cfg.to_toml_redacted()?.as_bytes())?;
     q.set("run:status", "running")?;
     tracing::info!(run = %dir.display(), queue = %q.describe(), "pipeline started");
     let local = (queue_url == "embedded" || cfg.workers.local).then(|| {
@@ -279,7 +294,7 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
         stop_after: opts.stop_after_steps,
         difficulty: cfg.data.difficulty()?,
     };
-    let outcome = run_stages(&mut ctx);
+    let outcome = run_stages(&mut ctx, base);
     if let Some(l) = local {
         l.shutdown();
     }
@@ -290,8 +305,25 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
     Ok(results)
 }
 
-fn run_stages(ctx: &mut Ctx) -> Result<serde_json::Value> {
-    let base = load_base(&ctx.cfg.model.base, ctx.cfg.run.seed)?;
+/// The state of the run in `dir`: read for `--resume`; a fresh run refuses a used directory.
+fn read_state(dir: &Path, resume: bool) -> Result<RunState> {
+    let state_path = dir.join("state.json");
+    if resume {
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("--resume: no run state at {}", state_path.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("reading {}", state_path.display()));
+    }
+    if state_path.exists() {
+        bail!(
+            "{} already holds a run; continue it with `v4post run --resume {}` or choose another run.name",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(RunState::default())
+}
+
+fn run_stages(ctx: &mut Ctx, base: ModelWeights) -> Result<serde_json::Value> {
     let mut current = base.clone();
     let mut registry: Option<teachers::Registry> = None;
     let stages = ctx.cfg.stages.clone();
@@ -385,7 +417,7 @@ fn run_sft_steps(
     let before = s.counters.step;
     let limit = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process));
     let cfg = match limit {
-        Some(l) if before + l < steps => trainer::sft::SftConfig { steps: before + l, ..cfg },
+        Some(l) if before + l < steps => trainer::sft::SftConfig { stop_at: Some(before + l), ..cfg },
         _ => cfg,
     };
     trainer::sft::run_sft(&mut s, &cfg, &ByteTokenizer, &mut m, &ctx.bars, Some(&ctx.ckpt_root(key)))?;
@@ -404,6 +436,7 @@ fn grpo_config(ctx: &Ctx, g: &config::GrpoStage, stage: &str) -> Result<trainer:
     c.epochs = g.epochs;
     c.minibatch = g.minibatch;
     c.max_refill_rounds = g.refill_rounds;
+    c.anticipatory = g.anticipatory.clone();
     c.checkpoint_every = 1;
     c.stage = stage.to_string();
     c.rollout_batch = 64;
@@ -411,22 +444,33 @@ fn grpo_config(ctx: &Ctx, g: &config::GrpoStage, stage: &str) -> Result<trainer:
     Ok(c)
 }
 
-/// Run GRPO steps of `key` through the queue; respects `--stop-after-steps`.
-fn run_grpo_steps(
-    ctx: &mut Ctx,
-    key: &str,
-    mut session: Session,
-    mut cfg: trainer::grpo::GrpoConfig,
-    domains: &str,
-) -> Result<(ModelWeights, trainer::grpo::GrpoReport)> {
+/// The GRPO phase of a stage (an expert, Think Max).
+struct GrpoPhase<'a> {
+    /// Stage key (`grpo/math.add`, `think_max`): checkpoints, metrics.
+    key: &'a str,
+    /// The weights GRPO starts from; with a KL penalty also the frozen reference.
+    start: &'a ModelWeights,
+    optim: &'a Optim,
+    cfg: trainer::grpo::GrpoConfig,
+    /// Domain pattern of the prompts.
+    domains: &'a str,
+}
+
+/// Run GRPO steps of a phase through the queue; respects `--stop-after-steps`.
+fn run_grpo_steps(ctx: &mut Ctx, phase: GrpoPhase) -> Result<(ModelWeights, trainer::grpo::GrpoReport)> {
+    let GrpoPhase { key, start, optim, mut cfg, domains } = phase;
+    let mut session = ctx.session(key, start, optim)?;
+    // the reference is the phase's starting weights, also when resuming from a step checkpoint
+    let reference = crate::commands::train_cmd::reference_model(&cfg, start)
+        .with_context(|| format!("{key}: the KL penalty (beta {}) needs a reference model", cfg.loss.beta))?;
     let before = session.counters.step;
     let full = cfg.steps;
     if let Some(l) = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process)) {
         if before + l < full {
-            cfg.steps = before + l;
+            cfg.stop_at = Some(before + l);
         }
     }
-    let store = ctx.dir.join("trajectories").join(&cfg.stage);
+    let store = ctx.dir.join("trajectories").join(safe_component(&cfg.stage));
     let mut rollouts = QueueRollouts::new(ctx.remote.clone(), store);
     let mut m = ctx.metrics(key)?;
     let src = ctx.source(domains);
@@ -436,7 +480,7 @@ fn run_grpo_steps(
         &src,
         &mut rollouts,
         &ctx.cfg.run.name,
-        None,
+        reference.as_ref(),
         &mut m,
         &ctx.bars,
         Some(&ctx.ckpt_root(key)),
@@ -483,8 +527,8 @@ fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Res
                 }
                 let stage = format!("grpo-{}", e.replace(['*', ','], "_"));
                 let cfg = grpo_config(ctx, g, &stage)?;
-                let session = ctx.session(&key, &w, &g.optim)?;
-                let (w, rep) = run_grpo_steps(ctx, &key, session, cfg, e)?;
+                let phase = GrpoPhase { key: &key, start: &w, optim: &g.optim, cfg, domains: e };
+                let (w, rep) = run_grpo_steps(ctx, phase)?;
                 let d = ctx.write_model(&key, &w)?;
                 ctx.complete(&key, Some(d.clone()), serde_json::to_value(&rep)?)?;
                 d
@@ -544,7 +588,7 @@ fn stage_opd(
     let before = session.counters.step;
     if let Some(l) = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process)) {
         if before + l < cfg.steps {
-            cfg.steps = before + l;
+            cfg.stop_at = Some(before + l);
         }
     }
     let traj = ctx.dir.join("trajectories").join("opd");
@@ -614,8 +658,8 @@ fn stage_think_max(ctx: &mut Ctx, t: &config::ThinkMaxStage, start: &ModelWeight
             }
         };
     }
-    let session = ctx.session("think_max", &from, &t.optim)?;
-    let (w, rep) = run_grpo_steps(ctx, "think_max", session, cfg, &t.domains)?;
+    let phase = GrpoPhase { key: "think_max", start: &from, optim: &t.optim, cfg, domains: &t.domains };
+    let (w, rep) = run_grpo_steps(ctx, phase)?;
     let d = ctx.write_model("think_max", &w)?;
     ctx.complete("think_max", Some(d), serde_json::to_value(&rep)?)?;
     Ok(w)

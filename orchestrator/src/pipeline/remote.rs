@@ -86,6 +86,45 @@ impl Remote {
         }
         Ok(())
     }
+
+    /// Start watching `topic`'s dead letters: only those after the ones there now can be
+    /// of this wait (a resumed run may find older ones with the same payloads).
+    fn dead_watch(&self, topic: &'static str) -> Result<DeadWatch> {
+        let seen = self.queue.dead_letters(topic)?.len();
+        Ok(DeadWatch { topic, seen, last: Instant::now() })
+    }
+
+    /// Fail when one of `ours` (the payloads pushed) was given up on by the queue: a job
+    /// failing on every delivery would otherwise be waited for (and resent) forever.
+    fn check_dead<'a>(&self, w: &mut DeadWatch, ours: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        if w.last.elapsed() < DEAD_CHECK_EVERY {
+            return Ok(());
+        }
+        w.last = Instant::now();
+        let dead = self.queue.dead_letters(w.topic)?;
+        let ours: HashSet<&String> = ours.into_iter().collect();
+        let fresh = dead.get(w.seen..).unwrap_or_default();
+        if let Some(d) = fresh.iter().find(|d| ours.contains(&d.payload)) {
+            bail!(
+                "a {} job failed {} times and was moved to the dead-letter list (message {}): {}",
+                w.topic,
+                d.deliveries,
+                d.id,
+                d.error
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How often a waiting trainer reads the dead letters.
+const DEAD_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Position in a topic's dead letters (see [`Remote::check_dead`]).
+struct DeadWatch {
+    topic: &'static str,
+    seen: usize,
+    last: Instant,
 }
 
 /// Relative path of `p` inside the run directory (absolute paths elsewhere stay as they are).
@@ -109,7 +148,7 @@ impl QueueRollouts {
 
     /// Export the policy for the workers (FP4 rollout layout) and publish its version.
     fn publish(&self, stage: &str, version: u64, policy: &ModelWeights) -> Result<PathBuf> {
-        let root = self.remote.run_dir.join("policy").join(stage);
+        let root = self.remote.run_dir.join("policy").join(datasets::safe_component(stage));
         let dir = root.join(format!("v{version:06}"));
         if !dir.join("config.json").exists() {
             let tmp = root.join(format!(".v{version:06}.tmp"));
@@ -188,6 +227,7 @@ impl QueueRollouts {
         let mut done = vec![false; chunks.len()];
         let index = self.index.as_mut().ok_or_else(|| anyhow!("index"))?;
         index.refresh()?;
+        let mut dead = r.dead_watch(ROLLOUT)?;
         for (i, p) in payloads.iter().enumerate() {
             // already there (a resumed run re-asks for a step it had sampled): skip
             if chunks[i].1.iter().all(|id| index.contains(id)) {
@@ -201,6 +241,7 @@ impl QueueRollouts {
         let mut last_note = Instant::now();
         while done.iter().any(|d| !d) {
             r.check_workers()?;
+            r.check_dead(&mut dead, payloads.iter().zip(&done).filter(|(_, d)| !**d).map(|(p, _)| p))?;
             std::thread::sleep(Duration::from_millis(50));
             index.refresh()?;
             for i in 0..chunks.len() {
@@ -241,20 +282,19 @@ impl QueueRollouts {
     }
 }
 
-/// Teacher states through teacher workers; heads loaded here one at a time.
+/// Teacher states through teacher workers; heads read here (OPD keeps each for a step).
 pub struct QueueTeachers {
     pub remote: Remote,
     pub registry: teachers::Registry,
     pub traj_store: PathBuf,
     pub states_store: PathBuf,
-    head: Option<(usize, Arc<Vec<f32>>, usize)>,
     index: KeyIndex,
 }
 
 impl QueueTeachers {
     pub fn new(remote: Remote, registry: teachers::Registry, traj_store: PathBuf, states_store: PathBuf) -> Self {
         let index = KeyIndex::new(&states_store, &["traj_id", "teacher_id"]);
-        QueueTeachers { remote, registry, traj_store, states_store, head: None, index }
+        QueueTeachers { remote, registry, traj_store, states_store, index }
     }
 
     fn states_remote(
@@ -274,6 +314,7 @@ impl QueueTeachers {
             .filter(|id| !self.index.contains(&KeyIndex::pair(id, &spec.id)))
             .collect();
         let mut payloads = Vec::new();
+        let mut dead = r.dead_watch(TEACHER)?;
         for ids in missing.chunks(64) {
             let msg = TeacherMsg {
                 teacher_id: spec.id.clone(),
@@ -290,6 +331,7 @@ impl QueueTeachers {
         }
         while !payloads.is_empty() {
             r.check_workers()?;
+            r.check_dead(&mut dead, payloads.iter().map(|(p, _, _)| p))?;
             std::thread::sleep(Duration::from_millis(50));
             self.index.refresh()?;
             let index = &self.index;
@@ -318,29 +360,81 @@ impl trainer::opd::TeacherStates for QueueTeachers {
         self.states_remote(idx, trajs, stage, step).map_err(|e| trainer::TrainError::Input(format!("{e:#}")))
     }
 
+    /// Only `head.weight` is read from the checkpoint (no other tensor is decoded).
     fn head(&mut self, idx: usize) -> trainer::Result<(Arc<Vec<f32>>, usize)> {
-        if let Some((i, h, d)) = &self.head {
-            if *i == idx {
-                return Ok((h.clone(), *d));
-            }
-        }
-        self.head = None; // one head resident at a time
         let spec =
             self.registry.teachers.get(idx).ok_or_else(|| trainer::TrainError::Input(format!("no teacher #{idx}")))?;
-        let w = checkpoint::load(&spec.checkpoint)?;
-        let h = Arc::new(
-            w.tensors
-                .get("head.weight")
-                .ok_or_else(|| trainer::TrainError::Input(format!("teacher {} has no head.weight", spec.id)))?
-                .data
-                .clone(),
-        );
-        let d = w.config.dim;
-        self.head = Some((idx, h.clone(), d));
-        Ok((h, d))
+        let h =
+            teachers::load_head(&spec.id, &spec.checkpoint).map_err(|e| trainer::TrainError::Input(e.to_string()))?;
+        Ok((h.weight, h.dim))
     }
 
     fn id(&self, idx: usize) -> String {
         self.registry.teachers.get(idx).map(|t| t.id.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::workers::{LocalWorkers, WorkerKind};
+    use crate::queue::{self, QueueConfig};
+    use trainer::opd::TeacherStates;
+
+    fn remote(queue: Arc<dyn Queue>, run_dir: &Path) -> Remote {
+        Remote {
+            queue,
+            run_dir: run_dir.to_path_buf(),
+            job_prompts: 1,
+            resend_after: Duration::from_secs(3600),
+            queue_cap: 100,
+            remote_scoring: false,
+            workers_failed: Arc::default(),
+        }
+    }
+
+    /// A teacher job that fails on every delivery (its checkpoint does not exist) ends in
+    /// the dead letters after `max_deliveries`; the waiting trainer reports it as an error
+    /// instead of waiting for ever — on both backends.
+    #[test]
+    fn a_dead_lettered_job_is_an_error_not_an_endless_wait() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let run = format!("test-dead-{}-{nanos}", std::process::id());
+        let cfg = QueueConfig {
+            visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 2,
+            reconnect_deadline: Duration::from_secs(3),
+        };
+        let redis = std::env::var("V4POST_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        for spec in ["embedded", redis.as_str()] {
+            let q = queue::open(spec, &run, cfg).unwrap_or_else(|e| panic!("{spec}: {e} (Redis must be running)"));
+            let dir = std::env::temp_dir().join(format!("{run}-{}", spec.len()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let workers = LocalWorkers::start(q.clone(), &dir, &[WorkerKind::Teacher], 0);
+            let registry = teachers::Registry {
+                teachers: vec![teachers::TeacherSpec {
+                    id: "ghost".into(),
+                    checkpoint: dir.join("no-such-checkpoint"),
+                    domains: vec![],
+                    weight: 1.0,
+                }],
+            };
+            let mut qt = QueueTeachers::new(remote(q.clone(), &dir), registry, dir.join("traj"), dir.join("states"));
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let t = Trajectory { traj_id: "t0".into(), stage: "s".into(), ..Default::default() };
+                let _ = tx.send(qt.states(0, &[&t], "s", 0).map(|m| m.len()).map_err(|e| e.to_string()));
+            });
+            let got = rx.recv_timeout(Duration::from_secs(20));
+            workers.shutdown();
+            let _ = std::fs::remove_dir_all(&dir);
+            let err = match got {
+                Ok(Err(e)) => e,
+                Ok(Ok(n)) => panic!("{spec}: a failing job returned {n} states"),
+                Err(_) => panic!("{spec}: still waiting for a dead-lettered job after 20 s"),
+            };
+            assert!(err.contains("dead-letter") && err.contains("failed 2 times"), "{spec}: {err}");
+            assert!(err.contains("no-such-checkpoint"), "{spec}: the job's error is reported: {err}");
+        }
     }
 }

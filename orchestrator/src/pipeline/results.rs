@@ -1,7 +1,7 @@
 //! The eval stage: greedy accuracy of the base, the SFT model, every expert on its own
 //! domain, the OPD student and the Think Max variant; the headline checks; `results.json`.
 
-use super::config::{EvalStage, PipelineConfig};
+use super::config::{EvalStage, PipelineConfig, Stage};
 use super::RunView;
 use anyhow::{Context, Result};
 use datasets::chat::Mode;
@@ -40,15 +40,42 @@ pub fn eval_tasks(cfg: &PipelineConfig, n: usize) -> Result<Vec<Task>> {
     }
 }
 
-fn evaluate(w: &ModelWeights, ts: &[Task], mode: Mode, progress: &dyn Progress) -> Result<EvalReport> {
+/// How a model is evaluated in one mode: greedy, with this response budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalSettings {
+    pub mode: Mode,
+    pub max_tokens: usize,
+}
+
+impl EvalSettings {
+    /// A mode at its default budget (the length shaping's `max_len`, what training used).
+    pub fn default_for(mode: Mode) -> Self {
+        EvalSettings { mode, max_tokens: LengthShaping::default().for_mode(mode).max_len }
+    }
+
+    /// The Think Max variant at the budget its stage trained with (`max_tokens` of the
+    /// think_max stage; the default budget when the pipeline has none).
+    pub fn think_max(cfg: &PipelineConfig) -> Self {
+        let stage = cfg.stages.iter().find_map(|s| match s {
+            Stage::ThinkMax(t) => Some(t.max_tokens),
+            _ => None,
+        });
+        match stage {
+            Some(max_tokens) => EvalSettings { mode: Mode::ThinkMax, max_tokens },
+            None => Self::default_for(Mode::ThinkMax),
+        }
+    }
+}
+
+fn evaluate(w: &ModelWeights, ts: &[Task], s: EvalSettings, progress: &dyn Progress) -> Result<EvalReport> {
     let engine = Engine::new(w, EngineOptions::default())?;
-    let max = LengthShaping::default().for_mode(mode).max_len;
-    Ok(rollout::evaluate(&engine, &ByteTokenizer, ts, mode, max, 2, progress)?)
+    Ok(rollout::evaluate(&engine, &ByteTokenizer, ts, s.mode, s.max_tokens, 2, progress)?)
 }
 
 /// A model's score on `ts` by domain: greedy accuracy, mean over `MODES` (the table's columns).
 pub fn scores(w: &ModelWeights, ts: &[Task], progress: &dyn Progress) -> Result<BTreeMap<String, f64>> {
-    let reports: Vec<EvalReport> = MODES.iter().map(|&m| evaluate(w, ts, m, progress)).collect::<Result<_>>()?;
+    let reports: Vec<EvalReport> =
+        MODES.iter().map(|&m| evaluate(w, ts, EvalSettings::default_for(m), progress)).collect::<Result<_>>()?;
     Ok(score(&reports))
 }
 
@@ -88,7 +115,7 @@ pub fn stage_eval(
     };
     let bars = v.bars;
     let run_modes = |w: &ModelWeights, ts: &[Task]| -> Result<Vec<EvalReport>> {
-        MODES.iter().map(|&m| evaluate(w, ts, m, bars)).collect()
+        MODES.iter().map(|&m| evaluate(w, ts, EvalSettings::default_for(m), bars)).collect()
     };
     tracing::info!("evaluating the base");
     let base_r = run_modes(base, &ts)?;
@@ -120,7 +147,8 @@ pub fn stage_eval(
         None => None,
     };
     let think_max_r = match load("think_max")? {
-        Some(w) => Some(evaluate(&w, &ts, Mode::ThinkMax, bars)?),
+        // at the response budget of the think_max stage, not the default Think Max budget
+        Some(w) => Some(evaluate(&w, &ts, EvalSettings::think_max(v.cfg), bars)?),
         None => None,
     };
     let base_s = score(&base_r);
@@ -262,4 +290,29 @@ pub fn write_report(dir: &std::path::Path, name: &str) -> Result<()> {
     let html = dashboard::report::render(&[run], &format!("v4post report — {name}"));
     model::checkpoint::write_atomic(&dir.join("report.html"), html.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::config::ThinkMaxStage;
+
+    /// The Think Max variant is evaluated at its stage's budget (it was at the default).
+    #[test]
+    fn think_max_is_evaluated_at_its_stage_budget() {
+        let mut cfg = PipelineConfig::demo(true, "preset:tiny");
+        let default = LengthShaping::default().think_max.max_len;
+        for budget in [96, default + 256] {
+            for s in &mut cfg.stages {
+                if let Stage::ThinkMax(t) = s {
+                    t.max_tokens = budget;
+                }
+            }
+            assert_eq!(EvalSettings::think_max(&cfg), EvalSettings { mode: Mode::ThinkMax, max_tokens: budget });
+        }
+        // without a think_max stage: the default budget
+        cfg.stages.retain(|s| !matches!(s, Stage::ThinkMax(_)));
+        assert_eq!(EvalSettings::think_max(&cfg).max_tokens, default);
+        assert_eq!(ThinkMaxStage::default().max_tokens, default);
+    }
 }

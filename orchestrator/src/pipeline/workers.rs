@@ -4,7 +4,7 @@
 //! the store skips whatever the first attempt had already written.
 
 use super::remote::{RewardMsg, RolloutMsg, TeacherMsg, REWARD, ROLLOUT, TEACHER};
-use crate::queue::{Delivery, Queue};
+use crate::queue::{Delivery, Lease, Queue};
 use anyhow::{anyhow, Context, Result};
 use datasets::store::{read_all, KeyIndex, ReadFilter, TeacherStateStore, TrajectoryStore};
 use datasets::ByteTokenizer;
@@ -88,11 +88,15 @@ pub fn run_worker(
         }
         let Some(d) = queue.pop(kind.topic(), &opts.consumer, Duration::from_millis(300))? else { continue };
         tracing::info!(job = %d.id, deliveries = d.deliveries, "job started");
+        // renew the job's lease while working on it (jobs may outlast the visibility
+        // timeout); the lease ends before the ack/fail below
+        let lease = Lease::start(queue.clone(), &d, &opts.consumer);
         let outcome = match kind {
             WorkerKind::Rollout => rollout_job(&d, &queue, run_dir, opts, &mut policy),
             WorkerKind::Teacher => teacher_job(&d, run_dir, &mut teacher),
             WorkerKind::Reward => reward_job(&d, run_dir),
         };
+        drop(lease);
         match outcome {
             Ok(Outcome::Done(n)) => {
                 queue.ack(&d)?;
@@ -120,6 +124,15 @@ enum Outcome {
     Stale,
 }
 
+/// `rel` (a store or policy path of a job message) inside `run_dir`: relative, and made of
+/// plain names only, so a forged message cannot reach outside the run directory.
+fn in_run(run_dir: &Path, rel: &Path) -> Result<PathBuf> {
+    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+        return Err(anyhow!("job path {} is not a path inside the run directory", rel.display()));
+    }
+    Ok(run_dir.join(rel))
+}
+
 fn rollout_job(
     d: &Delivery,
     queue: &Arc<dyn Queue>,
@@ -137,7 +150,7 @@ fn rollout_job(
             }
         }
     }
-    let dir = run_dir.join(&msg.policy_dir);
+    let dir = in_run(run_dir, &msg.policy_dir)?;
     let engine = match cache {
         Some(c) if c.dir == dir => c.engine.clone(),
         _ => {
@@ -163,7 +176,7 @@ fn rollout_job(
         let r = RewardMsg { store_dir: msg.store_dir.clone(), items: items.collect() };
         queue.push(REWARD, &serde_json::to_string(&r)?)?;
     } else {
-        let mut store = TrajectoryStore::open(&run_dir.join(&msg.store_dir))?;
+        let mut store = TrajectoryStore::open(&in_run(run_dir, &msg.store_dir)?)?;
         store.write(&trajs)?;
     }
     Ok(Outcome::Done(n))
@@ -175,7 +188,7 @@ fn teacher_job(
     cache: &mut Option<(String, Arc<teachers::LoadedTeacher>)>,
 ) -> Result<Outcome> {
     let msg: TeacherMsg = serde_json::from_str(&d.payload).context("malformed teacher job")?;
-    let states_dir = run_dir.join(&msg.states_store);
+    let states_dir = in_run(run_dir, &msg.states_store)?;
     let mut index = KeyIndex::new(&states_dir, &["traj_id", "teacher_id"]);
     index.refresh()?;
     let todo: HashSet<&String> =
@@ -197,7 +210,7 @@ fn teacher_job(
         }
     };
     let filter = ReadFilter { stage: Some(msg.stage.clone()), steps: Some((msg.step, msg.step)), domain: None };
-    let trajs: HashMap<String, datasets::store::Trajectory> = read_all(&run_dir.join(&msg.traj_store), &filter)?
+    let trajs: HashMap<String, datasets::store::Trajectory> = read_all(&in_run(run_dir, &msg.traj_store)?, &filter)?
         .into_iter()
         .filter(|t| todo.contains(&t.traj_id))
         .map(|t| (t.traj_id.clone(), t))
@@ -220,7 +233,7 @@ fn reward_job(d: &Delivery, run_dir: &Path) -> Result<Outcome> {
         t.reward_detail = r.detail.to_string();
         out.push(t);
     }
-    let mut store = TrajectoryStore::open(&run_dir.join(&msg.store_dir))?;
+    let mut store = TrajectoryStore::open(&in_run(run_dir, &msg.store_dir)?)?;
     store.write(&out)?;
     Ok(Outcome::Done(out.len()))
 }
@@ -260,6 +273,24 @@ impl LocalWorkers {
         self.stop.store(true, Ordering::Relaxed);
         for h in self.handles {
             let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_run;
+    use std::path::Path;
+
+    #[test]
+    fn job_paths_stay_in_the_run_directory() {
+        let run = Path::new("/runs/r");
+        assert_eq!(
+            in_run(run, Path::new("trajectories/grpo-openai%2Fgsm8k")).unwrap(),
+            run.join("trajectories/grpo-openai%2Fgsm8k")
+        );
+        for bad in ["", "/etc", "trajectories/../../x", "..", "./x"] {
+            assert!(in_run(run, Path::new(bad)).is_err(), "{bad}");
         }
     }
 }

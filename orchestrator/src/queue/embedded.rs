@@ -170,4 +170,16 @@ impl Queue for EmbeddedQueue {
     fn describe(&self) -> String {
         "embedded (in-process)".into()
     }
+
+    fn extend(&self, d: &Delivery, _consumer: &str) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(f) = s.topics.get_mut(&d.topic).and_then(|t| t.in_flight.get_mut(&d.id)) {
+            f.since = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.cfg.visibility_timeout
+    }
 }

@@ -29,22 +29,32 @@ pub struct RedisQueue {
 
 const CLAIM_EVERY: Duration = Duration::from_millis(200);
 
+/// Wrong or missing credentials (`WRONGPASS`, `NOAUTH`, a failed `AUTH`): retrying
+/// cannot help, so it is fatal at once rather than treated as an unreachable server.
+fn auth_failure(e: &RedisError) -> bool {
+    let code = e.code().unwrap_or("");
+    let text = e.to_string();
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "WRONGPASS" | "NOAUTH")
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+}
+
 fn retryable(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 impl RedisQueue {
     /// Connect (and check the server answers) — credentials come from the URL
-    /// (`redis://user:password@host:port`) or `V4POST_REDIS_PASSWORD`.
+    /// (`redis://user:password@host:port`, warned about), or from [`super::password_from_env`]
+    /// (`V4POST_REDIS_PASSWORD`, `--redis-password-file`, `V4POST_REDIS_PASSWORD_FILE`).
     pub fn connect(url: &str, run: &str, cfg: QueueConfig) -> Result<Self> {
         let shown = redact_url(url);
         let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| QueueError::Url(format!("{shown}: {:?}", e.kind())))?;
-        if let Ok(pw) = std::env::var("V4POST_REDIS_PASSWORD") {
-            if !pw.is_empty() {
-                let r = info.redis_settings().clone().set_password(pw);
-                info = info.set_redis_settings(r);
-            }
+        if let Some(pw) = super::password_from_env()? {
+            let r = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(r);
         }
         let secret = info.redis_settings().password().map(str::to_string);
         let client = Client::open(info).map_err(|e| QueueError::Url(format!("{shown}: {:?}", e.kind())))?;
@@ -68,6 +78,9 @@ impl RedisQueue {
 
     fn err(&self, e: &RedisError) -> QueueError {
         // RedisError's Display never includes the connection URL; keep only kind + detail.
+        if auth_failure(e) {
+            return QueueError::Auth { backend: self.url.clone(), msg: self.scrub(e) };
+        }
         QueueError::Backend { backend: self.url.clone(), msg: self.scrub(e) }
     }
 
@@ -95,6 +108,7 @@ impl RedisQueue {
             if guard.is_none() {
                 match self.client.get_connection_with_timeout(Duration::from_secs(2)) {
                     Ok(c) => *guard = Some(c),
+                    Err(e) if auth_failure(&e) => return Err(self.err(&e)),
                     Err(e) => {
                         if start.elapsed() > self.cfg.reconnect_deadline {
                             return Err(QueueError::Unreachable {
@@ -386,5 +400,20 @@ impl Queue for RedisQueue {
 
     fn describe(&self) -> String {
         format!("redis {}", self.url)
+    }
+
+    /// `XCLAIM ... 0 id JUSTID` by the holder: resets the entry's idle time (so XAUTOCLAIM
+    /// leaves it alone for another visibility timeout) without counting a delivery. An id
+    /// no longer pending (acked, dead-lettered) is not claimed.
+    fn extend(&self, d: &Delivery, consumer: &str) -> Result<()> {
+        let key = self.stream(&d.topic);
+        self.with_conn(Some(&d.topic), |c| {
+            redis::cmd("XCLAIM").arg(&key).arg(GROUP).arg(consumer).arg(0).arg(&d.id).arg("JUSTID").query::<Value>(c)
+        })?;
+        Ok(())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.cfg.visibility_timeout
     }
 }

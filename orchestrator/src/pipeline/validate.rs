@@ -1,0 +1,750 @@
+//! Complete validation of a pipeline file, all of it before the first stage starts, with
+//! errors that name the field (`stage 2 (grpo "math.add"): variant: unknown variant …`):
+//!
+//! * [`parse`] reads the TOML section by section and stage by stage, so a wrong type, an
+//!   unknown key or a bad mode names its key;
+//! * [`check`] holds every rule that needs no file: ranges, the strings the structs keep as
+//!   text (variant, estimator, mode_mix), the order of stages, built-in domain patterns;
+//! * [`preflight`] reads what the run will read: the base checkpoint's config, the user
+//!   datasets (their domains) and a teachers.toml, and checks lengths against the model.
+//!
+//! `pipeline::run` calls [`check`] and [`preflight`] before it writes anything.
+
+use super::config::{
+    DataSection, EvalStage, GrpoStage, ModelSection, OpdStage, Optim, PipelineConfig, RunSection, SftStage, Stage,
+    ThinkMaxStage, WorkersSection,
+};
+use crate::commands::train_cmd;
+use datasets::chat::Mode;
+use datasets::tasks::{self, Difficulty, Levels};
+use model::Config;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+use toml::{Table, Value};
+
+/// A pipeline file error and where it is: `run.queue`, `stage 2 (grpo "math.add"): variant`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    /// The field's path; empty for an error of the whole file (TOML syntax).
+    pub at: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(at: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { at: at.into(), message: message.into() }
+    }
+
+    /// The error one level down: `optim` + `lr_muon` → `optim.lr_muon`.
+    fn under(mut self, parent: &str) -> Self {
+        self.at = if self.at.is_empty() { parent.to_string() } else { format!("{parent}.{}", self.at) };
+        self
+    }
+
+    /// The error inside a stage: `stage 2 (grpo "math.add"): variant`.
+    fn in_stage(mut self, label: &str) -> Self {
+        self.at = if self.at.is_empty() { label.to_string() } else { format!("{label}: {}", self.at) };
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.at, self.message)
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+type Checked = Result<(), FieldError>;
+
+// ---------------------------------------------------------------- parsing
+
+const SECTIONS: [&str; 5] = ["run", "model", "data", "workers", "stage"];
+const KINDS: [&str; 5] = ["sft", "grpo", "opd", "think_max", "eval"];
+
+/// A check of a nested value (a sub-table or a map) that names the key inside it.
+type Nested = (&'static str, fn(&Value) -> Checked);
+
+/// Read a pipeline file; every error names its section, stage and key.
+pub fn parse(text: &str) -> Result<PipelineConfig, FieldError> {
+    let doc: Table = toml::from_str(text).map_err(|e| FieldError::new("", e.to_string().trim_end()))?;
+    if let Some(k) = doc.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+        return Err(FieldError::new(key_name(k), format!("unknown section (expected {})", SECTIONS.join(", "))));
+    }
+    let missing = |s: &str| FieldError::new(s, format!("missing section [{s}]"));
+    let levels: Nested = ("difficulty_by_domain", check_map::<Levels>);
+    Ok(PipelineConfig {
+        run: section::<RunSection>(&doc, "run", &[("name", "x")], &[])?.ok_or_else(|| missing("run"))?,
+        model: section::<ModelSection>(&doc, "model", &[("base", "x")], &[])?.ok_or_else(|| missing("model"))?,
+        data: section::<DataSection>(&doc, "data", &[], &[levels])?.unwrap_or_default(),
+        workers: section::<WorkersSection>(&doc, "workers", &[], &[])?.unwrap_or_default(),
+        stages: stages(&doc)?,
+    })
+}
+
+/// An optional `[name]` table; `filler` gives placeholders of its required keys.
+fn section<T: DeserializeOwned>(
+    doc: &Table,
+    name: &str,
+    filler: &[(&str, &str)],
+    nested: &[Nested],
+) -> Result<Option<T>, FieldError> {
+    let Some(v) = doc.get(name) else { return Ok(None) };
+    let Value::Table(t) = v else {
+        return Err(FieldError::new(name, format!("expected a table [{name}], got {}", v.type_str())));
+    };
+    typed(t, filler, nested).map(Some).map_err(|e| e.under(name))
+}
+
+/// `t` as a `T`; on failure, the key to blame.
+fn typed<T: DeserializeOwned>(t: &Table, filler: &[(&str, &str)], nested: &[Nested]) -> Result<T, FieldError> {
+    Value::Table(t.clone())
+        .try_into::<T>()
+        .map_err(|whole| blame::<T>(t, filler, nested).unwrap_or_else(|| FieldError::new("", whole.message())))
+}
+
+/// The first key whose value fails on its own (next to placeholders of the required keys):
+/// serde's own messages name no field for a wrong type.
+fn blame<T: DeserializeOwned>(t: &Table, filler: &[(&str, &str)], nested: &[Nested]) -> Option<FieldError> {
+    t.iter().find_map(|(k, v)| {
+        if let Some((_, check)) = nested.iter().find(|(n, _)| *n == k.as_str()) {
+            if let Err(e) = check(v) {
+                return Some(e.under(k));
+            }
+        }
+        let mut one: Table = filler
+            .iter()
+            .filter(|(f, _)| *f != k.as_str())
+            .map(|(f, x)| (f.to_string(), Value::String(x.to_string())))
+            .collect();
+        one.insert(k.clone(), v.clone());
+        Value::Table(one).try_into::<T>().err().map(|e| FieldError::new(key_name(k), e.message()))
+    })
+}
+
+/// A sub-table of type `T` (a non-table is the parent's type error).
+fn check_table<T: DeserializeOwned>(v: &Value) -> Checked {
+    match v {
+        Value::Table(t) => typed::<T>(t, &[], &[]).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// A map whose values are `T`s (a non-table is the parent's type error).
+fn check_map<T: DeserializeOwned>(v: &Value) -> Checked {
+    let Value::Table(t) = v else { return Ok(()) };
+    for (k, x) in t {
+        x.clone().try_into::<T>().map_err(|e| FieldError::new(key_name(k), e.message()))?;
+    }
+    Ok(())
+}
+
+/// A key as TOML writes it: bare, or quoted when it holds dots or spaces (`"code.loop"`).
+fn key_name(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+fn stages(doc: &Table) -> Result<Vec<Stage>, FieldError> {
+    let Some(v) = doc.get("stage") else { return Ok(Vec::new()) };
+    let Value::Array(items) = v else {
+        return Err(FieldError::new("stage", "write each stage as a [[stage]] table"));
+    };
+    items.iter().enumerate().map(|(i, v)| stage(i, v)).collect()
+}
+
+fn stage(i: usize, v: &Value) -> Result<Stage, FieldError> {
+    let Value::Table(t) = v else {
+        return Err(FieldError::new(format!("stage {}", i + 1), "expected a [[stage]] table"));
+    };
+    let label = raw_label(i, t);
+    let kinds = KINDS.join(", ");
+    let kind = match t.get("kind") {
+        Some(Value::String(k)) => k.as_str(),
+        Some(o) => {
+            let e = FieldError::new("kind", format!("expected a string ({kinds}), got {}", o.type_str()));
+            return Err(e.in_stage(&label));
+        }
+        None => return Err(FieldError::new("kind", format!("missing ({kinds})")).in_stage(&label)),
+    };
+    let mut rest = t.clone();
+    rest.remove("kind");
+    let optim: Nested = ("optim", check_table::<Optim>);
+    let mode_mix: Nested = ("mode_mix", check_map::<f32>);
+    let anticipatory: Nested = ("anticipatory", check_table::<trainer::anticipatory::AnticipatoryConfig>);
+    let parsed = match kind {
+        "sft" => typed::<SftStage>(&rest, &[], &[optim]).map(Stage::Sft),
+        "grpo" => typed::<GrpoStage>(&rest, &[], &[optim, anticipatory]).map(Stage::Grpo),
+        "opd" => typed::<OpdStage>(&rest, &[], &[optim, mode_mix]).map(Stage::Opd),
+        "think_max" => typed::<ThinkMaxStage>(&rest, &[], &[optim]).map(Stage::ThinkMax),
+        "eval" => typed::<EvalStage>(&rest, &[], &[]).map(Stage::Eval),
+        o => Err(FieldError::new("kind", format!("unknown kind {o:?} ({kinds})"))),
+    };
+    parsed.map_err(|e| e.in_stage(&label))
+}
+
+/// How errors name a stage: `stage 2 (grpo "math.add,if.upper")`, counted from 1.
+pub fn stage_label(index: usize, s: &Stage) -> String {
+    label(index, s.kind(), selector(s).as_deref())
+}
+
+fn label(index: usize, kind: &str, selector: Option<&str>) -> String {
+    match selector {
+        Some(x) => format!("stage {} ({kind} {x:?})", index + 1),
+        None => format!("stage {} ({kind})", index + 1),
+    }
+}
+
+/// What a stage works on: its domains, experts or teachers.
+fn selector(s: &Stage) -> Option<String> {
+    match s {
+        Stage::Sft(x) => Some(x.domains.clone()),
+        Stage::Grpo(x) => Some(x.experts.join(",")),
+        Stage::Opd(x) => Some(x.teachers.clone()),
+        Stage::ThinkMax(x) => Some(x.domains.clone()),
+        Stage::Eval(_) => None,
+    }
+}
+
+/// The label of a stage table that may not parse: its selector as written, or the default.
+fn raw_label(index: usize, t: &Table) -> String {
+    let default = match t.get("kind").and_then(Value::as_str) {
+        Some("sft") => Stage::Sft(SftStage::default()),
+        Some("grpo") => Stage::Grpo(GrpoStage::default()),
+        Some("opd") => Stage::Opd(OpdStage::default()),
+        Some("think_max") => Stage::ThinkMax(ThinkMaxStage::default()),
+        Some("eval") => Stage::Eval(EvalStage::default()),
+        _ => return format!("stage {}", index + 1),
+    };
+    let key = match default {
+        Stage::Sft(_) | Stage::ThinkMax(_) => "domains",
+        Stage::Grpo(_) => "experts",
+        Stage::Opd(_) => "teachers",
+        Stage::Eval(_) => "",
+    };
+    let written = match t.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) => a.iter().map(Value::as_str).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
+        _ => None,
+    };
+    label(index, default.kind(), written.or_else(|| selector(&default)).as_deref())
+}
+
+// ---------------------------------------------------------------- rules without files
+
+/// Every rule that needs no file.
+pub fn check(c: &PipelineConfig) -> Checked {
+    check_run(&c.run).map_err(|e| e.under("run"))?;
+    check_model(&c.model).map_err(|e| e.under("model"))?;
+    check_data(&c.data).map_err(|e| e.under("data"))?;
+    check_workers(&c.workers).map_err(|e| e.under("workers"))?;
+    check_stage_list(&c.stages)?;
+    let think_max = c.stages.iter().any(|s| matches!(s, Stage::ThinkMax(_)));
+    for (i, s) in c.stages.iter().enumerate() {
+        let r = match s {
+            Stage::Sft(x) => check_sft(x),
+            Stage::Grpo(x) => check_grpo(x, &c.data),
+            Stage::Opd(x) => check_opd(x),
+            Stage::ThinkMax(x) => check_think_max(x, &c.data),
+            Stage::Eval(x) => check_eval(x, &c.data, think_max),
+        };
+        r.map_err(|e| e.in_stage(&stage_label(i, s)))?;
+    }
+    Ok(())
+}
+
+fn check_run(r: &RunSection) -> Checked {
+    let n = &r.name;
+    if n.is_empty() || n.contains(['/', '\\', ' ']) || n.starts_with('.') {
+        return Err(FieldError::new("name", format!("`{n}` must be a plain directory name")));
+    }
+    check_queue(&r.queue).map_err(|m| FieldError::new("queue", m))
+}
+
+/// `embedded`, or a Redis URL the client can parse (nothing is connected).
+pub fn check_queue(url: &str) -> Result<(), String> {
+    if url == "embedded" {
+        return Ok(());
+    }
+    let shown = crate::queue::redact_url(url);
+    if !["redis://", "rediss://", "unix://"].iter().any(|s| url.starts_with(s)) {
+        return Err(format!("`{shown}`: use `embedded`, redis://[user:password@]host:port or rediss://... for TLS"));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url).map(drop).map_err(|e| format!("`{shown}`: {:?}", e.kind()))
+}
+
+fn check_model(m: &ModelSection) -> Checked {
+    match m.base.strip_prefix("preset:") {
+        Some(p) => preset_config(p).map(drop).map_err(|e| FieldError::new("base", e)),
+        None if m.base.trim().is_empty() => Err(FieldError::new("base", "give a checkpoint directory or preset:NAME")),
+        None => Ok(()),
+    }
+}
+
+/// Largest preset trained from random weights (the `sft`/`grpo` verbs' rule).
+const MAX_PRESET_PARAMS: u64 = 200_000_000;
+
+fn preset_config(name: &str) -> Result<Config, String> {
+    let c = Config::preset(name).map_err(|e| e.to_string())?;
+    if c.param_counts().total > MAX_PRESET_PARAMS {
+        return Err(format!("preset `{name}` is too large to train from random weights here; use tiny or small, or a checkpoint directory"));
+    }
+    Ok(c)
+}
+
+fn check_data(d: &DataSection) -> Checked {
+    for (field, path) in [("prompts", &d.prompts), ("eval_prompts", &d.eval_prompts)] {
+        let Some(p) = path else { continue };
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !["parquet", "jsonl", "json", "ndjson"].contains(&ext) {
+            return Err(FieldError::new(field, format!("{}: use a .parquet or .jsonl dataset", p.display())));
+        }
+    }
+    Difficulty::per_domain(d.difficulty, d.difficulty_by_domain.clone())
+        .map(drop)
+        .map_err(|e| FieldError::new("difficulty_by_domain", e.to_string()))
+}
+
+fn check_workers(w: &WorkersSection) -> Checked {
+    at_least("job_prompts", w.job_prompts, 1)?;
+    positive("visibility_timeout_s", w.visibility_timeout_s)?;
+    at_least("max_deliveries", w.max_deliveries, 1)?;
+    positive("resend_after_s", w.resend_after_s)?;
+    at_least("queue_cap", w.queue_cap, 1)
+}
+
+fn check_stage_list(stages: &[Stage]) -> Checked {
+    if stages.is_empty() {
+        return Err(FieldError::new("stage", "the pipeline has no [[stage]]"));
+    }
+    let order = |s: &Stage| KINDS.iter().position(|k| *k == s.kind()).unwrap_or(0);
+    for (i, s) in stages.iter().enumerate() {
+        let at = |m: String| Err(FieldError::new("kind", m).in_stage(&stage_label(i, s)));
+        if stages[..i].iter().any(|o| o.kind() == s.kind()) {
+            return at(format!("`{}` appears twice; each kind runs once per pipeline", s.kind()));
+        }
+        if i > 0 && order(&stages[i - 1]) > order(s) {
+            return at(format!(
+                "stages must follow the recipe order sft → grpo → opd → think_max → eval (`{}` after `{}`)",
+                s.kind(),
+                stages[i - 1].kind()
+            ));
+        }
+        if matches!(s, Stage::Opd(o) if o.teachers == "all") && !stages[..i].iter().any(|o| o.kind() == "grpo") {
+            let e = FieldError::new(
+                "teachers",
+                "`all` (every expert of the grpo stage) needs a grpo stage before it (or a teachers.toml path)",
+            );
+            return Err(e.in_stage(&stage_label(i, s)));
+        }
+    }
+    Ok(())
+}
+
+fn check_sft(s: &SftStage) -> Checked {
+    // SFT learns the built-in suite's reference solutions, whatever the prompt data
+    builtin_domains("domains", &s.domains)?;
+    at_least("batch", s.batch, 1)?;
+    at_least("max_len", s.max_len, 8)?;
+    modes("modes", &s.modes)?;
+    check_optim(&s.optim)
+}
+
+fn check_grpo(g: &GrpoStage, data: &DataSection) -> Checked {
+    check_experts(g, data)?;
+    at_least("prompts", g.prompts, 1)?;
+    at_least("group", g.group, 2)?;
+    modes("modes", &g.modes)?;
+    if train_cmd::variant_config(&g.variant).is_err() {
+        let known = train_cmd::GRPO_VARIANTS.join(", ");
+        return Err(FieldError::new("variant", format!("unknown variant {:?} ({known})", g.variant)));
+    }
+    non_negative("temperature", g.temperature)?;
+    g.anticipatory.validate().map_err(|e| FieldError::new("anticipatory", e.to_string()))?;
+    at_least("epochs", g.epochs, 1)?;
+    at_least("minibatch", g.minibatch, 1)?;
+    check_optim(&g.optim)
+}
+
+fn check_experts(g: &GrpoStage, data: &DataSection) -> Checked {
+    let bad = |m: String| Err(FieldError::new("experts", m));
+    if g.experts.is_empty() {
+        return bad("give at least one expert (a domain or pattern), or [\"each\"] for one per domain".into());
+    }
+    if g.experts.len() > 1 && g.experts.iter().any(|e| e == "each") {
+        return bad("`each` (one expert per domain) stands alone".into());
+    }
+    for (i, e) in g.experts.iter().enumerate() {
+        if !usable_expert_name(e) {
+            return bad(format!("{e:?} is not a usable expert name (a non-empty domain or pattern on one line)"));
+        }
+        if g.experts[..i].contains(e) {
+            return bad(format!("`{e}` appears twice"));
+        }
+        if e == "each" {
+            continue;
+        }
+        if data.prompts.is_none() {
+            builtin_domains("experts", e)?;
+        }
+        if g.sft_steps > 0 {
+            expert_sft_domains("sft_steps", e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Experts become teacher ids and (escaped by datasets::safe_component) directory names:
+/// any non-empty line, `openai/gsm8k` included.
+fn usable_expert_name(e: &str) -> bool {
+    !e.trim().is_empty() && !e.contains('\n')
+}
+
+fn check_opd(o: &OpdStage) -> Checked {
+    if o.teachers.trim().is_empty() {
+        return Err(FieldError::new("teachers", "give `all` or the path of a teachers.toml"));
+    }
+    check_mode_mix(o).map_err(|e| e.under("mode_mix"))?;
+    at_least("prompts", o.prompts, 1)?;
+    at_least("group", o.group, 1)?;
+    if train_cmd::parse_estimator(&o.estimator).is_err() {
+        return Err(FieldError::new("estimator", format!("unknown estimator {:?} (full, sampled)", o.estimator)));
+    }
+    positive("kl_temperature", o.kl_temperature)?;
+    non_negative("temperature", o.temperature)?;
+    at_least("minibatch", o.minibatch, 1)?;
+    at_least("resident", o.resident, 1)?;
+    check_optim(&o.optim)
+}
+
+fn check_mode_mix(o: &OpdStage) -> Checked {
+    if o.mode_mix.is_empty() {
+        return Err(FieldError::new("", "give each mode its share, e.g. { non_think = 0.3, think_high = 0.7 }"));
+    }
+    for (m, w) in &o.mode_mix {
+        m.parse::<Mode>().map_err(|e| FieldError::new(key_name(m), e))?;
+        non_negative(&key_name(m), *w)?;
+    }
+    if o.mode_mix.values().all(|w| *w == 0.0) {
+        return Err(FieldError::new("", "no mode has a positive share"));
+    }
+    Ok(())
+}
+
+fn check_think_max(t: &ThinkMaxStage, data: &DataSection) -> Checked {
+    if data.prompts.is_none() {
+        builtin_domains("domains", &t.domains)?;
+    }
+    if t.sft_steps > 0 {
+        // the Think Max SFT learns the built-in suite's long-reasoning references
+        builtin_domains("domains", &t.domains)?;
+    }
+    at_least("prompts", t.prompts, 1)?;
+    at_least("group", t.group, 2)?;
+    at_least("max_tokens", t.max_tokens, 1)?;
+    check_optim(&t.optim)
+}
+
+fn check_eval(e: &EvalStage, data: &DataSection, think_max: bool) -> Checked {
+    at_least("n", e.n, 1)?;
+    // `harder` picks the domains of the Think Max comparison
+    if think_max
+        && data.eval_prompts.is_none()
+        && !tasks::domains().iter().any(|d| tasks::domain_matches(&e.harder, d.domain))
+    {
+        return Err(FieldError::new(
+            "harder",
+            format!("`{}` matches no built-in domain ({})", e.harder, builtin_names()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_optim(o: &Optim) -> Checked {
+    let r = non_negative("lr_muon", o.lr_muon)
+        .and_then(|_| non_negative("lr_adamw", o.lr_adamw))
+        .and_then(|_| non_negative("clip", o.clip))
+        .and_then(|_| non_negative("weight_decay", o.weight_decay));
+    r.map_err(|e| e.under("optim"))
+}
+
+fn builtin_domains(field: &str, pattern: &str) -> Checked {
+    if pattern.split(',').all(|p| p.trim().is_empty()) {
+        return Err(FieldError::new(field, "no domain given (a name, `family.*` or `*`)"));
+    }
+    tasks::match_domains(pattern)
+        .map(drop)
+        .map_err(|e| FieldError::new(field, format!("{e} (built-in: {})", builtin_names())))
+}
+
+/// An expert's domain SFT learns the built-in suite's reference solutions.
+fn expert_sft_domains(field: &str, expert: &str) -> Checked {
+    tasks::match_domains(expert).map(drop).map_err(|_| {
+        FieldError::new(
+            field,
+            format!("expert `{expert}`: domain SFT learns the built-in suite's reference solutions, and `{expert}` matches no built-in domain (set sft_steps = 0)"),
+        )
+    })
+}
+
+fn builtin_names() -> String {
+    tasks::domains().iter().map(|d| d.domain).collect::<Vec<_>>().join(", ")
+}
+
+fn modes(field: &str, m: &[Mode]) -> Checked {
+    if m.is_empty() {
+        return Err(FieldError::new(field, "give at least one mode (non_think, think_high, think_max)"));
+    }
+    Ok(())
+}
+
+fn at_least<T: PartialOrd + fmt::Display>(field: &str, v: T, min: T) -> Checked {
+    if v >= min {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("{v} is out of range (at least {min})")))
+    }
+}
+
+fn positive<T: Into<f64> + Copy + fmt::Display>(field: &str, v: T) -> Checked {
+    let x: f64 = v.into();
+    if x.is_finite() && x > 0.0 {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("{v} is out of range (a finite number > 0)")))
+    }
+}
+
+fn non_negative<T: Into<f64> + Copy + fmt::Display>(field: &str, v: T) -> Checked {
+    let x: f64 = v.into();
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("{v} is out of range (a finite number ≥ 0)")))
+    }
+}
+
+// ---------------------------------------------------------------- rules that read files
+
+/// What the run will read, read before it starts.
+struct Inputs {
+    model: Config,
+    /// Domains of `data.prompts` (None: the built-in suite).
+    train: Option<Vec<String>>,
+    /// Domains of `data.eval_prompts` (None: the built-in suite).
+    eval: Option<Vec<String>>,
+    think_max: bool,
+}
+
+/// The rules that read files: the base checkpoint's config, the user datasets and their
+/// domains, a teachers.toml, lengths against the model. Reads only small files (configs,
+/// datasets); writes nothing.
+pub fn preflight(c: &PipelineConfig) -> Checked {
+    let model = base_config(&c.model.base).map_err(|m| FieldError::new("model.base", m))?;
+    let domains_of = |field: &str, p: &Option<std::path::PathBuf>| {
+        p.as_deref().map(dataset_domains).transpose().map_err(|m| FieldError::new(field, m))
+    };
+    let inputs = Inputs {
+        model,
+        train: domains_of("data.prompts", &c.data.prompts)?,
+        eval: domains_of("data.eval_prompts", &c.data.eval_prompts)?,
+        think_max: c.stages.iter().any(|s| matches!(s, Stage::ThinkMax(_))),
+    };
+    for (i, s) in c.stages.iter().enumerate() {
+        let r = match s {
+            Stage::Sft(x) => fits("max_len", x.max_len, &inputs.model),
+            Stage::Grpo(x) => preflight_grpo(x, &inputs),
+            Stage::Opd(x) => preflight_opd(x, &inputs),
+            Stage::ThinkMax(x) => preflight_think_max(x, &inputs),
+            Stage::Eval(x) => preflight_eval(x, &inputs),
+        };
+        r.map_err(|e| e.in_stage(&stage_label(i, s)))?;
+    }
+    Ok(())
+}
+
+/// The config of `model.base` (a preset, or a checkpoint's config.json; weights unread).
+fn base_config(spec: &str) -> Result<Config, String> {
+    if let Some(p) = spec.strip_prefix("preset:") {
+        return preset_config(p);
+    }
+    let dir = Path::new(spec);
+    if !dir.exists() {
+        return Err(format!("{spec}: no such checkpoint directory"));
+    }
+    let cfg = if dir.is_file() { dir.with_file_name("config.json") } else { dir.join("config.json") };
+    if !cfg.exists() {
+        return Err(format!("{spec}: not a checkpoint (no config.json)"));
+    }
+    Config::from_file(&cfg).map_err(|e| e.to_string())
+}
+
+/// The sorted domains of a user dataset (reading it checks every record).
+fn dataset_domains(path: &Path) -> Result<Vec<String>, String> {
+    if !path.exists() {
+        return Err(format!("{}: no such file", path.display()));
+    }
+    let mut d: Vec<String> =
+        datasets::prompts::load_dataset(path).map_err(|e| e.to_string())?.into_iter().map(|t| t.domain).collect();
+    d.sort();
+    d.dedup();
+    Ok(d)
+}
+
+/// A domain pattern must match a domain of a user dataset.
+fn user_domains(field: &str, pattern: &str, domains: &[String], file: &str) -> Checked {
+    if domains.iter().any(|d| tasks::domain_matches(pattern, d)) {
+        return Ok(());
+    }
+    Err(FieldError::new(field, format!("`{pattern}` matches no domain of {file} ({})", domains.join(", "))))
+}
+
+fn fits(field: &str, len: usize, model: &Config) -> Checked {
+    if len <= model.max_seq_len {
+        return Ok(());
+    }
+    Err(FieldError::new(field, format!("{len} is longer than the model's max_seq_len {}", model.max_seq_len)))
+}
+
+fn preflight_grpo(g: &GrpoStage, x: &Inputs) -> Checked {
+    if g.sft_steps > 0 {
+        fits("sft_steps", super::EXPERT_SFT_MAX_LEN, &x.model)?;
+    }
+    let Some(train) = &x.train else { return Ok(()) };
+    if g.experts.iter().any(|e| e == "each") {
+        // one expert per domain of the file
+        for d in train {
+            if !usable_expert_name(d) {
+                return Err(FieldError::new(
+                    "experts",
+                    format!("data.prompts has domain {d:?}, not a usable expert name (empty, or several lines)"),
+                ));
+            }
+            if g.sft_steps > 0 {
+                expert_sft_domains("sft_steps", d)?;
+            }
+        }
+        return Ok(());
+    }
+    g.experts.iter().try_for_each(|e| user_domains("experts", e, train, "data.prompts"))
+}
+
+fn preflight_opd(o: &OpdStage, x: &Inputs) -> Checked {
+    if o.teachers == "all" {
+        return Ok(());
+    }
+    let at = |m: String| FieldError::new("teachers", m);
+    let path = Path::new(&o.teachers);
+    if !path.exists() {
+        return Err(at(format!("{}: no such teachers.toml", path.display())));
+    }
+    let reg = teachers::Registry::load(path).map_err(|e| at(e.to_string()))?;
+    reg.validate_against(None, &x.model).map_err(|e| at(e.to_string()))?;
+    let builtin: Vec<String>;
+    let train = match &x.train {
+        Some(t) => t,
+        None => {
+            builtin = tasks::domains().iter().map(|d| d.domain.to_string()).collect();
+            &builtin
+        }
+    };
+    if train.iter().all(|d| reg.weights_for(d).is_empty()) {
+        return Err(at(format!("no training domain has a teacher in {}", path.display())));
+    }
+    Ok(())
+}
+
+fn preflight_think_max(t: &ThinkMaxStage, x: &Inputs) -> Checked {
+    if t.max_tokens >= x.model.max_seq_len {
+        let m = format!(
+            "{} leaves no room for the prompt in the model's max_seq_len {}",
+            t.max_tokens, x.model.max_seq_len
+        );
+        return Err(FieldError::new("max_tokens", m));
+    }
+    if t.sft_steps > 0 {
+        fits("sft_steps", super::THINK_MAX_SFT_MAX_LEN, &x.model)?;
+    }
+    match &x.train {
+        Some(train) => user_domains("domains", &t.domains, train, "data.prompts"),
+        None => Ok(()),
+    }
+}
+
+fn preflight_eval(e: &EvalStage, x: &Inputs) -> Checked {
+    match &x.eval {
+        Some(eval) if x.think_max => user_domains("harder", &e.harder, eval, "data.eval_prompts"),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> FieldError {
+        parse(text).and_then(|c| check(&c).map(|_| c)).and_then(|c| preflight(&c)).unwrap_err()
+    }
+
+    const HEAD: &str = "[run]\nname='x'\n[model]\nbase='preset:tiny'\n";
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = err(&format!("{HEAD}[[stage]]\nkind='sft'\n[[stage]]\nkind='grpo'\nexperts=['math.add']\nsteps='x'"));
+        assert_eq!(e.at, "stage 2 (grpo \"math.add\"): steps", "{e}");
+        let e = err(&format!("{HEAD}[[stage]]\nkind='sft'\n[stage.optim]\nlr_muon='fast'"));
+        assert_eq!(e.at, "stage 1 (sft \"*\"): optim.lr_muon", "{e}");
+        let e = err(&format!("{HEAD}[[stage]]\nkind='sft'\nmodes=['think_hihg']"));
+        assert_eq!(e.at, "stage 1 (sft \"*\"): modes", "{e}");
+        assert!(e.message.contains("think_hihg"), "{e}");
+        let e = err("[run]\nname=3\n[model]\nbase='b'\n[[stage]]\nkind='sft'");
+        assert_eq!(e.at, "run.name", "{e}");
+        let e = err(&format!("{HEAD}[data.difficulty_by_domain]\n'code.loop'=9\n[[stage]]\nkind='sft'"));
+        assert_eq!(e.at, "data.difficulty_by_domain.\"code.loop\"", "{e}");
+    }
+
+    #[test]
+    fn enum_strings_and_ranges_name_the_field() {
+        let e = err(&format!("{HEAD}[[stage]]\nkind='grpo'\nexperts=['math.add']\nvariant='grpoo'"));
+        assert_eq!(
+            e.to_string(),
+            "stage 1 (grpo \"math.add\"): variant: unknown variant \"grpoo\" (v32, grpo, dapo, dr-grpo)"
+        );
+        let e = err(&format!("{HEAD}[[stage]]\nkind='grpo'\n[[stage]]\nkind='opd'\nestimator='exact'"));
+        assert_eq!(e.at, "stage 2 (opd \"all\"): estimator", "{e}");
+        let e = err(&format!("{HEAD}[[stage]]\nkind='grpo'\n[[stage]]\nkind='opd'\nmode_mix={{think_hihg=1.0}}"));
+        assert_eq!(e.at, "stage 2 (opd \"all\"): mode_mix.think_hihg", "{e}");
+        let e = err(&format!("{HEAD}[[stage]]\nkind='grpo'\ngroup=1"));
+        assert_eq!(e.at, "stage 1 (grpo \"each\"): group", "{e}");
+        let e = err(&format!("{HEAD}[workers]\nvisibility_timeout_s=-1.0\n[[stage]]\nkind='sft'"));
+        assert_eq!(e.at, "workers.visibility_timeout_s", "{e}");
+        let e = err(&format!("{HEAD}[[stage]]\nkind='think_max'\nmax_tokens=100000"));
+        assert_eq!(e.at, "stage 1 (think_max \"math.*,code.*\"): max_tokens", "{e}");
+    }
+
+    #[test]
+    fn every_listed_variant_is_accepted() {
+        for v in train_cmd::GRPO_VARIANTS {
+            let c = parse(&format!("{HEAD}[[stage]]\nkind='grpo'\nvariant='{v}'")).unwrap();
+            check(&c).unwrap();
+        }
+    }
+
+    #[test]
+    fn demo_passes_every_rule() {
+        for quick in [false, true] {
+            let c = PipelineConfig::demo(quick, "preset:tiny");
+            check(&c).unwrap();
+            preflight(&c).unwrap();
+        }
+    }
+}
