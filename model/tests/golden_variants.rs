@@ -186,6 +186,6 @@ fn a_scale_that_does_not_tile_in_128_blocks_is_a_clear_error() {
         .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
-    let err = checkpoint::load(dir.path()).err().expect("must fail").to_string();
+    let err = checkpoint::load(dir.path()).expect_err("must fail").to_string();
     assert!(err.contains("layers.0.attn.wkv.scale") && err.contains("[2, 1]"), "{err}");
 }

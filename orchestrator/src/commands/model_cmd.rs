@@ -126,10 +126,13 @@ fn print_params(c: &Config, pc: &model::ParamCounts) {
     println!("layers (* = hash-routed MoE): {}", sched.join(" "));
 }
 
+/// A row of the cost table: label, the quantity, its display unit.
+type CostRow = (&'static str, fn(&DecodeCost) -> f64, f64);
+
 /// One decoded token's cost, with the V3.2 column and ratios when given.
 fn print_cost_table(c: &DecodeCost, vs: Option<&DecodeCost>) {
     println!("one decoded token at {} tokens of context (counting rules: `v4post model info --help`):", c.context);
-    let rows: [(&str, fn(&DecodeCost) -> f64, f64); 6] = [
+    let rows: [CostRow; 6] = [
         ("FLOPs, total", |c| c.flops(), 1e9),
         ("  linear", |c| c.linear_flops, 1e9),
         ("  attention", |c| c.attention_flops, 1e9),
