@@ -1,7 +1,7 @@
 //! The frozen KL reference runs in the decode engine with packed experts, and scores exactly
 //! the distribution the policy is scored on: at the first step of a GRPO run that starts from
-//! the reference's own weights, the KL penalty is zero (k1 per token |log π − log π_ref| on
-//! every token, here through the k1 mean), with top-p truncation (Keep Sampling Mask) on;
+//! the reference's own weights, the KL penalty is zero (the logged mean of the k2 estimator
+//! ½(log π − log π_ref)² over every token), with top-p truncation (Keep Sampling Mask) on;
 //! a reference from other weights gives a clearly positive KL.
 
 use datasets::chat::Mode;
