@@ -6,7 +6,7 @@
 //!
 //! | kind     | what is checked |
 //! |----------|-----------------|
-//! | `math`   | last `\boxed{}` of the final content ≡ answer ([`math`]) |
+//! | `math`   | last `\boxed{}` (else `#### X`) of the final content ≡ answer ([`math`]) |
 //! | `code`   | the program (TL, [`tl`]) passes every `(input, expected)` test |
 //! | `python` | Python code passes the given asserts in a namespace sandbox ([`python`], [`sandbox`]) |
 //! | `agent`  | the episode's tool calls replay correctly and the final answer is right ([`agent`]) |
@@ -59,10 +59,10 @@ impl Reward {
     }
 }
 
-/// `\boxed{}` of `content` vs `gold`.
+/// `\boxed{}` (else GSM8K `#### X`) of `content` vs `gold` ([`math::extract_answer`]).
 pub(crate) fn verify_math_content(content: &str, gold: &str) -> (f32, Value) {
-    match math::last_boxed(content) {
-        None => (0.0, json!({"correct": false, "reason": "no \\boxed{} answer"})),
+    match math::extract_answer(content) {
+        None => (0.0, json!({"correct": false, "reason": "no \\boxed{} (or ####) answer"})),
         Some(pred) => {
             let ok = math::equivalent(&pred, gold);
             (if ok { 1.0 } else { 0.0 }, json!({"correct": ok, "extracted": pred, "gold": gold}))
