@@ -15,6 +15,7 @@
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::formats::{e8m0_to_f32, fp8, mxfp4, mxfp4::Mxfp4Matrix};
+use crate::mapped::{MappedCheckpoint, StoredWeight};
 use crate::weights::{ModelWeights, Tensor32};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -47,8 +48,12 @@ impl std::str::FromStr for SaveFormat {
 /// Block edge of the official FP8 weight scales (`weight_block_size: [128, 128]`).
 pub const FP8_BLOCK: usize = 128;
 
-const INDEX_FILE: &str = "model.safetensors.index.json";
-const SINGLE_FILE: &str = "model.safetensors";
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
+
+/// Shard size [`save`] uses when none is given (Hugging Face's default, 4 GiB): larger
+/// checkpoints are split into `model-0000i-of-0000n.safetensors` plus an index.
+pub const DEFAULT_MAX_SHARD_BYTES: usize = 4 << 30;
 
 /// One stored tensor, copied out of its file.
 struct Raw {
@@ -87,7 +92,9 @@ pub fn official_name(name: &str) -> String {
     parts.join(".")
 }
 
-fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The safetensors files a checkpoint (a directory, or one file) is read from: the files of
+/// its index, its `model.safetensors`, or every `*.safetensors` of the directory.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.is_file() {
         return Ok(vec![dir.to_path_buf()]);
     }
@@ -122,10 +129,6 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(ModelError::Checkpoint(format!("{}: no *.safetensors files", dir.display())));
     }
     Ok(files)
-}
-
-fn read_raw(files: &[PathBuf]) -> Result<BTreeMap<String, Raw>> {
-    read_raw_where(files, |_| true)
 }
 
 /// The stored tensors of `files` whose official name passes `keep`, copied out of their files
@@ -180,22 +183,7 @@ fn floats(raw: &Raw, name: &str) -> Result<Vec<f32>> {
     })
 }
 
-fn ints(raw: &Raw, name: &str) -> Result<Vec<i64>> {
-    let b = &raw.bytes;
-    Ok(match raw.dtype {
-        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
-        Dtype::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
-        other => {
-            return Err(ModelError::Checkpoint(format!(
-                "{}: tensor `{name}` has dtype {other:?}, expected I64/I32",
-                raw.file.display()
-            )))
-        }
-    })
-}
-
-fn scale_name(weight_name: &str) -> String {
+pub(crate) fn scale_name(weight_name: &str) -> String {
     match weight_name.strip_suffix(".weight") {
         Some(stem) => format!("{stem}.scale"),
         None => format!("{weight_name}.scale"),
@@ -293,6 +281,12 @@ fn decode_weight(
 /// Load `config.json` and the weights of a checkpoint directory (or one safetensors file
 /// together with a config).
 pub fn load(dir: &Path) -> Result<ModelWeights> {
+    let config = Config::from_file(&config_path(dir)?)?;
+    load_with_config(dir, config)
+}
+
+/// The `config.json` of a checkpoint directory, or the one next to a single safetensors file.
+pub(crate) fn config_path(dir: &Path) -> Result<PathBuf> {
     if !dir.exists() {
         return Err(ModelError::Checkpoint(format!("{}: no such checkpoint directory", dir.display())));
     }
@@ -303,53 +297,40 @@ pub fn load(dir: &Path) -> Result<ModelWeights> {
             cfg_path.parent().unwrap_or(dir).display()
         )));
     }
-    let config = Config::from_file(&cfg_path)?;
-    load_with_config(dir, config)
+    Ok(cfg_path)
 }
 
+/// [`load`] with a config given: the files are memory-mapped and checked as a whole by
+/// [`MappedCheckpoint`] (same acceptance and errors), then each parameter is decoded to f32
+/// straight from the mapped bytes — no intermediate copy of the stored tensors, so the peak
+/// is the f32 weights plus the pages of the file being read. Packed FP4 experts are also
+/// kept as stored ([`ModelWeights::fp4`], 4.25 bits per weight: about 13 % on top of their
+/// f32 copy) so that engines built from these weights and re-saved checkpoints keep the
+/// exact bytes.
 pub fn load_with_config(dir: &Path, config: Config) -> Result<ModelWeights> {
-    let files = checkpoint_files(dir)?;
-    let mut raws = read_raw(&files)?;
+    let ck = MappedCheckpoint::open_with_config(dir, config)?;
     let mut tensors = BTreeMap::new();
     let mut fp4 = BTreeMap::new();
-    for (name, shape) in config.param_shapes() {
-        let (data, packed) = decode_weight(&name, &shape, &mut raws)?;
-        if let Some(m) = packed {
-            fp4.insert(name.clone(), m);
+    for (name, shape) in ck.config.param_shapes() {
+        if let StoredWeight::Fp4 { packed, scale } = ck.weight(&name, &shape)? {
+            let m = Mxfp4Matrix {
+                rows: shape[0],
+                cols: shape[1],
+                packed: packed.bytes.to_vec(),
+                scales: scale.bytes.to_vec(),
+            };
+            tensors.insert(name.clone(), Tensor32::new(shape, m.dequantize()));
+            fp4.insert(name, m);
+            continue;
         }
+        let data = ck.floats(&name, &shape)?;
         tensors.insert(name, Tensor32::new(shape, data));
     }
     let mut tid2eid = BTreeMap::new();
-    for l in 0..config.n_hash_layers.min(config.n_layers) {
-        let name = format!("layers.{l}.ffn.gate.tid2eid");
-        let raw = raws.remove(&name).ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))?;
-        let want = [config.vocab_size, config.n_activated_experts];
-        if raw.shape != want {
-            return Err(ModelError::Checkpoint(format!(
-                "{}: tensor `{name}` has shape {:?}, expected {:?}",
-                raw.file.display(),
-                raw.shape,
-                want
-            )));
-        }
-        let v = ints(&raw, &name)?;
-        if let Some(bad) = v.iter().find(|&&e| e < 0 || e as usize >= config.n_routed_experts) {
-            return Err(ModelError::Checkpoint(format!(
-                "`{name}` names expert {bad}, but there are {}",
-                config.n_routed_experts
-            )));
-        }
-        tid2eid.insert(l, v.into_iter().map(|e| e as u32).collect());
+    for l in 0..ck.config.n_hash_layers.min(ck.config.n_layers) {
+        tid2eid.insert(l, ck.tid2eid(l)?);
     }
-    // The converter drops MTP copies of the shared embedding/head; tolerate them here too.
-    raws.retain(|k, _| !(k.starts_with("mtp.") && (k.contains("emb") || k.ends_with("head.weight"))));
-    if let Some((extra, raw)) = raws.iter().next() {
-        return Err(ModelError::Checkpoint(format!(
-            "{}: unexpected tensor `{extra}` (not part of this config)",
-            raw.file.display()
-        )));
-    }
-    let w = ModelWeights { config, tensors, tid2eid, fp4 };
+    let w = ModelWeights { config: ck.config.clone(), tensors, tid2eid, fp4 };
     w.validate()?;
     Ok(w)
 }
@@ -400,7 +381,7 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Which stored dtype a parameter gets in the official layout.
-fn official_kind(name: &str) -> &'static str {
+pub(crate) fn official_kind(name: &str) -> &'static str {
     if ModelWeights::is_routed_expert(name) {
         "fp4"
     } else if name.ends_with("wq_a.weight")
@@ -482,18 +463,18 @@ fn encode(w: &ModelWeights, format: SaveFormat) -> Result<BTreeMap<String, Out>>
 
 /// Write `config.json` and the weights into `dir` (created if needed). Files are written
 /// under temporary names and renamed, so a reader never sees a half-written checkpoint file.
-/// With `max_shard_bytes`, tensors are split over `model-0000i-of-0000n.safetensors` plus an index.
+/// Tensors are split over `model-0000i-of-0000n.safetensors` plus an index once a shard would
+/// exceed `max_shard_bytes` ([`DEFAULT_MAX_SHARD_BYTES`] when `None`).
 pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: Option<usize>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let tensors = encode(w, format)?;
+    let max = max_shard_bytes.unwrap_or(DEFAULT_MAX_SHARD_BYTES);
     let mut shards: Vec<Vec<(&String, &Out)>> = vec![vec![]];
     let mut size = 0usize;
     for (name, t) in &tensors {
-        if let Some(max) = max_shard_bytes {
-            if size > 0 && size + t.bytes.len() > max {
-                shards.push(vec![]);
-                size = 0;
-            }
+        if size > 0 && size + t.bytes.len() > max {
+            shards.push(vec![]);
+            size = 0;
         }
         size += t.bytes.len();
         if let Some(last) = shards.last_mut() {
@@ -544,7 +525,7 @@ pub const MTP_CARRIED_UNCHANGED: &str = "carried unchanged: v4post neither train
      nor uses them for speculative decoding; they are the starting checkpoint's weights";
 
 /// The metadata written into every shard.
-fn metadata(config: &Config) -> HashMap<String, String> {
+pub(crate) fn metadata(config: &Config) -> HashMap<String, String> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     if config.n_mtp_layers > 0 {

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 /// Below this many rows the hand-written small-batch kernels beat a general GEMM.
 pub const GEMM_MIN_ROWS: usize = 16;
 /// Work (multiply-adds) under which a call stays on the current thread.
-const PAR_MIN_WORK: usize = 1 << 17;
+pub(crate) const PAR_MIN_WORK: usize = 1 << 17;
 
 /// Byte → (low-nibble value, high-nibble value).
 fn pair_lut() -> &'static [[f32; 2]; 256] {
@@ -286,21 +286,7 @@ pub fn matmul_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &m
             }
         }
     };
-    let mut tmp = vec![0f32; n * rows];
-    if rows * n * k >= PAR_MIN_WORK && n >= 64 {
-        let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
-        tmp.par_chunks_mut(block * rows).enumerate().for_each(|(bi, dst)| {
-            let n0 = bi * block;
-            kernel(n0, (n0 + block).min(n), dst);
-        });
-    } else {
-        kernel(0, n, &mut tmp);
-    }
-    for j in 0..n {
-        for r in 0..rows {
-            out[r * n + j] = tmp[j * rows + r];
-        }
-    }
+    by_output_blocks(rows, n, rows * n * k >= PAR_MIN_WORK, out, kernel);
 }
 
 /// Dot products of one packed FP4 weight row with `rows` input rows.
@@ -445,19 +431,49 @@ pub fn matmul_fp4(x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
     matmul_fp4_with(fp4_fn(), x, rows, m, out)
 }
 
+/// The few-rows FP4 kernel on packed codes `[n, k/2]` and UE8M0 scales `[n, k/32]` borrowed
+/// from anywhere (a memory-mapped checkpoint); `out[rows, n]`.
+pub fn matmul_fp4_packed(x: &[f32], rows: usize, n: usize, k: usize, packed: &[u8], scales: &[u8], out: &mut [f32]) {
+    matmul_fp4_slices(fp4_fn(), x, rows, (n, k), (packed, scales), out)
+}
+
 fn matmul_fp4_with(f: Fp4RowFn, x: &[f32], rows: usize, m: &Mxfp4Matrix, out: &mut [f32]) {
-    let (n, k) = (m.rows, m.cols);
+    matmul_fp4_slices(f, x, rows, (m.rows, m.cols), (&m.packed, &m.scales), out)
+}
+
+fn matmul_fp4_slices(
+    f: Fp4RowFn,
+    x: &[f32],
+    rows: usize,
+    (n, k): (usize, usize),
+    (packed, scales): (&[u8], &[u8]),
+    out: &mut [f32],
+) {
     assert!(x.len() >= rows * k && out.len() >= rows * n, "matmul_fp4: buffer too small");
+    assert!(k % 32 == 0 && packed.len() >= n * k / 2 && scales.len() >= n * k / 32, "matmul_fp4: weights too small");
     let (bpr, spr) = (k / 2, k / 32);
     let kernel = |n0: usize, n1: usize, dst: &mut [f32]| {
         for j in n0..n1 {
             let acc = &mut dst[(j - n0) * rows..(j - n0 + 1) * rows];
             acc.iter_mut().for_each(|v| *v = 0.0);
-            f(x, rows, k, &m.packed[j * bpr..(j + 1) * bpr], &m.scales[j * spr..(j + 1) * spr], acc);
+            f(x, rows, k, &packed[j * bpr..(j + 1) * bpr], &scales[j * spr..(j + 1) * spr], acc);
         }
     };
+    by_output_blocks(rows, n, rows * n * k >= PAR_MIN_WORK, out, kernel);
+}
+
+/// Runs `kernel(n0, n1, dst)` over ranges of output neurons, each writing the transposed block
+/// `dst[(j - n0) * rows + r]` for neurons `n0..n1` and all `rows`, split over rayon threads when
+/// `parallel` and `n ≥ 64`; then scatters the blocks into the row-major `out[rows, n]`.
+pub(crate) fn by_output_blocks(
+    rows: usize,
+    n: usize,
+    parallel: bool,
+    out: &mut [f32],
+    kernel: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
     let mut tmp = vec![0f32; n * rows];
-    if rows * n * k >= PAR_MIN_WORK && n >= 64 {
+    if parallel && n >= 64 {
         let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
         tmp.par_chunks_mut(block * rows).enumerate().for_each(|(bi, dst)| {
             let n0 = bi * block;

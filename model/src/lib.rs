@@ -4,6 +4,8 @@
 //! * [`cost`]: FLOPs and KV bytes of one decoded token, V4 against DeepSeek-V3.2.
 //! * [`formats`]: FP8 E4M3 / MXFP4 encode, decode and fake quantisation.
 //! * [`weights`] / [`checkpoint`]: parameters by official name; safetensors I/O.
+//! * [`mapped`]: memory-mapped checkpoints whose tensors are views of the files.
+//! * [`init`]: random checkpoints of any config, streamed tensor by tensor (`model init`).
 //! * [`engine`]: the incremental decode engine (rollout, teachers, conformance).
 //! * [`kernels`]: f32 and packed-FP4 matrix kernels used by the engine.
 //!
@@ -18,7 +20,9 @@ pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod hadamard;
+pub mod init;
 pub mod kernels;
+pub mod mapped;
 pub mod rope;
 pub mod train;
 pub mod weights;

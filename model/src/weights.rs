@@ -1,8 +1,11 @@
 //! Model parameters as plain f32 arrays under their official checkpoint names.
 //!
 //! [`ModelWeights`] is the hand-off point between the checkpoint files, the trainable
-//! candle model (which turns each array into a `Var`) and the decode engine (which keeps
-//! f32 copies, or the packed FP4 bytes of the routed experts).
+//! candle model (which turns each array into a `Var`: the f32 masters) and
+//! [`crate::Engine::new`] (which keeps f32 copies, or the packed FP4 bytes of the routed
+//! experts). Frozen models (rollout, teachers, reference, evaluation) do not come through
+//! here: [`crate::Engine::from_checkpoint`] maps the checkpoint and computes on the stored
+//! formats ([`crate::mapped`]).
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
@@ -43,6 +46,15 @@ pub struct ModelWeights {
     pub fp4: BTreeMap<String, Mxfp4Matrix>,
 }
 
+/// How one parameter starts in [`ModelWeights::random`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Every entry this value.
+    Const(f32),
+    /// Normals of this standard deviation, drawn in order from the shared stream.
+    Normal(f64),
+}
+
 /// Deterministic SplitMix64 + Box-Muller normals: weights are reproducible from a seed
 /// without depending on a particular `rand` version.
 pub struct SeededNormal {
@@ -53,6 +65,13 @@ pub struct SeededNormal {
 impl SeededNormal {
     pub fn new(seed: u64) -> Self {
         SeededNormal { state: seed ^ 0x9E37_79B9_7F4A_7C15, spare: None }
+    }
+    /// The generator of `seed` as it is after `draws` calls of [`next_u64`](Self::next_u64),
+    /// with no pending spare normal: SplitMix64's state advances by a constant per draw, so
+    /// any point of the stream is reached in O(1) (`model init` fills tensors independently).
+    pub fn at_draw(seed: u64, draws: u64) -> Self {
+        let state = (seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_add(draws.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        SeededNormal { state, spare: None }
     }
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -153,48 +172,61 @@ impl ModelWeights {
         let mut tensors = BTreeMap::new();
         for (name, shape) in config.param_shapes() {
             let n: usize = shape.iter().product();
-            let leaf = name.rsplit('.').next().unwrap_or("");
-            let mut normal = |std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
-            let data = if name.ends_with("norm.weight") {
-                vec![1.0; n]
-            } else if name.ends_with("attn_sink") || name.ends_with(".bias") || leaf == "ape" {
-                vec![0.0; n]
-            } else if name.ends_with("_scale") {
-                vec![1.0; n]
-            } else if name.ends_with("_base") {
-                vec![0.0; n]
-            } else if name.ends_with("_fn") {
-                normal(0.02 / (shape[1] as f64).sqrt())
-            } else if name == "embed.weight" {
-                normal(1.0)
-            } else if name == "head.weight" {
-                normal(0.5 / (shape[1] as f64).sqrt())
-            } else {
-                let fan_in = shape.get(1).copied().unwrap_or(1) as f64;
-                let mut std = 1.0 / fan_in.sqrt();
-                if name.ends_with("wo_b.weight") || name.ends_with("w2.weight") {
-                    std *= out_scale;
-                }
-                normal(std)
+            let data = match Self::init_rule(&name, &shape, out_scale) {
+                Init::Const(v) => vec![v; n],
+                Init::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             };
             tensors.insert(name, Tensor32::new(shape, data));
         }
         let mut tid2eid = BTreeMap::new();
         for l in 0..config.n_hash_layers.min(config.n_layers) {
-            let k = config.n_activated_experts;
-            let mut table = Vec::with_capacity(config.vocab_size * k);
-            for _ in 0..config.vocab_size {
-                // k distinct experts per token (partial Fisher-Yates).
-                let mut ids: Vec<u32> = (0..config.n_routed_experts as u32).collect();
-                for i in 0..k {
-                    let j = i + (rng.next_u64() as usize) % (ids.len() - i);
-                    ids.swap(i, j);
-                }
-                table.extend_from_slice(&ids[..k]);
-            }
-            tid2eid.insert(l, table);
+            tid2eid.insert(l, Self::random_hash_table(config, &mut rng));
         }
         Ok(ModelWeights { config: config.clone(), tensors, tid2eid, fp4: BTreeMap::new() })
+    }
+
+    /// How [`random`](Self::random) fills parameter `name` of `shape`; `out_scale` is
+    /// 1/sqrt(2·n_layers).
+    pub fn init_rule(name: &str, shape: &[usize], out_scale: f64) -> Init {
+        let leaf = name.rsplit('.').next().unwrap_or("");
+        if name.ends_with("norm.weight") {
+            Init::Const(1.0)
+        } else if name.ends_with("attn_sink") || name.ends_with(".bias") || leaf == "ape" {
+            Init::Const(0.0)
+        } else if name.ends_with("_scale") {
+            Init::Const(1.0)
+        } else if name.ends_with("_base") {
+            Init::Const(0.0)
+        } else if name.ends_with("_fn") {
+            Init::Normal(0.02 / (shape.get(1).copied().unwrap_or(1) as f64).sqrt())
+        } else if name == "embed.weight" {
+            Init::Normal(1.0)
+        } else if name == "head.weight" {
+            Init::Normal(0.5 / (shape.get(1).copied().unwrap_or(1) as f64).sqrt())
+        } else {
+            let fan_in = shape.get(1).copied().unwrap_or(1) as f64;
+            let mut std = 1.0 / fan_in.sqrt();
+            if name.ends_with("wo_b.weight") || name.ends_with("w2.weight") {
+                std *= out_scale;
+            }
+            Init::Normal(std)
+        }
+    }
+
+    /// One random hash-routing table `[vocab, n_activated_experts]`: k distinct experts per
+    /// token (partial Fisher-Yates), exactly `vocab · k` draws of `rng.next_u64()`.
+    pub fn random_hash_table(config: &Config, rng: &mut SeededNormal) -> Vec<u32> {
+        let k = config.n_activated_experts;
+        let mut table = Vec::with_capacity(config.vocab_size * k);
+        for _ in 0..config.vocab_size {
+            let mut ids: Vec<u32> = (0..config.n_routed_experts as u32).collect();
+            for i in 0..k {
+                let j = i + (rng.next_u64() as usize) % (ids.len() - i);
+                ids.swap(i, j);
+            }
+            table.extend_from_slice(&ids[..k]);
+        }
+        table
     }
 
     /// Names of the routed-expert matrices (the ones stored as FP4).

@@ -12,20 +12,29 @@
 //! partial interleaved RoPE, attention sink, CSA/HCA compressed entries with the Lightning
 //! Indexer, grouped low-rank output projection, sqrt-softplus MoE with hash layers and the
 //! SwiGLU clamp.
+//!
+//! Weights are held in their stored formats (see `store`): [`Engine::from_checkpoint`] maps
+//! the checkpoint files and keeps FP8 E4M3 projections with their 128×128 block scales, packed
+//! MXFP4 experts and BF16 matrices/embeddings as views of the files, decoding rows on the fly
+//! inside the products; [`Engine::new`] builds the same engine from f32 [`ModelWeights`].
 
 mod state;
+mod store;
 
 pub use state::{CompressorState, Decisions, DecodeState, LayerState, StateBytes};
+pub use store::WeightMemory;
 
 use crate::config::{Config, LayerKind};
 use crate::error::{ModelError, Result};
-use crate::formats::{fp8, mxfp4, mxfp4::Mxfp4Matrix};
+use crate::formats::{fp8, mxfp4};
 use crate::hadamard;
 use crate::kernels;
+use crate::mapped::MappedCheckpoint;
 use crate::rope::{self, RopeFreqs};
 use crate::weights::ModelWeights;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use store::{Linear, MappedSource, Source};
 
 /// Which quantisation simulations run in the forward pass (the golden variants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,82 +76,6 @@ impl Default for EngineOptions {
     }
 }
 
-enum Weight {
-    F32(Vec<f32>),
-    Fp4(Mxfp4Matrix),
-}
-
-/// `y = x · Wᵀ`, `W: [out, inp]`.
-struct Linear {
-    w: Weight,
-    out: usize,
-    inp: usize,
-    /// Stored FP8/FP4 in the checkpoint: its input is FP8-quantised under `act_fp8`.
-    quantized_input: bool,
-}
-
-impl Linear {
-    fn f32(w: &ModelWeights, name: &str, quantized_input: bool) -> Result<Self> {
-        let t = w.get(name)?;
-        if t.shape.len() != 2 {
-            return Err(ModelError::Shape(format!("`{name}` must be 2-D, got {:?}", t.shape)));
-        }
-        Ok(Linear { w: Weight::F32(t.data.clone()), out: t.shape[0], inp: t.shape[1], quantized_input })
-    }
-
-    fn expert(w: &ModelWeights, name: &str, fp4: bool) -> Result<Self> {
-        if !fp4 {
-            return Self::f32(w, name, true);
-        }
-        let m = match w.fp4.get(name) {
-            Some(m) => m.clone(),
-            None => {
-                let t = w.get(name)?;
-                match t.shape[..] {
-                    [rows, cols] if cols % mxfp4::BLOCK == 0 => {
-                        Mxfp4Matrix::quantize(&t.data, rows, cols, mxfp4::ScaleRule::DeepSeekCeil)
-                    }
-                    _ => {
-                        return Err(ModelError::Shape(format!(
-                            "`{name}` has shape {:?}: FP4 experts need 2-D weights with an input dimension that is a multiple of {}; use f32 experts",
-                            t.shape,
-                            mxfp4::BLOCK
-                        )))
-                    }
-                }
-            }
-        };
-        Ok(Linear { out: m.rows, inp: m.cols, w: Weight::Fp4(m), quantized_input: true })
-    }
-
-    fn forward(&self, x: &[f32], rows: usize, num: Numerics) -> Vec<f32> {
-        let mut out = vec![0f32; rows * self.out];
-        let q;
-        let x = if num.act_fp8 && self.quantized_input {
-            let mut v = x[..rows * self.inp].to_vec();
-            for row in v.chunks_mut(self.inp) {
-                fp8::fake_quant(row, 128);
-            }
-            q = v;
-            &q[..]
-        } else {
-            x
-        };
-        match &self.w {
-            Weight::F32(w) => kernels::matmul_f32(x, rows, self.inp, w, self.out, &mut out),
-            Weight::Fp4(m) => kernels::matmul_fp4(x, rows, m, &mut out),
-        }
-        out
-    }
-
-    fn bytes(&self) -> usize {
-        match &self.w {
-            Weight::F32(w) => 4 * w.len(),
-            Weight::Fp4(m) => m.bytes(),
-        }
-    }
-}
-
 /// mHC parameters of one site.
 struct HcSite {
     fn_: Vec<f32>, // [mix, hc·D]
@@ -169,7 +102,7 @@ struct Attention {
     wq_b: Linear,
     wkv: Linear,
     kv_norm: Vec<f32>,
-    wo_a: Vec<f32>, // [g·o_lora, H·hd/g]
+    wo_a: Linear, // [g·o_lora, H·hd/g]
     wo_b: Linear,
     sink: Vec<f32>,
     compressor: Option<Compressor>,
@@ -184,7 +117,7 @@ struct Expert {
 }
 
 struct Moe {
-    gate: Vec<f32>, // [E, D]
+    gate: Linear, // [E, D]
     bias: Option<Vec<f32>>,
     tid2eid: Option<Vec<u32>>,
     experts: Vec<Expert>,
@@ -240,8 +173,9 @@ impl Output {
 pub struct Engine {
     pub config: Config,
     pub options: EngineOptions,
-    embed: Vec<f32>,
-    head: Vec<f32>,
+    /// `[vocab, D]`, rows decoded on lookup.
+    embed: Linear,
+    head: Linear,
     norm: Vec<f32>,
     hc_head: HcSite,
     layers: Vec<Layer>,
@@ -318,33 +252,34 @@ pub fn hc_split(
     (pre, post, comb)
 }
 
-fn load_hc(w: &ModelWeights, prefix: &str) -> Result<HcSite> {
+fn load_hc(w: &dyn Source, prefix: &str) -> Result<HcSite> {
     Ok(HcSite {
-        fn_: w.get(&format!("{prefix}_fn"))?.data.clone(),
-        base: w.get(&format!("{prefix}_base"))?.data.clone(),
-        scale: w.get(&format!("{prefix}_scale"))?.data.clone(),
+        fn_: w.vector(&format!("{prefix}_fn"))?,
+        base: w.vector(&format!("{prefix}_base"))?,
+        scale: w.vector(&format!("{prefix}_scale"))?,
     })
 }
 
-fn vec_of(w: &ModelWeights, name: &str) -> Result<Vec<f32>> {
-    Ok(w.get(name)?.data.clone())
+fn vec_of(w: &dyn Source, name: &str) -> Result<Vec<f32>> {
+    w.vector(name)
 }
 
-fn load_compressor(w: &ModelWeights, p: &str) -> Result<Compressor> {
+fn load_compressor(w: &dyn Source, p: &str) -> Result<Compressor> {
     Ok(Compressor {
-        wkv: Linear::f32(w, &format!("{p}wkv.weight"), false)?,
-        wgate: Linear::f32(w, &format!("{p}wgate.weight"), false)?,
+        wkv: Linear::load(w, &format!("{p}wkv.weight"), false)?,
+        wgate: Linear::load(w, &format!("{p}wgate.weight"), false)?,
         ape: vec_of(w, &format!("{p}ape"))?,
         norm: vec_of(w, &format!("{p}norm.weight"))?,
     })
 }
 
-fn load_expert(w: &ModelWeights, p: &str, fp4: bool) -> Result<Expert> {
+/// A routed expert (`routed`: packed FP4 or f32 per `fp4`) or the shared one (as stored).
+fn load_expert(w: &dyn Source, p: &str, routed: bool, fp4: bool) -> Result<Expert> {
     let mk = |n: &str| {
-        if fp4 {
-            Linear::expert(w, &format!("{p}{n}.weight"), true)
+        if routed {
+            Linear::expert(w, &format!("{p}{n}.weight"), fp4)
         } else {
-            Linear::f32(w, &format!("{p}{n}.weight"), true)
+            Linear::load(w, &format!("{p}{n}.weight"), true)
         }
     };
     Ok(Expert { w1: mk("w1")?, w2: mk("w2")?, w3: mk("w3")? })
@@ -354,7 +289,27 @@ impl Engine {
     /// Build an engine from weights (checked for completeness first).
     pub fn new(w: &ModelWeights, options: EngineOptions) -> Result<Self> {
         w.validate()?;
-        let cfg = &w.config;
+        Self::build(w, options)
+    }
+
+    /// Build an engine straight from a checkpoint directory (or one safetensors file next to
+    /// its `config.json`), with the same acceptance and errors as [`crate::checkpoint::load`].
+    /// The files are memory-mapped and weights stay in their stored formats: packed FP4
+    /// experts, FP8 projections with their block scales, BF16 matrices and embeddings, F32
+    /// tensors read in place; only small vectors (norms, biases, mHC, sinks, `ape`, block
+    /// scales) are decoded to owned f32.
+    pub fn from_checkpoint(dir: &std::path::Path, options: EngineOptions) -> Result<Self> {
+        let ck = MappedCheckpoint::open(dir)?;
+        Self::from_mapped(&ck, options)
+    }
+
+    /// Build an engine from an already mapped checkpoint (the engine keeps the files mapped).
+    pub fn from_mapped(ck: &MappedCheckpoint, options: EngineOptions) -> Result<Self> {
+        Self::build(&MappedSource::new(ck), options)
+    }
+
+    fn build(w: &dyn Source, options: EngineOptions) -> Result<Self> {
+        let cfg = w.config();
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}.");
@@ -363,21 +318,21 @@ impl Engine {
             let compressor = if ratio > 0 { Some(load_compressor(w, &format!("{a}compressor."))?) } else { None };
             let indexer = if ratio == 4 {
                 Some(Indexer {
-                    wq_b: Linear::f32(w, &format!("{a}indexer.wq_b.weight"), true)?,
-                    weights_proj: Linear::f32(w, &format!("{a}indexer.weights_proj.weight"), false)?,
+                    wq_b: Linear::load(w, &format!("{a}indexer.wq_b.weight"), true)?,
+                    weights_proj: Linear::load(w, &format!("{a}indexer.weights_proj.weight"), false)?,
                     compressor: load_compressor(w, &format!("{a}indexer.compressor."))?,
                 })
             } else {
                 None
             };
             let attn = Attention {
-                wq_a: Linear::f32(w, &format!("{a}wq_a.weight"), true)?,
+                wq_a: Linear::load(w, &format!("{a}wq_a.weight"), true)?,
                 q_norm: vec_of(w, &format!("{a}q_norm.weight"))?,
-                wq_b: Linear::f32(w, &format!("{a}wq_b.weight"), true)?,
-                wkv: Linear::f32(w, &format!("{a}wkv.weight"), true)?,
+                wq_b: Linear::load(w, &format!("{a}wq_b.weight"), true)?,
+                wkv: Linear::load(w, &format!("{a}wkv.weight"), true)?,
                 kv_norm: vec_of(w, &format!("{a}kv_norm.weight"))?,
-                wo_a: vec_of(w, &format!("{a}wo_a.weight"))?,
-                wo_b: Linear::f32(w, &format!("{a}wo_b.weight"), true)?,
+                wo_a: Linear::load(w, &format!("{a}wo_a.weight"), false)?,
+                wo_b: Linear::load(w, &format!("{a}wo_b.weight"), true)?,
                 sink: vec_of(w, &format!("{a}attn_sink"))?,
                 compressor,
                 indexer,
@@ -385,15 +340,15 @@ impl Engine {
             };
             let f = format!("{p}ffn.");
             let experts = (0..cfg.n_routed_experts)
-                .map(|e| load_expert(w, &format!("{f}experts.{e}."), options.fp4_experts))
+                .map(|e| load_expert(w, &format!("{f}experts.{e}."), true, options.fp4_experts))
                 .collect::<Result<Vec<_>>>()?;
             let moe = Moe {
-                gate: vec_of(w, &format!("{f}gate.weight"))?,
+                gate: Linear::load(w, &format!("{f}gate.weight"), false)?,
                 bias: if cfg.is_hash_layer(l) { None } else { Some(vec_of(w, &format!("{f}gate.bias"))?) },
-                tid2eid: if cfg.is_hash_layer(l) { Some(w.tid2eid(l)?.to_vec()) } else { None },
+                tid2eid: if cfg.is_hash_layer(l) { Some(w.tid2eid(l)?) } else { None },
                 experts,
                 shared: if cfg.n_shared_experts > 0 {
-                    Some(load_expert(w, &format!("{f}shared_experts."), false)?)
+                    Some(load_expert(w, &format!("{f}shared_experts."), false, false)?)
                 } else {
                     None
                 },
@@ -412,8 +367,8 @@ impl Engine {
         Ok(Engine {
             config: cfg.clone(),
             options,
-            embed: vec_of(w, "embed.weight")?,
-            head: vec_of(w, "head.weight")?,
+            embed: Linear::load(w, "embed.weight", false)?,
+            head: Linear::load(w, "head.weight", false)?,
             norm: vec_of(w, "norm.weight")?,
             hc_head: HcSite {
                 fn_: vec_of(w, "hc_head_fn")?,
@@ -429,16 +384,61 @@ impl Engine {
         DecodeState::new(&self.config)
     }
 
-    /// Bytes of routed-expert weights and of everything else, as held by this engine.
+    /// Bytes of routed-expert weights and of everything else, as held by this engine (in
+    /// their held formats, owned or mapped; see [`Engine::weight_memory`]).
     pub fn weight_bytes(&self) -> (usize, usize) {
-        let mut experts = 0;
-        let mut other = 4 * (self.embed.len() + self.head.len() + self.norm.len());
+        let (experts, other) = self.weight_memory();
+        (experts.total(), other.total())
+    }
+
+    /// Weight memory of routed experts and of everything else, split into heap-owned bytes
+    /// and bytes read in place from mapped checkpoint files.
+    pub fn weight_memory(&self) -> (WeightMemory, WeightMemory) {
+        let mut experts = WeightMemory::default();
+        let mut other = WeightMemory::default();
+        let expert = |e: &Expert| {
+            let mut m = e.w1.memory();
+            m += e.w2.memory();
+            m += e.w3.memory();
+            m
+        };
+        let vecs = |vs: &[&[f32]]| {
+            let mut m = WeightMemory::default();
+            vs.iter().for_each(|v| m += WeightMemory::vec(v));
+            m
+        };
+        let compressor = |c: &Compressor| {
+            let mut m = c.wkv.memory();
+            m += c.wgate.memory();
+            m += vecs(&[&c.ape, &c.norm]);
+            m
+        };
+        other += self.embed.memory();
+        other += self.head.memory();
+        other += vecs(&[&self.norm, &self.hc_head.fn_, &self.hc_head.base, &self.hc_head.scale]);
         for l in &self.layers {
-            experts += l.moe.experts.iter().map(|e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes()).sum::<usize>();
+            l.moe.experts.iter().for_each(|e| experts += expert(e));
             let a = &l.attn;
-            other += a.wq_a.bytes() + a.wq_b.bytes() + a.wkv.bytes() + a.wo_b.bytes() + 4 * a.wo_a.len();
-            other += l.moe.shared.as_ref().map_or(0, |e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes());
-            other += 4 * (l.hc_attn.fn_.len() + l.hc_ffn.fn_.len() + l.moe.gate.len());
+            for lin in [&a.wq_a, &a.wq_b, &a.wkv, &a.wo_a, &a.wo_b, &l.moe.gate] {
+                other += lin.memory();
+            }
+            other += vecs(&[&a.q_norm, &a.kv_norm, &a.sink, &l.attn_norm, &l.ffn_norm]);
+            for hc in [&l.hc_attn, &l.hc_ffn] {
+                other += vecs(&[&hc.fn_, &hc.base, &hc.scale]);
+            }
+            if let Some(c) = &a.compressor {
+                other += compressor(c);
+            }
+            if let Some(ix) = &a.indexer {
+                other += ix.wq_b.memory();
+                other += ix.weights_proj.memory();
+                other += compressor(&ix.compressor);
+            }
+            if let Some(sh) = &l.moe.shared {
+                other += expert(sh);
+            }
+            other += vecs(&[l.moe.bias.as_deref().unwrap_or(&[])]);
+            other += WeightMemory { owned: 4 * l.moe.tid2eid.as_ref().map_or(0, Vec::len), mapped: 0 };
         }
         (experts, other)
     }
@@ -482,9 +482,10 @@ impl Engine {
         // Embedding, copied into every stream.
         let mut h = vec![0f32; n * hc * d];
         for (i, r) in rows.iter().enumerate() {
-            let e = &self.embed[r.token as usize * d..(r.token as usize + 1) * d];
-            for s in 0..hc {
-                h[(i * hc + s) * d..(i * hc + s + 1) * d].copy_from_slice(e);
+            let (first, rest) = h[i * hc * d..(i + 1) * hc * d].split_at_mut(d);
+            self.embed.row_into(r.token as usize, first);
+            for s in rest.chunks_mut(d) {
+                s.copy_from_slice(first);
             }
         }
         // Disjoint mutable states per group.
@@ -533,7 +534,7 @@ impl Engine {
         }
         let v = cfg.vocab_size;
         let mut logits = vec![0f32; out_rows.len() * v];
-        kernels::matmul_f32(&hidden, out_rows.len(), d, &self.head, v, &mut logits);
+        self.head.matmul_range(&hidden, out_rows.len(), 0, v, &mut logits);
         Ok(Output { rows: out_rows, values: logits, width: v })
     }
 
@@ -752,7 +753,7 @@ impl Engine {
             let xg: Vec<f32> =
                 (0..n).flat_map(|i| o[i * h * hd + gi * gw..i * h * hd + (gi + 1) * gw].iter().copied()).collect();
             let mut yg = vec![0f32; n * lora];
-            kernels::matmul_f32(&xg, n, gw, &at.wo_a[gi * lora * gw..(gi + 1) * lora * gw], lora, &mut yg);
+            at.wo_a.matmul_range(&xg, n, gi * lora, (gi + 1) * lora, &mut yg);
             for i in 0..n {
                 oa[i * g * lora + gi * lora..i * g * lora + (gi + 1) * lora]
                     .copy_from_slice(&yg[i * lora..(i + 1) * lora]);
@@ -821,7 +822,7 @@ impl Engine {
         let (n, d, k, ne) = (rows.len(), cfg.dim, cfg.n_activated_experts, cfg.n_routed_experts);
         let moe = &layer.moe;
         let mut logits = vec![0f32; n * ne];
-        kernels::matmul_f32(x, n, d, &moe.gate, ne, &mut logits);
+        moe.gate.matmul_range(x, n, 0, ne, &mut logits);
         // Forced routes come from the sequence state.
         let mut forced: Vec<Option<Vec<u32>>> = vec![None; n];
         for (st, rs) in seq_states.iter() {
