@@ -5,15 +5,19 @@
 //!   its parser back to reasoning, content and tool calls.
 //! * [`tasks`]: the built-in procedural task suite (13 domains in 4 families).
 //! * [`prompts`]: prompt sources — the suite, user Parquet/JSONL datasets.
+//! * [`layouts`]: user datasets as they come (verl, TRL, v4post; files, shard directories, globs).
+//! * [`sft_data`]: user SFT conversations (`messages`, `prompt`/`completion`).
 //! * [`store`]: trajectories as Arrow/Parquet shards; teacher-state shards; the metrics store.
 //! * [`paths`]: names from data (domains, teacher ids, run and stage names) as safe,
 //!   reversibly escaped path components.
 
 pub mod chat;
 pub mod error;
+pub mod layouts;
 pub mod paths;
 pub mod progress;
 pub mod prompts;
+pub mod sft_data;
 pub mod store;
 pub mod tasks;
 pub mod tokenizer;

@@ -1,5 +1,6 @@
-//! Prompt sources: the built-in suite, and user datasets in Parquet or JSONL with
-//! Hugging Face-style columns:
+//! Prompt sources: the built-in suite, and user datasets in Parquet or JSONL — one file, a
+//! directory of shards or a glob, in the layouts of verl, TRL or v4post itself (see
+//! [`crate::layouts`], which detects the layout from the columns). The v4post layout:
 //!
 //! * `prompt` (string) **or** `messages` (list of `{role, content}`, or that list as a JSON string);
 //! * `answer` (string or number);
@@ -8,6 +9,12 @@
 //!   or kwargs as their own columns (`tests`, `input`, `checks`, `tools`, `env`).
 //!
 //! A missing or mistyped column is an error naming the file, the row (1 = first record) and the column.
+//! Rows a layout cannot verify (verl abilities without a verifier) are skipped, counted and
+//! printed ([`LoadedDataset::skipped`]); nothing is dropped silently.
+//!
+//! `tasks sample` files ([`TaskWriter`]) hold `messages` as a Parquet
+//! `list<struct<role: string, content: string>>`, so pyarrow, pandas and HF `datasets` read
+//! it as a conversation; files from before, with `messages` as a JSON string, still load.
 
 use crate::chat::Message;
 use crate::error::{DataError, Result};
@@ -20,14 +27,14 @@ use std::path::Path;
 
 const KWARG_COLUMNS: [&str; 5] = ["tests", "input", "checks", "tools", "env"];
 
-fn family_of(domain: &str) -> String {
+pub(crate) fn family_of(domain: &str) -> String {
     match domain.split('.').next() {
         Some(f @ ("math" | "code" | "agent" | "if")) if domain.contains('.') => f.to_string(),
         _ => "user".to_string(),
     }
 }
 
-fn default_kind(domain: &str, answer: &str) -> &'static str {
+pub(crate) fn default_kind(domain: &str, answer: &str) -> &'static str {
     match family_of(domain).as_str() {
         "math" => "math",
         "code" => "code",
@@ -43,28 +50,13 @@ fn default_kind(domain: &str, answer: &str) -> &'static str {
 pub fn task_from_record(file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Result<Task> {
     let err = |col: &str, msg: &str| DataError::column(file, row, col, msg);
     let messages: Vec<Message> = match (rec.get("messages"), rec.get("prompt")) {
-        (Some(m), _) if !m.is_null() => {
-            let v = match m {
-                Value::String(s) => {
-                    serde_json::from_str::<Value>(s).map_err(|e| err("messages", &format!("not valid JSON ({e})")))?
-                }
-                other => other.clone(),
-            };
-            let list: Vec<Message> = serde_json::from_value(v)
-                .map_err(|e| err("messages", &format!("expected a list of {{role, content}} objects ({e})")))?;
-            if list.is_empty() {
-                return Err(err("messages", "empty message list"));
-            }
-            if let Some(bad) = list.iter().find(|m| {
-                !["system", "user", "assistant", "tool", "developer", "latest_reminder"].contains(&m.role.as_str())
-            }) {
-                return Err(err("messages", &format!("unknown role `{}`", bad.role)));
-            }
-            list
+        (Some(Value::String(s)), _) => {
+            let v = serde_json::from_str::<Value>(s).map_err(|e| err("messages", &format!("not valid JSON ({e})")))?;
+            crate::layouts::parse_messages(file, row, "messages", &v)?
         }
+        (Some(m), _) if !m.is_null() => crate::layouts::parse_messages(file, row, "messages", m)?,
         (_, Some(Value::String(p))) => vec![Message::user(p.clone())],
-        (_, Some(Value::Array(a))) => serde_json::from_value(Value::Array(a.clone()))
-            .map_err(|e| err("prompt", &format!("expected a string or a message list ({e})")))?,
+        (_, Some(a @ Value::Array(_))) => crate::layouts::parse_messages(file, row, "prompt", a)?,
         (_, Some(other)) if !other.is_null() => {
             return Err(err("prompt", &format!("expected a string, got {}", type_name(other))))
         }
@@ -100,8 +92,17 @@ pub fn task_from_record(file: &Path, row: usize, rec: &Map<String, Value>, index
             verifier.entry(k.to_string()).or_insert(v);
         }
     }
-    if !verifier.contains_key("kind") {
-        verifier.insert("kind".into(), Value::String(default_kind(&domain, &answer).into()));
+    match verifier.get("kind") {
+        None => {
+            verifier.insert("kind".into(), Value::String(default_kind(&domain, &answer).into()));
+        }
+        Some(Value::String(k)) if crate::layouts::VERIFIER_KINDS.contains(&k.as_str()) => {}
+        Some(k) => {
+            return Err(err(
+                "verifier",
+                &format!("unknown verifier kind {k} (expected one of {})", crate::layouts::VERIFIER_KINDS.join(", ")),
+            ))
+        }
     }
     Ok(Task {
         prompt_id: format!("{}#{}", file.file_name().and_then(|n| n.to_str()).unwrap_or("data"), index),
@@ -116,16 +117,7 @@ pub fn task_from_record(file: &Path, row: usize, rec: &Map<String, Value>, index
     })
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::layouts::type_name;
 
 /// Convert one Arrow cell to JSON (the types a prompt dataset uses).
 fn cell(a: &dyn Array, i: usize) -> Option<Value> {
@@ -142,6 +134,15 @@ fn cell(a: &dyn Array, i: usize) -> Option<Value> {
         DataType::Float64 => json!(a.as_any().downcast_ref::<Float64Array>()?.value(i)),
         DataType::Float32 => json!(a.as_any().downcast_ref::<Float32Array>()?.value(i)),
         DataType::Boolean => json!(a.as_any().downcast_ref::<BooleanArray>()?.value(i)),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => {
+            let v = arrow::compute::cast(&a.slice(i, 1), &DataType::Int64).ok()?;
+            json!(v.as_any().downcast_ref::<Int64Array>()?.value(0))
+        }
+        DataType::Null => Value::Null,
+        DataType::Utf8View | DataType::Dictionary(..) => {
+            let v = arrow::compute::cast(&a.slice(i, 1), &DataType::Utf8).ok()?;
+            Value::String(v.as_any().downcast_ref::<StringArray>()?.value(0).to_string())
+        }
         DataType::List(_) => {
             let l = a.as_any().downcast_ref::<ListArray>()?;
             let inner = l.value(i);
@@ -164,10 +165,42 @@ fn cell(a: &dyn Array, i: usize) -> Option<Value> {
     })
 }
 
+/// Columns whose Arrow type must be readable (every column some layout uses).
+const USED_COLUMNS: [&str; 18] = [
+    "prompt",
+    "messages",
+    "answer",
+    "domain",
+    "verifier",
+    "response",
+    "mode",
+    "reward_model",
+    "extra_info",
+    "data_source",
+    "ability",
+    "solution",
+    "completion",
+    "tests",
+    "input",
+    "checks",
+    "tools",
+    "env",
+];
+
+/// One record of a dataset file: column → value.
+pub type Record = Map<String, Value>;
+
 /// Every record of a `.parquet` or `.jsonl` file as a JSON object (row numbers are 1-based).
 pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
+    read_table(path).map(|(_, records)| records)
+}
+
+/// The column names (Parquet schema order; for JSONL, keys in order of first appearance)
+/// and every record of one file.
+pub fn read_table(path: &Path) -> Result<(Vec<String>, Vec<Record>)> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut out = Vec::new();
+    let mut columns: Vec<String> = Vec::new();
     match ext {
         "parquet" => {
             let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -175,6 +208,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
                 .map_err(|e| DataError::Format(format!("{}: not a readable Parquet file ({e})", path.display())))?
                 .build()
                 .map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
+            columns = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
             for batch in reader {
                 let b = batch.map_err(|e| DataError::Format(format!("{}: {e}", path.display())))?;
                 let schema = b.schema();
@@ -186,9 +220,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
                             Some(v) => {
                                 rec.insert(f.name().clone(), v);
                             }
-                            None if ["prompt", "messages", "answer", "domain", "verifier", "response", "mode"]
-                                .contains(&f.name().as_str()) =>
-                            {
+                            None if USED_COLUMNS.contains(&f.name().as_str()) => {
                                 return Err(DataError::column(
                                     path,
                                     row,
@@ -213,7 +245,14 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
                     DataError::Format(format!("{}: row {}: invalid JSON ({e})", path.display(), ln + 1))
                 })?;
                 match v {
-                    Value::Object(o) => out.push(o),
+                    Value::Object(o) => {
+                        for k in o.keys() {
+                            if !columns.contains(k) {
+                                columns.push(k.clone());
+                            }
+                        }
+                        out.push(o)
+                    }
                     _ => {
                         return Err(DataError::Format(format!(
                             "{}: row {}: expected a JSON object",
@@ -234,12 +273,74 @@ pub fn read_records(path: &Path) -> Result<Vec<Map<String, Value>>> {
     if out.is_empty() {
         return Err(DataError::Format(format!("{}: no records", path.display())));
     }
+    Ok((columns, out))
+}
+
+/// A user prompt dataset as read: its tasks, the files and layouts it came from, and the
+/// rows skipped (reason → count).
+#[derive(Debug, Clone, Default)]
+pub struct LoadedDataset {
+    pub tasks: Vec<Task>,
+    /// Each file read, its layout and its number of records.
+    pub files: Vec<(std::path::PathBuf, crate::layouts::Layout, usize)>,
+    pub skipped: std::collections::BTreeMap<String, usize>,
+}
+
+impl LoadedDataset {
+    /// Rows skipped in all.
+    pub fn skipped_rows(&self) -> usize {
+        self.skipped.values().sum()
+    }
+
+    /// One line per skip reason (`skipped 3 rows of data/: no verifier for …`); empty when none.
+    pub fn skip_summary(&self, spec: &Path) -> Vec<String> {
+        self.skipped.iter().map(|(why, n)| format!("{}: skipped {n} rows: {why}", spec.display())).collect()
+    }
+}
+
+/// Read a user prompt dataset — a file, a directory of shards or a glob (see
+/// [`crate::layouts::dataset_files`]) — in any accepted layout, counting skipped rows. Every
+/// file's layout is detected from its own columns. A dataset whose every row is skipped is
+/// an error naming the reasons.
+pub fn load_dataset_report(spec: &Path) -> Result<LoadedDataset> {
+    use crate::layouts::{convert, dataset_files, detect_layout, Converted};
+    let mut out = LoadedDataset::default();
+    for file in dataset_files(spec)? {
+        let (columns, records) = read_table(&file)?;
+        let layout = detect_layout(&file, &columns)?;
+        for (i, rec) in records.iter().enumerate() {
+            match convert(layout, &file, i + 1, rec, i)? {
+                Converted::Task(t) => out.tasks.push(*t),
+                Converted::Skip(why) => *out.skipped.entry(why).or_default() += 1,
+            }
+        }
+        out.files.push((file, layout, records.len()));
+    }
+    if out.tasks.is_empty() {
+        return Err(DataError::Format(format!(
+            "{}: every row was skipped ({})",
+            spec.display(),
+            out.skip_summary(spec).join("; ")
+        )));
+    }
     Ok(out)
 }
 
-/// Read a user prompt dataset (`.parquet`, `.jsonl` or `.json` lines).
-pub fn load_dataset(path: &Path) -> Result<Vec<Task>> {
-    read_records(path)?.iter().enumerate().map(|(i, rec)| task_from_record(path, i + 1, rec, i)).collect()
+/// Read a user prompt dataset (see [`load_dataset_report`]); skipped rows are printed on
+/// stderr, once per dataset and process (prompt sources re-read their file every draw).
+pub fn load_dataset(spec: &Path) -> Result<Vec<Task>> {
+    let loaded = load_dataset_report(spec)?;
+    if loaded.skipped_rows() > 0 {
+        static PRINTED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+        let mut printed = PRINTED.lock().unwrap_or_else(|p| p.into_inner());
+        if !printed.iter().any(|p| p == spec) {
+            printed.push(spec.to_path_buf());
+            for line in loaded.skip_summary(spec) {
+                eprintln!("{line}");
+            }
+        }
+    }
+    Ok(loaded.tasks)
 }
 
 /// Write tasks (with their rendered first prompt) as Parquet or JSONL, by extension.
@@ -286,12 +387,59 @@ fn task_schema() -> arrow::datatypes::SchemaRef {
         Field::new("family", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),
         Field::new("difficulty", DataType::UInt32, false),
-        Field::new("messages", DataType::Utf8, false),
+        Field::new("messages", messages_type(), false),
         Field::new("prompt", DataType::Utf8, false),
         Field::new("answer", DataType::Utf8, false),
         Field::new("verifier", DataType::Utf8, false),
         Field::new("reference", DataType::Utf8, false),
     ]))
+}
+
+/// The fields of one message as written: `struct<role: string, content: string>`.
+fn message_fields() -> arrow::datatypes::Fields {
+    use arrow::datatypes::Field;
+    vec![Field::new("role", DataType::Utf8, false), Field::new("content", DataType::Utf8, false)].into()
+}
+
+/// The list field of [`messages_type`].
+fn message_item() -> arrow::datatypes::FieldRef {
+    std::sync::Arc::new(arrow::datatypes::Field::new("item", DataType::Struct(message_fields()), false))
+}
+
+/// `list<struct<role, content>>`, the type HF `datasets` gives a conversation.
+fn messages_type() -> DataType {
+    DataType::List(message_item())
+}
+
+/// The tasks' messages as a `list<struct<role, content>>` column. A message with more than
+/// a role and a content (reasoning, tool calls, tools) has no place in it: an error, never
+/// dropped in silence.
+fn messages_column(tasks: &[Task]) -> Result<ArrayRef> {
+    use std::sync::Arc;
+    let mut offsets = vec![0i32];
+    let (mut roles, mut contents) = (Vec::new(), Vec::new());
+    for t in tasks {
+        for m in &t.messages {
+            if m.reasoning_content.is_some() || !m.tool_calls.is_empty() || !m.tools.is_empty() {
+                return Err(DataError::Format(format!(
+                    "task {}: a {} message with reasoning, tool calls or tools cannot be written as {{role, content}}",
+                    t.prompt_id, m.role
+                )));
+            }
+            roles.push(m.role.as_str());
+            contents.push(m.content.as_str());
+        }
+        let end = i32::try_from(roles.len())
+            .map_err(|_| DataError::Format("more than 2^31 messages in one row group".into()))?;
+        offsets.push(end);
+    }
+    let structs = StructArray::try_new(
+        message_fields(),
+        vec![Arc::new(StringArray::from(roles)) as ArrayRef, Arc::new(StringArray::from(contents)) as ArrayRef],
+        None,
+    )?;
+    let offsets = arrow::buffer::OffsetBuffer::new(offsets.into());
+    Ok(Arc::new(ListArray::try_new(message_item(), offsets, Arc::new(structs), None)?))
 }
 
 fn task_batch(tasks: &[Task]) -> Result<arrow::record_batch::RecordBatch> {
@@ -303,7 +451,7 @@ fn task_batch(tasks: &[Task]) -> Result<arrow::record_batch::RecordBatch> {
         s(&|t| t.family.clone()),
         s(&|t| t.split.as_str().to_string()),
         Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.difficulty))),
-        s(&|t| serde_json::to_string(&t.messages).unwrap_or_default()),
+        messages_column(tasks)?,
         s(&|t| t.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default()),
         s(&|t| t.answer.clone()),
         s(&|t| t.verifier.to_string()),

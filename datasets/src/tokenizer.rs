@@ -4,10 +4,25 @@
 //! tokens (the V4 ones get single ids: BOS = 0 and EOS = 1 as in V4, `<｜User｜>`, `<｜Assistant｜>`,
 //! `<think>`, `</think>`, the DSML tool-call tags, tool results, task tokens), ids 64..319 are
 //! the 256 bytes. [`HfTokenizer`] loads a Hugging Face `tokenizer.json` (e.g. the real V4 one) and
-//! reads the same special ids from it.
+//! reads the same special ids from its added tokens.
+//!
+//! A checkpoint folder brings its own tokenizer ([`tokenizer_for_checkpoint`]):
+//!
+//! ```text
+//! <checkpoint>/tokenizer.json          → HfTokenizer (BPE or any HF model)
+//! <checkpoint>/tokenizer_config.json   (optional; carried along, not read)
+//! no tokenizer.json, or preset:NAME    → ByteTokenizer
+//! ```
+//!
+//! Rules checked on load: each V4 special the chat encoding needs (BOS, EOS, `<｜User｜>`,
+//! `<｜Assistant｜>`, `<think>`, `</think>`) is one of the tokenizer's added tokens and encodes to
+//! that single id; and every id fits the model: `max(vocab incl. added tokens, largest id + 1)
+//! ≤ config.vocab_size` ([`check_vocab_fits`]), else the error names both numbers and files.
+//! Every checkpoint written from such a folder carries [`TOKENIZER_FILES`] along
+//! ([`carry_tokenizer_files`]).
 
 use crate::error::{DataError, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Every special string the V4 chat encoding uses, in id order for the byte tokenizer.
 pub const SPECIALS: &[&str] = &[
@@ -69,6 +84,10 @@ pub trait Tokenizer: Send + Sync {
     /// Detokenise; invalid UTF-8 (a sampled partial character) is replaced, never an error.
     fn decode(&self, ids: &[u32]) -> String;
     fn vocab_size(&self) -> usize;
+    /// One past the largest id the tokenizer can produce (≥ `vocab_size` when ids are sparse).
+    fn id_bound(&self) -> usize {
+        self.vocab_size()
+    }
     fn special_ids(&self) -> SpecialIds;
     /// A short identity string (checked to be equal between a student and its teachers).
     fn fingerprint(&self) -> String;
@@ -154,17 +173,38 @@ pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
     specials: SpecialIds,
     fingerprint: String,
+    id_bound: usize,
+}
+
+/// The single id of special `s`: an added token of `inner` that encodes to exactly itself.
+fn added_special_id(inner: &tokenizers::Tokenizer, s: &str, path: &Path) -> Result<u32> {
+    let added = inner.get_added_tokens_decoder();
+    let Some(id) = added.iter().find(|(_, t)| t.content == s).map(|(id, _)| *id) else {
+        return Err(DataError::Tokenizer(format!(
+            "{}: the V4 special token `{s}` is missing: it must be one of the tokenizer's added tokens",
+            path.display()
+        )));
+    };
+    let ids = inner
+        .encode(s, false)
+        .map_err(|e| DataError::Tokenizer(format!("{}: encoding `{s}`: {e}", path.display())))?
+        .get_ids()
+        .to_vec();
+    if ids != [id] {
+        return Err(DataError::Tokenizer(format!(
+            "{}: the V4 special token `{s}` (added token {id}) encodes to {ids:?}, not to its single id",
+            path.display()
+        )));
+    }
+    Ok(id)
 }
 
 impl HfTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let id = |s: &str| -> Result<u32> {
-            inner.token_to_id(s).ok_or_else(|| {
-                DataError::Tokenizer(format!("{}: special token `{s}` is not in the vocabulary", path.display()))
-            })
-        };
+        // the specials the chat encoding cannot do without (the tool-call end falls back to EOS)
+        let id = |s: &str| added_special_id(&inner, s, path);
         let specials = SpecialIds {
             bos: id(BOS)?,
             eos: id(EOS)?,
@@ -177,7 +217,13 @@ impl HfTokenizer {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
         // FNV-1a of the file: equal files give equal fingerprints.
         let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        Ok(HfTokenizer { fingerprint: format!("hf-{}-{hash:016x}", inner.get_vocab_size(true)), inner, specials })
+        let id_bound = inner.get_vocab(true).values().map(|&i| i as usize + 1).max().unwrap_or(0);
+        Ok(HfTokenizer {
+            fingerprint: format!("hf-{}-{hash:016x}", inner.get_vocab_size(true)),
+            inner,
+            specials,
+            id_bound,
+        })
     }
 }
 
@@ -190,6 +236,9 @@ impl Tokenizer for HfTokenizer {
     }
     fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+    fn id_bound(&self) -> usize {
+        self.id_bound.max(self.vocab_size())
     }
     fn special_ids(&self) -> SpecialIds {
         self.specials
@@ -206,6 +255,92 @@ pub fn load_tokenizer(spec: &str) -> Result<Box<dyn Tokenizer>> {
     } else {
         Ok(Box::new(HfTokenizer::from_file(Path::new(spec))?))
     }
+}
+
+/// The tokenizer files a checkpoint folder may hold; outputs carry the ones present.
+pub const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
+
+/// The folder of a checkpoint given as its folder or as a file inside it.
+pub fn checkpoint_folder(path: &Path) -> PathBuf {
+    if path.is_file() {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The `tokenizer.json` of a checkpoint folder, if it has one.
+pub fn tokenizer_file(checkpoint: &Path) -> Option<PathBuf> {
+    let p = checkpoint_folder(checkpoint).join(TOKENIZER_FILES[0]);
+    p.exists().then_some(p)
+}
+
+/// The tokenizer of a checkpoint: its `tokenizer.json`, or the byte tokenizer without one.
+pub fn tokenizer_for_checkpoint(checkpoint: &Path) -> Result<Box<dyn Tokenizer>> {
+    match tokenizer_file(checkpoint) {
+        Some(p) => Ok(Box::new(HfTokenizer::from_file(&p)?)),
+        None => Ok(Box::new(ByteTokenizer)),
+    }
+}
+
+/// Every id of `tok` must index the model's embedding: `max(vocab, id bound) ≤ vocab_size`.
+/// `checkpoint` (None for a preset) names the files in the error.
+pub fn check_vocab_fits(tok: &dyn Tokenizer, vocab_size: usize, checkpoint: Option<&Path>) -> Result<()> {
+    let n = tok.vocab_size().max(tok.id_bound());
+    if n <= vocab_size {
+        return Ok(());
+    }
+    let folder = checkpoint.map(checkpoint_folder);
+    let source = match folder.as_deref().and_then(tokenizer_file) {
+        Some(p) => p.display().to_string(),
+        None => "the built-in byte tokenizer".to_string(),
+    };
+    let config = match &folder {
+        Some(f) => f.join("config.json").display().to_string(),
+        None => "the preset's config".to_string(),
+    };
+    Err(DataError::Tokenizer(format!(
+        "{source} has {n} tokens (vocabulary incl. added tokens), more than vocab_size {vocab_size} of the model \
+         ({config}): every token id must be below vocab_size"
+    )))
+}
+
+/// [`tokenizer_for_checkpoint`] checked with [`check_vocab_fits`] against the model's `vocab_size`.
+pub fn checkpoint_tokenizer(checkpoint: &Path, vocab_size: usize) -> Result<Box<dyn Tokenizer>> {
+    let tok = tokenizer_for_checkpoint(checkpoint)?;
+    check_vocab_fits(tok.as_ref(), vocab_size, Some(checkpoint))?;
+    Ok(tok)
+}
+
+/// Whether `a` and `b` name one existing file (copying a file onto itself would empty it).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Give the checkpoint folder `to` the tokenizer files of checkpoint `from` (None: the byte
+/// tokenizer, so no files): each of [`TOKENIZER_FILES`] present in `from` is copied, and one
+/// absent there is removed from `to` so an output never keeps a stale tokenizer. Returns how
+/// many files were copied.
+pub fn carry_tokenizer_files(from: Option<&Path>, to: &Path) -> Result<usize> {
+    let src = from.map(checkpoint_folder);
+    let mut copied = 0;
+    for name in TOKENIZER_FILES {
+        let dst = to.join(name);
+        match src.as_ref().map(|s| s.join(name)).filter(|p| p.exists()) {
+            Some(p) if same_file(&p, &dst) => copied += 1,
+            Some(p) => {
+                std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
+                std::fs::copy(&p, &dst).map_err(|e| DataError::io(&dst, e))?;
+                copied += 1;
+            }
+            None if dst.exists() => std::fs::remove_file(&dst).map_err(|e| DataError::io(&dst, e))?,
+            None => {}
+        }
+    }
+    Ok(copied)
 }
 
 #[cfg(test)]
@@ -239,5 +374,123 @@ mod tests {
         assert!(t.encode("").is_empty());
         // ids outside the vocabulary are ignored on decode
         assert_eq!(t.decode(&[40, 9999]), "");
+    }
+
+    /// The committed BPE test tokenizer (scripts/make_test_tokenizer.py).
+    fn bpe_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tokenizers/bpe-400")
+    }
+
+    fn bpe_json() -> serde_json::Value {
+        let text = std::fs::read_to_string(bpe_dir().join("tokenizer.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `tokenizer.json` text `v` in a fresh folder.
+    fn folder_with(v: &serde_json::Value) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("tokenizer.json"), serde_json::to_string(v).unwrap()).unwrap();
+        d
+    }
+
+    #[test]
+    fn bpe_tokenizer_has_the_v4_specials_and_round_trips() {
+        let t = HfTokenizer::from_file(&bpe_dir().join("tokenizer.json")).unwrap();
+        let json = bpe_json();
+        let model_vocab = json["model"]["vocab"].as_object().unwrap().len();
+        assert_eq!(t.vocab_size(), model_vocab, "the specials are in the trained vocabulary");
+        assert!(t.vocab_size() <= 512, "fits golden A's vocab_size");
+        let s = t.special_ids();
+        for (name, id) in [(BOS, s.bos), (EOS, s.eos), (USER, s.user), (ASSISTANT, s.assistant)] {
+            assert_eq!(t.encode(name), vec![id], "{name}");
+        }
+        assert_eq!(t.encode(THINK_END), vec![s.think_end]);
+        assert_eq!(t.encode(TOOL_CALLS_END), vec![s.tool_calls_end]);
+        let text = format!(
+            "{BOS}{USER}What is 17 + 25? Answer in \\boxed{{}}.{ASSISTANT}{THINK_START}17+25=42{THINK_END}\
+             \\boxed{{42}} — naïve café ✓ 漢字{EOS}"
+        );
+        let ids = t.encode(&text);
+        assert_eq!(t.decode(&ids), text);
+        assert!(ids.len() < ByteTokenizer.encode(&text).len(), "BPE merges bytes: {} ids", ids.len());
+        assert!(ids.iter().all(|&i| (i as usize) < t.id_bound()));
+        // every byte is in the alphabet: arbitrary text survives
+        let odd = "\u{0}\t\r\n\u{7f}\u{10ffff}<｜User｜ <think";
+        assert_eq!(t.decode(&t.encode(odd)), odd);
+    }
+
+    #[test]
+    fn a_checkpoint_folder_brings_its_tokenizer() {
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(tokenizer_for_checkpoint(empty.path()).unwrap().fingerprint(), ByteTokenizer.fingerprint());
+        assert!(tokenizer_file(empty.path()).is_none());
+        let t = tokenizer_for_checkpoint(&bpe_dir()).unwrap();
+        assert!(t.fingerprint().starts_with("hf-"), "{}", t.fingerprint());
+        // a file inside the folder names the folder
+        let f = bpe_dir().join("tokenizer_config.json");
+        assert_eq!(tokenizer_for_checkpoint(&f).unwrap().fingerprint(), t.fingerprint());
+        // a broken file is an error naming it, never a silent fallback to bytes
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::write(bad.path().join("tokenizer.json"), "{not json").unwrap();
+        let e = tokenizer_for_checkpoint(bad.path()).err().unwrap().to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
+    #[test]
+    fn the_vocabulary_must_fit_vocab_size() {
+        let t = tokenizer_for_checkpoint(&bpe_dir()).unwrap();
+        let n = t.vocab_size();
+        check_vocab_fits(t.as_ref(), n, Some(&bpe_dir())).unwrap();
+        let e = check_vocab_fits(t.as_ref(), n - 1, Some(&bpe_dir())).unwrap_err().to_string();
+        for part in [n.to_string(), (n - 1).to_string(), "tokenizer.json".into(), "config.json".into()] {
+            assert!(e.contains(&part), "{part} in {e}");
+        }
+        let e = check_vocab_fits(&ByteTokenizer, 300, None).unwrap_err().to_string();
+        assert!(e.contains("byte tokenizer") && e.contains("320") && e.contains("300"), "{e}");
+        // added tokens count: 200 more than the model vocabulary
+        let mut json = bpe_json();
+        let extra: Vec<serde_json::Value> = (0..200)
+            .map(|i| {
+                serde_json::json!({"id": n + i, "content": format!("<extra_{i}>"), "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        json["added_tokens"].as_array_mut().unwrap().extend(extra);
+        let big = folder_with(&json);
+        let e = checkpoint_tokenizer(big.path(), 512).err().unwrap().to_string();
+        assert!(e.contains(&format!("{}", n + 200)) && e.contains("512"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_special_is_named() {
+        for missing in [THINK_START, EOS] {
+            let mut json = bpe_json();
+            json["added_tokens"].as_array_mut().unwrap().retain(|t| t["content"] != missing);
+            let d = folder_with(&json);
+            let e = tokenizer_for_checkpoint(d.path()).err().unwrap().to_string();
+            assert!(e.contains(missing) && e.contains("added tokens"), "{e}");
+        }
+    }
+
+    #[test]
+    fn outputs_carry_the_tokenizer_files() {
+        let out = tempfile::tempdir().unwrap();
+        assert_eq!(carry_tokenizer_files(Some(&bpe_dir()), out.path()).unwrap(), 2);
+        for f in TOKENIZER_FILES {
+            assert_eq!(std::fs::read(out.path().join(f)).unwrap(), std::fs::read(bpe_dir().join(f)).unwrap());
+        }
+        // onto itself: nothing is emptied
+        assert_eq!(carry_tokenizer_files(Some(out.path()), out.path()).unwrap(), 2);
+        assert_eq!(
+            std::fs::read(out.path().join("tokenizer.json")).unwrap(),
+            std::fs::read(bpe_dir().join("tokenizer.json")).unwrap()
+        );
+        // from a byte-tokenizer source (or a preset) stale files go
+        let plain = tempfile::tempdir().unwrap();
+        assert_eq!(carry_tokenizer_files(Some(plain.path()), out.path()).unwrap(), 0);
+        assert!(TOKENIZER_FILES.iter().all(|f| !out.path().join(f).exists()));
+        carry_tokenizer_files(Some(&bpe_dir()), out.path()).unwrap();
+        carry_tokenizer_files(None, out.path()).unwrap();
+        assert!(tokenizer_file(out.path()).is_none());
     }
 }

@@ -19,11 +19,13 @@ pub struct LoadedTeacher {
 }
 
 impl LoadedTeacher {
-    /// Load a checkpoint directory as a teacher.
+    /// Load a checkpoint directory as a teacher: a memory-mapped engine (weights in their
+    /// stored formats) and the head decoded to f32.
     pub fn load(id: &str, dir: &std::path::Path, opts: EngineOptions) -> Result<Self> {
-        let w =
-            model::checkpoint::load(dir).map_err(|e| TeacherError::Teacher { id: id.into(), msg: e.to_string() })?;
-        Self::from_weights(id, &w, opts)
+        let engine = Engine::from_checkpoint(dir, opts)
+            .map_err(|e| TeacherError::Teacher { id: id.into(), msg: e.to_string() })?;
+        let head = load_head(id, dir)?;
+        Ok(LoadedTeacher { id: id.into(), dim: head.dim, head: head.weight, engine })
     }
 
     /// A teacher from weights in memory.

@@ -173,7 +173,14 @@ impl Registry {
             if tok != student_tok {
                 return Err(TeacherError::Teacher {
                     id: t.id.clone(),
-                    msg: format!("tokenizer differs from the student's ({tok} vs {student_tok})"),
+                    msg: format!(
+                        "its tokenizer ({}) differs from the student's ({}): distillation compares the \
+                         two models' distributions token by token, so both need the same tokenizer.json \
+                         (or neither, for the built-in byte tokenizer)",
+                        describe_tokenizer(&t.checkpoint, &tok),
+                        student_dir
+                            .map_or_else(|| format!("{BUILTIN}, a preset"), |d| describe_tokenizer(d, &student_tok)),
+                    ),
                 });
             }
         }
@@ -183,6 +190,15 @@ impl Registry {
 
 /// Identity of the built-in byte tokenizer (checkpoints without a `tokenizer.json`).
 pub const BUILTIN: &str = "builtin-byte";
+
+/// `identity` of the checkpoint `dir` in words: the file and its hash, or the byte tokenizer.
+fn describe_tokenizer(dir: &Path, identity: &str) -> String {
+    if identity == BUILTIN {
+        format!("the built-in byte tokenizer: no tokenizer.json in {}", dir.display())
+    } else {
+        format!("{} with fingerprint {identity}", dir.join("tokenizer.json").display())
+    }
+}
 
 /// `builtin-byte`, or a content hash of the checkpoint's `tokenizer.json`.
 pub fn tokenizer_identity(dir: &Path) -> Result<String> {

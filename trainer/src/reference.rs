@@ -64,6 +64,12 @@ impl FrozenReference {
         Ok(FrozenReference { engine: Engine::new(start, EngineOptions::default())? })
     }
 
+    /// Freeze a checkpoint as stored: memory-mapped, FP8/FP4/BF16 weights computed on in
+    /// their stored formats (no f32 copy; same logits as [`new`](Self::new) on its weights).
+    pub fn from_checkpoint(dir: &std::path::Path) -> Result<Self> {
+        Ok(FrozenReference { engine: Engine::from_checkpoint(dir, EngineOptions::default())? })
+    }
+
     /// Bytes of the engine's weights: (routed experts, as held — packed; everything else).
     pub fn weight_bytes(&self) -> (usize, usize) {
         self.engine.weight_bytes()

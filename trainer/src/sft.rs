@@ -2,14 +2,27 @@
 //! masked cross-entropy on assistant tokens — reasoning, content and tool calls, not the
 //! inserted tool results — with sequence packing, gradient accumulation, clipping and a
 //! warmup + cosine schedule. Data are the task suite's reference solutions in a mix of
-//! reasoning modes (Think Max examples carry the long, step-by-step reasoning).
+//! reasoning modes (Think Max examples carry the long, step-by-step reasoning), or — with
+//! [`SftConfig::data`] — the user's conversations (`messages`, or `prompt`/`completion`; see
+//! [`datasets::sft_data`]).
+//!
+//! **User conversations.** Example `k` is conversation `k mod n` (of those whose `domain`
+//! matches [`SftConfig::domains`]) in the mode hashed from `k`, as for the suite. The whole
+//! conversation is rendered in that mode; an assistant turn `i` is trained on when its text
+//! is a clean extension of the turns before it — `encode(m[..i]) ⊑ encode(m[..=i]) ⊑
+//! encode(m)` — which holds for every assistant turn in Non-think and in tool-using
+//! conversations. In Think modes without tools, V4 drops the reasoning of turns before the
+//! last user message, so there the earlier assistant turns are context and the last one is
+//! learned. Conversations too long for `max_len` are counted per mode and printed before
+//! training (and skipped when drawn, as suite examples are).
 
 use crate::error::{Result, TrainError};
 use crate::losses::{sft_loss, token_logprobs};
 use crate::optim::lr_schedule;
 use crate::session::Session;
-use datasets::chat::Mode;
+use datasets::chat::{encode_messages, Message, Mode};
 use datasets::progress::Progress;
+use datasets::sft_data::{load_sft_dataset, SftRecord};
 use datasets::store::MetricsWriter;
 use datasets::tasks::{self, fnv1a, DomainInfo, Split};
 use datasets::Tokenizer;
@@ -54,6 +67,10 @@ pub struct SftConfig {
     pub checkpoint_every: u64,
     /// Stage name used in metrics.
     pub stage: String,
+    /// User SFT data (a file, a directory of shards or a glob of `messages` or
+    /// `prompt`/`completion` rows); `None` trains on the built-in suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<std::path::PathBuf>,
 }
 
 impl Default for SftConfig {
@@ -74,6 +91,7 @@ impl Default for SftConfig {
             indexer_loss_coef: 1.0,
             checkpoint_every: 0,
             stage: "sft".into(),
+            data: None,
         }
     }
 }
@@ -175,6 +193,129 @@ pub fn suite_example(
     Ok(Example { tokens, weights, docs: Vec::new() })
 }
 
+/// The text of a conversation in `mode` as `(text, trained)` segments: the assistant turns
+/// that extend the turns before them cleanly are trained (see the module header).
+pub fn conversation_segments(messages: &[Message], mode: Mode) -> Vec<(String, bool)> {
+    let full = encode_messages(messages, mode);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for i in (0..messages.len()).filter(|&i| messages[i].role == "assistant") {
+        let before = encode_messages(&messages[..i], mode);
+        let upto = encode_messages(&messages[..=i], mode);
+        if before.len() >= at && upto.starts_with(&before) && full.starts_with(&upto) {
+            if before.len() > at {
+                out.push((full[at..before.len()].to_string(), false));
+            }
+            out.push((full[before.len()..upto.len()].to_string(), true));
+            at = upto.len();
+        }
+    }
+    if at < full.len() {
+        out.push((full[at..].to_string(), false));
+    }
+    out
+}
+
+/// A conversation as tokens and loss weights: assistant segments 1, the rest 0 (1 with
+/// `train_on_prompt`), BOS never predicted.
+pub fn conversation_example(messages: &[Message], mode: Mode, tok: &dyn Tokenizer, train_on_prompt: bool) -> Example {
+    let mut ex = Example::default();
+    for (text, trained) in conversation_segments(messages, mode) {
+        let t = tok.encode(&text);
+        ex.weights.extend(std::iter::repeat_n(if trained || train_on_prompt { 1.0 } else { 0.0 }, t.len()));
+        ex.tokens.extend(t);
+    }
+    if let Some(w0) = ex.weights.first_mut() {
+        *w0 = 0.0; // BOS is never predicted
+    }
+    ex
+}
+
+/// The user conversations of `cfg.data` whose domain matches `cfg.domains`. User data has
+/// no mixture weights or difficulty: those settle the built-in suite, and are refused here
+/// rather than ignored.
+pub fn load_user_data(cfg: &SftConfig) -> Result<Vec<SftRecord>> {
+    let Some(path) = &cfg.data else { return Ok(Vec::new()) };
+    if !cfg.mix.is_empty() {
+        return Err(TrainError::Input(format!(
+            "mixture weights select built-in suite domains; with SFT data from {} leave them out",
+            path.display()
+        )));
+    }
+    let all = load_sft_dataset(path)?;
+    let n = all.len();
+    let picked: Vec<SftRecord> = all.into_iter().filter(|r| tasks::domain_matches(&cfg.domains, &r.domain)).collect();
+    if picked.is_empty() {
+        return Err(TrainError::Input(format!(
+            "none of the {n} conversations of {} has a domain matching `{}`",
+            path.display(),
+            cfg.domains
+        )));
+    }
+    if picked.len() < n {
+        eprintln!(
+            "{}: {} of {n} conversations have a domain matching `{}`; training on those",
+            path.display(),
+            picked.len(),
+            cfg.domains
+        );
+    }
+    Ok(picked)
+}
+
+/// Example `k` of user data: conversation `k mod n` in the mode hashed from `k`.
+pub fn user_example(
+    records: &[SftRecord],
+    modes: &[Mode],
+    seed: u64,
+    k: u64,
+    tok: &dyn Tokenizer,
+    train_on_prompt: bool,
+) -> Example {
+    let rec = &records[(k % records.len() as u64) as usize];
+    conversation_example(&rec.messages, example_mode(modes, seed, k), tok, train_on_prompt)
+}
+
+/// Conversations of user data that do not fit `max_len`, per mode: one line per mode with
+/// any (`think_max: 3 of 40 conversations are longer than max_len 512 (up to 700 tokens)`),
+/// each also printed; an error when no conversation fits in any mode.
+pub fn user_examples_not_fitting(
+    records: &[SftRecord],
+    modes: &[Mode],
+    tok: &dyn Tokenizer,
+    max_len: usize,
+    train_on_prompt: bool,
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let mut fit_any = false;
+    for &mode in modes {
+        let lens: Vec<usize> = records
+            .iter()
+            .map(|r| conversation_example(&r.messages, mode, tok, train_on_prompt).tokens.len())
+            .collect();
+        let long: Vec<usize> = lens.iter().copied().filter(|&l| l > max_len).collect();
+        fit_any |= long.len() < lens.len();
+        if let Some(longest) = long.iter().max() {
+            let line = format!(
+                "{}: {} of {} conversations are longer than max_len {max_len} (up to {longest} tokens) and are skipped when drawn",
+                mode.as_str(),
+                long.len(),
+                lens.len()
+            );
+            eprintln!("{line}");
+            tracing::warn!("{line}");
+            lines.push(line);
+        }
+    }
+    if !fit_any {
+        return Err(TrainError::Input(format!(
+            "no conversation fits max_len {max_len} in any mode: raise --max-len ({})",
+            lines.join("; ")
+        )));
+    }
+    Ok(lines)
+}
+
 /// `pack` skips examples longer than `max_len`; a domain — or a reasoning mode of a domain
 /// (the Think Max system prefix alone is ~480 tokens) — whose examples (almost) never fit
 /// silently drops out of the mixture, so say so loudly up front (probes the first 16 examples
@@ -226,6 +367,10 @@ fn warn_domains_not_fitting(
 /// The `domain/mode` pairs of `cfg` whose examples (almost) never fit `cfg.max_len` (each is
 /// also logged as a warning); empty when the whole mixture trains.
 pub fn examples_not_fitting(cfg: &SftConfig, seed: u64, tok: &dyn Tokenizer) -> Result<Vec<String>> {
+    if cfg.data.is_some() {
+        let records = load_user_data(cfg)?;
+        return user_examples_not_fitting(&records, &cfg.modes, tok, cfg.max_len, cfg.train_on_prompt);
+    }
     let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
     let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, &cfg.difficulty, tok, cfg.train_on_prompt);
     warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)
@@ -325,7 +470,8 @@ pub struct SftReport {
     pub seconds: f64,
 }
 
-/// Run SFT on the suite's reference solutions from the session's current step to `cfg.steps`.
+/// Run SFT on the suite's reference solutions, or on the user conversations of `cfg.data`,
+/// from the session's current step to `cfg.steps`.
 pub fn run_sft(
     session: &mut Session,
     cfg: &SftConfig,
@@ -334,13 +480,31 @@ pub fn run_sft(
     progress: &dyn Progress,
     ckpt_root: Option<&Path>,
 ) -> Result<SftReport> {
-    let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
     if cfg.modes.is_empty() || cfg.batch == 0 || cfg.max_len < 8 || cfg.grad_accum == 0 {
         return Err(TrainError::Input("SFT needs modes, batch ≥ 1, grad_accum ≥ 1 and max_len ≥ 8".into()));
     }
     let seed = session.counters.seed;
+    if cfg.data.is_some() {
+        let records = load_user_data(cfg)?;
+        user_examples_not_fitting(&records, &cfg.modes, tok, cfg.max_len, cfg.train_on_prompt)?;
+        let mut next = |k: u64| Ok(user_example(&records, &cfg.modes, seed, k, tok, cfg.train_on_prompt));
+        return train_loop(session, cfg, &mut next, metrics, progress, ckpt_root);
+    }
+    let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
     let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, &cfg.difficulty, tok, cfg.train_on_prompt);
     warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)?;
+    train_loop(session, cfg, &mut next, metrics, progress, ckpt_root)
+}
+
+/// The optimizer steps of [`run_sft`] over examples `next(cursor)`, `next(cursor + 1)`, ….
+fn train_loop(
+    session: &mut Session,
+    cfg: &SftConfig,
+    next: &mut dyn FnMut(u64) -> Result<Example>,
+    metrics: &mut MetricsWriter,
+    progress: &dyn Progress,
+    ckpt_root: Option<&Path>,
+) -> Result<SftReport> {
     progress.start(&cfg.stage, cfg.steps);
     progress.advance(session.counters.step);
     let mut report = SftReport { first_loss: f32::NAN, ..Default::default() };
@@ -351,7 +515,7 @@ pub fn run_sft(
         let mut loss_sum = 0f32;
         let mut tokens = 0usize;
         for _ in 0..cfg.grad_accum {
-            let (seqs, c) = pack(&mut next, session.counters.cursor, cfg.batch, cfg.max_len)?;
+            let (seqs, c) = pack(next, session.counters.cursor, cfg.batch, cfg.max_len)?;
             session.counters.cursor = c;
             let (loss, nll, n) = batch_loss(session, &seqs, cfg.indexer_loss_coef)?;
             if !nll.is_finite() {
