@@ -6,7 +6,8 @@
 //! `weight_scale_inv`, `e_score_correction_bias`, ...). Dtypes: F32/BF16/F16; F8_E4M3 with a
 //! `.scale` (F8_E8M0 or F32) of 128×128 blocks; packed FP4 (I8/U8 `[out, in/2]`) with a
 //! F8_E8M0 `.scale` `[out, in/32]`; `tid2eid` as I64/I32. Every problem names the file and
-//! tensor: missing, unexpected, wrongly shaped or typed, truncated or corrupt.
+//! tensor: missing, unexpected, wrongly shaped or typed, truncated or corrupt. Index
+//! `weight_map` entries must be plain file names inside the checkpoint directory.
 //!
 //! Writing offers [`SaveFormat::F32`] (exact training state), [`SaveFormat::Rollout`] (f32 plus
 //! packed FP4 routed experts — what the sampler runs) and [`SaveFormat::Official`] (the
@@ -110,7 +111,14 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| ModelError::Checkpoint(format!("{}: no `weight_map` object", index.display())))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let mut files = Vec::with_capacity(map.len());
+        for (tensor, f) in map {
+            let f = f.as_str().ok_or_else(|| {
+                ModelError::Checkpoint(format!("{}: `weight_map` entry `{tensor}` is not a file name", index.display()))
+            })?;
+            check_shard_name(&index, tensor, f)?;
+            files.push(f.to_string());
+        }
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -129,6 +137,25 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(ModelError::Checkpoint(format!("{}: no *.safetensors files", dir.display())));
     }
     Ok(files)
+}
+
+/// A `weight_map` file name must be a plain file name inside the checkpoint directory: not
+/// empty, not absolute, no path separator, not `.` or `..`.
+fn check_shard_name(index: &Path, tensor: &str, file: &str) -> Result<()> {
+    let plain = !file.is_empty()
+        && file != "."
+        && file != ".."
+        && !file.contains(['/', '\\'])
+        && !Path::new(file).is_absolute()
+        && Path::new(file).file_name().is_some_and(|n| n == file);
+    if plain {
+        return Ok(());
+    }
+    Err(ModelError::Checkpoint(format!(
+        "{}: `weight_map` entry `{tensor}` names file `{file}`; shard names must be plain file names \
+         inside the checkpoint directory (no path separators, `..` or absolute paths)",
+        index.display()
+    )))
 }
 
 /// The stored tensors of `files` whose official name passes `keep`, copied out of their files
@@ -242,6 +269,14 @@ fn decode_weight(
             let scale = raws
                 .remove(&sname)
                 .ok_or_else(|| ModelError::Checkpoint(format!("{file}: FP4 tensor `{name}` has no `{sname}`")))?;
+            if shape.len() == 2 && shape[1] % mxfp4::BLOCK != 0 {
+                return Err(ModelError::Checkpoint(format!(
+                    "{file}: packed FP4 tensor `{name}` has logical shape {shape:?}: its input dimension {} \
+                     is not a multiple of the MXFP4 block {}",
+                    shape[1],
+                    mxfp4::BLOCK
+                )));
+            }
             if shape.len() != 2 || raw.shape != [shape[0], shape[1] / 2] {
                 return Err(ModelError::Checkpoint(format!(
                     "{file}: packed FP4 tensor `{name}` has shape {:?}, expected {:?} (logical {:?})",
@@ -464,7 +499,9 @@ fn encode(w: &ModelWeights, format: SaveFormat) -> Result<BTreeMap<String, Out>>
 /// Write `config.json` and the weights into `dir` (created if needed). Files are written
 /// under temporary names and renamed, so a reader never sees a half-written checkpoint file.
 /// Tensors are split over `model-0000i-of-0000n.safetensors` plus an index once a shard would
-/// exceed `max_shard_bytes` ([`DEFAULT_MAX_SHARD_BYTES`] when `None`).
+/// exceed `max_shard_bytes` ([`DEFAULT_MAX_SHARD_BYTES`] when `None`). Afterwards every other
+/// `model.safetensors`, `model-*-of-*.safetensors` or index in `dir` is deleted, so loaders
+/// that prefer one layout never read the previous weights.
 pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: Option<usize>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let tensors = encode(w, format)?;
@@ -484,6 +521,7 @@ pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: O
     let n = shards.len();
     let meta = metadata(&w.config);
     let mut weight_map = serde_json::Map::new();
+    let mut written = Vec::with_capacity(n);
     for (i, shard) in shards.iter().enumerate() {
         let fname =
             if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
@@ -502,20 +540,49 @@ pub fn save(w: &ModelWeights, dir: &Path, format: SaveFormat, max_shard_bytes: O
         let tmp = dir.join(format!(".{fname}.tmp"));
         serialize_to_file(views, Some(meta.clone()), &tmp)?;
         std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
+        written.push(fname);
     }
     if n > 1 {
         let total: usize = tensors.values().map(|t| t.bytes.len()).sum();
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         write_atomic(&dir.join(INDEX_FILE), serde_json::to_string_pretty(&index).unwrap_or_default().as_bytes())?;
-    } else {
-        let _ = std::fs::remove_file(dir.join(INDEX_FILE));
+        written.push(INDEX_FILE.to_string());
     }
+    remove_stale_weight_files(dir, &written)?;
     let mut cfg = w.config.clone();
     if format == SaveFormat::Official {
         cfg.dtype = "fp8".into();
         cfg.expert_dtype = "fp4".into();
     }
     write_atomic(&dir.join("config.json"), cfg.to_json_pretty().as_bytes())
+}
+
+/// Whether `name` is one of the weight files [`save`] writes: `model.safetensors`, its index,
+/// or a shard `model-<i>-of-<n>.safetensors`.
+fn is_weight_file_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name == SINGLE_FILE
+        || name == INDEX_FILE
+        || name
+            .strip_prefix("model-")
+            .and_then(|r| r.strip_suffix(".safetensors"))
+            .and_then(|r| r.split_once("-of-"))
+            .is_some_and(|(i, n)| digits(i) && digits(n))
+}
+
+/// Delete the weight files of `dir` ([`is_weight_file_name`]) that are not in `keep`: after
+/// switching between one file and shards (or to fewer shards), loaders that look for
+/// `model.safetensors` or an index first must not find the previous weights.
+fn remove_stale_weight_files(dir: &Path, keep: &[String]) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        let entry = entry.map_err(|e| ModelError::io(dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        if is_weight_file_name(&name) && !keep.contains(&name) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| ModelError::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Safetensors `__metadata__` key that says what happened to the MTP block(s).

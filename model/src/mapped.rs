@@ -15,7 +15,9 @@
 //! memory is whatever pages the consumer actually touches (the kernel may drop clean pages
 //! under pressure and read them again from the file). [`Floats`] is f32 data either owned or,
 //! for F32 tensors whose bytes are 4-byte aligned on a little-endian target, the mapped bytes
-//! reinterpreted in place (any bit pattern is a valid f32).
+//! reinterpreted in place (any bit pattern is a valid f32) — a [`MappedF32`], which only its
+//! checking constructor builds. Packed FP4 weights must be 2-D with an input dimension that is
+//! a multiple of the 32-wide MXFP4 block (the kernels and decoders rely on it).
 //!
 //! The files must not be modified while mapped: a writer that truncates a mapped file makes
 //! later reads fault (`SIGBUS`). v4post writes checkpoints under temporary names and renames
@@ -100,25 +102,69 @@ impl From<Vec<u8>> for Bytes {
     }
 }
 
+/// Mapped little-endian f32 bytes that can be read in place as `[f32]`: the range starts on a
+/// 4-byte boundary, its length is a multiple of 4, and the target is little-endian. The field
+/// is private and [`MappedF32::new`] — which checks all three — is the only constructor, so no
+/// safe code can build a misaligned view:
+///
+/// ```compile_fail
+/// // Any byte range (say `bytes.slice(1, 5)`) used to be accepted here.
+/// fn view(b: model::mapped::MappedBytes) -> model::mapped::Floats {
+///     model::mapped::Floats::Mapped(b)
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MappedF32(MappedBytes);
+
+impl MappedF32 {
+    /// `b` as f32 values in place, or `None` when it is misaligned, not a multiple of 4 bytes
+    /// long, or the target is big-endian.
+    pub fn new(b: MappedBytes) -> Option<Self> {
+        let ok = cfg!(target_endian = "little")
+            && (b.as_slice().as_ptr() as usize) % std::mem::align_of::<f32>() == 0
+            && b.len % std::mem::size_of::<f32>() == 0;
+        ok.then_some(MappedF32(b))
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &MappedBytes {
+        &self.0
+    }
+
+    /// Length in bytes (4 × the number of values).
+    pub fn byte_len(&self) -> usize {
+        self.0.len
+    }
+}
+
+impl Deref for MappedF32 {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        let b = self.0.as_slice();
+        // SAFETY: `MappedF32::new`, the only constructor (the field is private and
+        // `MappedBytes` ranges are immutable once built), checked that `b` starts 4-byte
+        // aligned, holds a multiple of 4 bytes and that the target is little-endian; every
+        // bit pattern is a valid f32; the map is read-only and kept alive by the `Arc` in
+        // `self.0` for as long as the returned borrow of `self` lives.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
+    }
+}
+
 /// f32 values either owned or read in place from a mapped F32 tensor.
 #[derive(Clone, Debug)]
 pub enum Floats {
     Owned(Vec<f32>),
-    /// Little-endian f32 bytes, 4-byte aligned, length a multiple of 4 (checked on creation).
-    Mapped(MappedBytes),
+    /// Read in place (alignment and length checked by [`MappedF32::new`]).
+    Mapped(MappedF32),
 }
 
 impl Floats {
     /// Little-endian f32 bytes as values: in place when aligned on a little-endian target,
     /// otherwise decoded into an owned copy.
     pub fn from_le_bytes(b: MappedBytes) -> Floats {
-        let in_place = cfg!(target_endian = "little")
-            && (b.as_slice().as_ptr() as usize) % std::mem::align_of::<f32>() == 0
-            && b.len % 4 == 0;
-        if in_place {
-            Floats::Mapped(b)
-        } else {
-            Floats::Owned(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        match MappedF32::new(b.clone()) {
+            Some(m) => Floats::Mapped(m),
+            None => Floats::Owned(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
         }
     }
 
@@ -132,13 +178,7 @@ impl Deref for Floats {
     fn deref(&self) -> &[f32] {
         match self {
             Floats::Owned(v) => v,
-            Floats::Mapped(m) => {
-                let b = m.as_slice();
-                // SAFETY: `from_le_bytes` only builds this variant for 4-byte-aligned ranges
-                // whose length is a multiple of 4 on little-endian targets; every bit pattern
-                // is a valid f32; the map is read-only and kept alive by the `Arc` in `m`.
-                unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
-            }
+            Floats::Mapped(m) => m,
         }
     }
 }
@@ -245,7 +285,21 @@ impl MappedCheckpoint {
 
     /// A stored tensor by official name.
     pub fn tensor(&self, name: &str) -> Result<&MappedTensor> {
-        self.tensors.get(name).ok_or_else(|| ModelError::Checkpoint(format!("missing tensor `{name}`")))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ModelError::Checkpoint(format!("{}: missing tensor `{name}`", self.sources())))
+    }
+
+    /// The files read, for errors about a tensor none of them holds: the file, or the
+    /// directory and the number of shards.
+    fn sources(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => {
+                let dir = many.first().and_then(|f| f.parent()).map(|d| d.display().to_string()).unwrap_or_default();
+                format!("{dir} ({} safetensors files)", many.len())
+            }
+        }
     }
 
     /// How the weight `name` of logical shape `shape` is stored, checked exactly as
@@ -291,8 +345,21 @@ impl MappedCheckpoint {
                     .tensors
                     .get(&sname)
                     .ok_or_else(|| ModelError::Checkpoint(format!("{file}: FP4 tensor `{name}` has no `{sname}`")))?;
-                let packed_shape = [shape[0], shape.get(1).copied().unwrap_or(0) / 2];
-                if shape.len() != 2 || t.shape != packed_shape {
+                let &[rows, cols] = shape else {
+                    return Err(ModelError::Checkpoint(format!(
+                        "{file}: packed FP4 tensor `{name}` stores a parameter of logical shape {shape:?}; \
+                         FP4 needs a 2-D [out, in] weight"
+                    )));
+                };
+                if cols % mxfp4::BLOCK != 0 {
+                    return Err(ModelError::Checkpoint(format!(
+                        "{file}: packed FP4 tensor `{name}` has logical shape {shape:?}: its input dimension {cols} \
+                         is not a multiple of the MXFP4 block {}",
+                        mxfp4::BLOCK
+                    )));
+                }
+                let packed_shape = [rows, cols / 2];
+                if t.shape != packed_shape {
                     return Err(ModelError::Checkpoint(format!(
                         "{file}: packed FP4 tensor `{name}` has shape {:?}, expected {packed_shape:?} (logical {shape:?})",
                         t.shape
@@ -304,7 +371,7 @@ impl MappedCheckpoint {
                         scale.dtype
                     )));
                 }
-                let want = [shape[0], shape[1] / mxfp4::BLOCK];
+                let want = [rows, cols / mxfp4::BLOCK];
                 if scale.shape != want {
                     return Err(ModelError::Checkpoint(format!(
                         "{file}: FP4 scale `{sname}` has shape {:?}, expected {want:?}",
@@ -470,5 +537,30 @@ mod tests {
         assert!(!unaligned.is_mapped());
         assert_eq!(&unaligned[..], &[1.5, -2.0, 3.25]);
         assert!(MappedBytes::new(map, 1, 13).is_none(), "ranges past the end are refused");
+    }
+
+    /// The only way to an in-place `[f32]` view checks alignment and length, so a
+    /// misaligned sub-range of mapped bytes cannot become one.
+    #[test]
+    fn mapped_f32_views_are_only_built_from_aligned_whole_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.bin");
+        let vals = [1.5f32, -2.0, 3.25, 8.0];
+        std::fs::write(&p, vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let map = Arc::new(unsafe { Mmap::map(&f) }.unwrap());
+        let all = MappedBytes::new(map, 0, 16).unwrap();
+        let whole = MappedF32::new(all.clone()).expect("a mapping starts page-aligned");
+        assert_eq!(&whole[..], &vals);
+        assert_eq!(whole.byte_len(), 16);
+        let tail = MappedF32::new(all.slice(4, 12)).expect("aligned sub-range");
+        assert_eq!(&tail[..], &vals[1..3]);
+        for (a, b) in [(1, 5), (2, 10), (3, 15), (0, 6), (4, 7)] {
+            assert!(MappedF32::new(all.slice(a, b)).is_none(), "{a}..{b} must be refused");
+            let copied = Floats::from_le_bytes(all.slice(a, b));
+            assert!(!copied.is_mapped(), "{a}..{b} is decoded into an owned copy");
+            assert_eq!(copied.len(), (b - a) / 4);
+        }
+        assert!(Floats::from_le_bytes(all.slice(8, 16)).is_mapped());
     }
 }

@@ -119,3 +119,58 @@ fn broken_checkpoints_are_clear_errors() {
     // not a directory
     assert!(matches!(checkpoint::load(Path::new("/nonexistent/ckpt")), Err(ModelError::Checkpoint(_))));
 }
+
+/// The weight files of `dir`, sorted.
+fn weight_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors") || n.ends_with(".index.json"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Saving into a directory that already holds a checkpoint in the other layout leaves only
+/// the files just written: no stale `model.safetensors` for loaders that read it first, no
+/// stale shards or index; other files of the directory are kept.
+#[test]
+fn switching_between_single_file_and_shards_leaves_no_stale_weights() {
+    let a = ModelWeights::random(&Config::tiny(), 8).unwrap();
+    let b = ModelWeights::random(&Config::tiny(), 9).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("tokenizer.json"), b"{}").unwrap();
+    let shard = Some(64 * 1024);
+
+    // single, then sharded
+    checkpoint::save(&a, dir, SaveFormat::F32, None).unwrap();
+    assert_eq!(weight_files(dir), ["model.safetensors"]);
+    checkpoint::save(&b, dir, SaveFormat::F32, shard).unwrap();
+    let sharded = weight_files(dir);
+    assert!(!sharded.contains(&"model.safetensors".to_string()), "stale single file kept: {sharded:?}");
+    assert!(sharded.contains(&"model.safetensors.index.json".to_string()), "{sharded:?}");
+    let n = sharded.len() - 1;
+    assert!(n > 1, "{sharded:?}");
+    for i in 1..=n {
+        assert!(sharded.contains(&format!("model-{i:05}-of-{n:05}.safetensors")), "{sharded:?}");
+    }
+    assert_eq!(checkpoint::load(dir).unwrap().tensors, b.tensors);
+
+    // fewer shards: the old `-of-n` shards go
+    checkpoint::save(&a, dir, SaveFormat::F32, Some(256 * 1024)).unwrap();
+    let fewer = weight_files(dir);
+    let m = fewer.len() - 1;
+    assert!(m > 1 && m < n, "{n} then {m} shards: {fewer:?}");
+    assert!(
+        fewer.iter().all(|f| f.ends_with(".index.json") || f.ends_with(&format!("-of-{m:05}.safetensors"))),
+        "{fewer:?}"
+    );
+    assert_eq!(checkpoint::load(dir).unwrap().tensors, a.tensors);
+
+    // sharded, then single
+    checkpoint::save(&b, dir, SaveFormat::F32, None).unwrap();
+    assert_eq!(weight_files(dir), ["model.safetensors"]);
+    assert_eq!(checkpoint::load(dir).unwrap().tensors, b.tensors);
+    assert!(dir.join("tokenizer.json").exists() && dir.join("config.json").exists(), "other files are kept");
+}

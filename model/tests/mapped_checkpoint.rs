@@ -11,8 +11,9 @@
 //! * F32, Rollout and Official saves, single-file and sharded, and Hugging Face tensor names:
 //!   same logits as the f32-loaded engine.
 //! * Broken files: truncated (names file and tensor), corrupt header, missing, mis-shaped,
-//!   unexpected tensors — errors, never panics, and the same text as `checkpoint::load`
-//!   (which now reads through the same mapped reader).
+//!   unexpected tensors, FP4 weights whose input dimension is not a multiple of 32 or that
+//!   are not 2-D, index entries outside the directory — errors naming the file and tensor
+//!   (or index entry), never panics.
 //! * Memory: the mapped engine holds no heap copy of the routed experts (they are the packed
 //!   mapped bytes), and its heap-owned weights are a small fraction of the file.
 
@@ -299,29 +300,38 @@ fn broken_checkpoints_are_clear_errors_naming_file_and_tensor() {
     let e = open_err(broken(b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").path());
     assert!(e.contains("not a valid safetensors"), "{e}");
 
-    // Structural problems: exactly the text `checkpoint::load` gives.
-    let same_as_load = |w: &model::ModelWeights, format: SaveFormat, must: &str| {
+    // Structural problems: an error naming the file and the tensor, from the mapped reader,
+    // from `checkpoint::load` and from the engine alike (never a panic).
+    let fails_naming = |w: &model::ModelWeights, format: SaveFormat, must: &str| {
         let d = tempfile::tempdir().unwrap();
         checkpoint::save(w, d.path(), format, None).unwrap();
-        let mapped = open_err(d.path());
-        let loaded = checkpoint::load(d.path()).expect_err("load must fail too").to_string();
-        assert_eq!(mapped, loaded);
-        assert!(mapped.contains(must), "{mapped}");
+        let file = d.path().join("model.safetensors").display().to_string();
+        for (what, e) in [
+            ("mapped", open_err(d.path())),
+            ("load", checkpoint::load(d.path()).expect_err("load must fail too").to_string()),
+            (
+                "engine",
+                Engine::from_checkpoint(d.path(), EngineOptions::default()).err().expect("engine fails").to_string(),
+            ),
+        ] {
+            assert!(e.contains(&file), "{what}: error does not name {file}: {e}");
+            assert!(e.contains(must), "{what}: error does not name {must}: {e}");
+        }
     };
     let mut missing = w.clone();
     missing.tensors.remove("layers.1.attn.wq_a.weight");
-    same_as_load(&missing, SaveFormat::Official, "missing tensor `layers.1.attn.wq_a.weight`");
+    fails_naming(&missing, SaveFormat::Official, "missing tensor `layers.1.attn.wq_a.weight`");
     let mut extra = w.clone();
     extra.tensors.insert("layers.1.attn.surprise".into(), model::Tensor32::zeros(vec![3]));
-    same_as_load(&extra, SaveFormat::F32, "unexpected tensor `layers.1.attn.surprise`");
+    fails_naming(&extra, SaveFormat::F32, "unexpected tensor `layers.1.attn.surprise`");
     let mut shaped = w.clone();
     shaped.tensors.insert("norm.weight".into(), model::Tensor32::zeros(vec![7]));
-    same_as_load(&shaped, SaveFormat::Official, "`norm.weight`");
+    fails_naming(&shaped, SaveFormat::Official, "tensor `norm.weight` has shape [7]");
     let mut expert = w.clone();
     expert.fp4.clear();
     let t = expert.tensors.get_mut("layers.0.ffn.experts.0.w1.weight").unwrap();
     t.shape = vec![t.shape[0] / 2, t.shape[1] * 2];
-    same_as_load(&expert, SaveFormat::Official, "layers.0.ffn.experts.0.w1.weight");
+    fails_naming(&expert, SaveFormat::Official, "`layers.0.ffn.experts.0.w1.weight`");
 
     // a scale with the wrong block grid (FP8) names file, tensor and scale
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -338,8 +348,111 @@ fn broken_checkpoints_are_clear_errors_naming_file_and_tensor() {
     std::fs::write(d.path().join("config.json"), &cfg).unwrap();
     safetensors::serialize_to_file(views, None, &d.path().join("model.safetensors")).unwrap();
     let mapped = open_err(d.path());
-    assert!(mapped.contains("model.safetensors") && mapped.contains("`layers.0.attn.wq_a.scale`"), "{mapped}");
-    assert_eq!(mapped, checkpoint::load(d.path()).expect_err("load fails").to_string());
+    let file = d.path().join("model.safetensors").display().to_string();
+    assert!(mapped.contains(&file) && mapped.contains("scale `layers.0.attn.wq_a.scale` has shape"), "{mapped}");
+    let loaded = checkpoint::load(d.path()).expect_err("load fails").to_string();
+    assert!(loaded.contains(&file) && loaded.contains("`layers.0.attn.wq_a.scale`"), "{loaded}");
+}
+
+/// `dir` with an F32 save of `w` whose tensors `replace` are swapped for the given
+/// `(dtype, shape, bytes)` (a crafted file: `save` never writes such tensors).
+fn crafted(w: &model::ModelWeights, replace: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    checkpoint::save(w, d.path(), SaveFormat::F32, None).unwrap();
+    let file = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| !replace.iter().any(|r| r.0 == n)).collect();
+    for (name, dtype, shape, data) in replace {
+        views.push((name.to_string(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap()));
+    }
+    safetensors::serialize_to_file(views, None, &file).unwrap();
+    d
+}
+
+/// Packed FP4 weights whose logical input dimension is not a multiple of the 32-wide MXFP4
+/// block (even or odd) pass the packed/scale shape rules, then used to panic in the kernels
+/// and decoders; FP4 storage of a 1-D parameter too. Each is an error naming file and tensor.
+#[test]
+fn fp4_weights_with_unusable_shapes_are_errors_not_panics() {
+    use safetensors::Dtype;
+    for inter in [48usize, 33] {
+        let cfg = model::Config { moe_inter_dim: inter, expert_dtype: "bf16".into(), ..model::Config::tiny() };
+        let w = model::ModelWeights::random(&cfg, 3).unwrap();
+        let name = "layers.0.ffn.experts.0.w2.weight";
+        let rows = cfg.dim;
+        let (packed, scales) = (inter / 2, inter / 32);
+        let d = crafted(
+            &w,
+            &[
+                (name, Dtype::I8, vec![rows, packed], vec![0x21; rows * packed]),
+                ("layers.0.ffn.experts.0.w2.scale", Dtype::F8_E8M0, vec![rows, scales], vec![127; rows * scales]),
+            ],
+        );
+        let file = d.path().join("model.safetensors").display().to_string();
+        let must = format!("packed FP4 tensor `{name}` has logical shape [{rows}, {inter}]");
+        let mut errors = vec![
+            ("mapped", open_err(d.path())),
+            ("load", checkpoint::load(d.path()).expect_err("load fails").to_string()),
+            (
+                "engine",
+                Engine::from_checkpoint(d.path(), EngineOptions::default()).err().expect("engine fails").to_string(),
+            ),
+        ];
+        // Without a config the logical width is 2 × the packed width, so only the even case
+        // is visible to `load_tensors`.
+        if inter % 2 == 0 {
+            let e = checkpoint::load_tensors(d.path(), &[name]).expect_err("load_tensors fails");
+            errors.push(("load_tensors", e.to_string()));
+        }
+        for (what, e) in errors {
+            assert!(e.contains(&file) && e.contains(&must) && e.contains("multiple of"), "inter {inter} {what}: {e}");
+        }
+    }
+    // a 1-D parameter stored as packed FP4
+    let cfg = model::Config::tiny();
+    let w = model::ModelWeights::random(&cfg, 4).unwrap();
+    let d = crafted(
+        &w,
+        &[
+            ("norm.weight", Dtype::I8, vec![cfg.dim / 2], vec![0; cfg.dim / 2]),
+            ("norm.scale", Dtype::F8_E8M0, vec![1], vec![127]),
+        ],
+    );
+    let e = open_err(d.path());
+    let file = d.path().join("model.safetensors").display().to_string();
+    assert!(e.contains(&file) && e.contains("packed FP4 tensor `norm.weight`") && e.contains("2-D"), "{e}");
+}
+
+/// Shard names in the index are file names inside the checkpoint directory: absolute
+/// paths, separators and `..` are refused with the index file and entry named.
+#[test]
+fn index_entries_outside_the_checkpoint_directory_are_refused() {
+    let w = checkpoint::load(&golden_dir()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    checkpoint::save(&w, d.path(), SaveFormat::F32, Some(256 * 1024)).unwrap();
+    let index_path = d.path().join("model.safetensors.index.json");
+    let good: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    assert!(MappedCheckpoint::open(d.path()).is_ok());
+    let outside = d.path().join("model-00001-of-00002.safetensors").display().to_string();
+    for bad in ["../model-00001-of-00002.safetensors", "sub/model.safetensors", outside.as_str(), "..", ""] {
+        let mut v = good.clone();
+        v["weight_map"]["norm.weight"] = serde_json::Value::String(bad.to_string());
+        std::fs::write(&index_path, serde_json::to_string(&v).unwrap()).unwrap();
+        for (what, e) in [
+            ("mapped", open_err(d.path())),
+            ("files", checkpoint::checkpoint_files(d.path()).expect_err("refused").to_string()),
+            ("load", checkpoint::load(d.path()).expect_err("load fails").to_string()),
+        ] {
+            assert!(
+                e.contains(&index_path.display().to_string())
+                    && e.contains("`norm.weight`")
+                    && e.contains(&format!("`{bad}`")),
+                "{what} {bad:?}: {e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -130,7 +130,7 @@ impl Store {
     fn memory(&self) -> WeightMemory {
         match self {
             Store::F32(Floats::Owned(v)) => WeightMemory::vec(v),
-            Store::F32(Floats::Mapped(m)) => WeightMemory { owned: 0, mapped: m.len() },
+            Store::F32(Floats::Mapped(m)) => WeightMemory { owned: 0, mapped: m.byte_len() },
             Store::Bf16(b) => WeightMemory::bytes(b),
             Store::Fp8 { data, scales } => {
                 let mut m = WeightMemory::bytes(data);
