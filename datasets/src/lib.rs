@@ -11,6 +11,7 @@
 //! * [`paths`]: names from data (domains, teacher ids, run and stage names) as safe,
 //!   reversibly escaped path components.
 
+pub mod answers;
 pub mod chat;
 pub mod error;
 pub mod layouts;

@@ -1,7 +1,8 @@
 //! Math verifier: the model's answer compared with the gold answer as people write them.
 //!
 //! **Extraction.** Response side ([`extract_answer`]): the contents of the last `\boxed{}`
-//! (or `\fbox{}`, Hendrycks MATH convention; `\boxed 5$` too), else the rest of the line
+//! (or `\fbox{}`, Hendrycks MATH convention; `\boxed 5$` too; [`last_boxed`], shared with
+//! dataset loading in `datasets::answers`), else the rest of the line
 //! after the last GSM8K `#### `; nothing else (no "the answer is" heuristics). Gold side
 //! ([`gold_answer`]): the text after the last `####` (GSM8K golds are
 //! "…reasoning… #### 42"), else the last `\boxed{}` in it, else the whole gold.
@@ -31,9 +32,12 @@
 //!    mixed numbers `2\frac{1}{2}` = 5/2 (integer followed by `\frac` of two literal
 //!    integers), powers `2^{6}` `2^6`, roots `\sqrt{4}` `\sqrt[3]{8}`, redundant braces
 //!    `{{-12}}`, `\pi`, `\infty`, `\sin`…`\exp`, `n!`, implicit multiplication, variables.
-//!    `2^10` is 1024 (the digit run is the exponent, as math-verify). An exact integer equals
-//!    only the same exact value (`2` ≠ `2.0000001`, `18` = `18.00`); other constants agree
-//!    within a relative 4e-7, about 6 decimals (`1/3` = `0.333333` ≠ `0.33`); expressions
+//!    `2^10` is 1024 (the digit run is the exponent, as math-verify). Exact rationals compare
+//!    exactly (`2` ≠ `2.0000001`, `18` = `18.00`, `10^{-8}` ≠ `2\cdot10^{-8}`), except that a
+//!    decimal of at least 6 places equals a rational it is the rounding of (`1/3` =
+//!    `0.333333` ≠ `0.33`); constants with a float (`\pi`, roots) agree within a relative
+//!    4e-7 (zero equals only zero); a value that overflows (`10^{400}`, `200!`) has none, so
+//!    equals nothing but the same text (only `\infty` is infinite); expressions
 //!    with variables compare at sample points of both signs (`x+1` = `1+x`,
 //!    `2\sqrt{3}` = `\sqrt{12}`, `\sqrt{x^2}` ≠ `x`).
 //! 7. Anything else is text, compared case-insensitively after normalisation; a run of
@@ -62,34 +66,9 @@ pub const UNITS: &[&str] = &[
     "lbs", "ounce", "ounces", "oz", "gallon", "gallons", "liter", "liters", "litre", "litres", "grams", "gram",
 ];
 
-/// Contents of the last `\boxed{...}` (or `\fbox{...}`) with balanced braces; `\boxed 5$` → `5`.
-pub fn last_boxed(text: &str) -> Option<String> {
-    let (pos, tag) = match text.rfind("\\boxed") {
-        Some(p) => (p, "\\boxed"),
-        None => (text.rfind("\\fbox")?, "\\fbox"),
-    };
-    let rest = &text[pos + tag.len()..];
-    if let Some(r) = rest.strip_prefix(' ') {
-        let end = r.find('$').unwrap_or(r.len());
-        let v = r[..end].trim();
-        return (!v.is_empty()).then(|| v.to_string());
-    }
-    let body = rest.strip_prefix('{')?;
-    let mut depth = 1usize;
-    for (i, c) in body.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(body[..i].to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
+/// Contents of the last `\boxed{...}` / `\fbox{...}` (shared with dataset loading; see
+/// [`datasets::answers`]).
+pub use datasets::answers::last_boxed;
 
 /// The rest of the line after the last `####` (GSM8K), trimmed; `None` when empty or absent.
 pub fn after_hashes(text: &str) -> Option<String> {
@@ -453,18 +432,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn boxed_vectors_from_the_notes() {
-        assert_eq!(last_boxed("so \\boxed{\\frac{1}{2}}.").as_deref(), Some("\\frac{1}{2}"));
-        assert_eq!(last_boxed("\\boxed{\\sqrt{x^{2}}}").as_deref(), Some("\\sqrt{x^{2}}"));
-        assert_eq!(last_boxed("\\boxed{1} then \\boxed{2}").as_deref(), Some("2"));
-        assert_eq!(last_boxed("\\boxed{12"), None);
-        assert_eq!(last_boxed("\\boxed 5$").as_deref(), Some("5"));
-        assert_eq!(last_boxed("\\fbox{7}").as_deref(), Some("7"));
-        assert_eq!(last_boxed("no box"), None);
-        assert_eq!(last_boxed("\\boxed{{a}{b}}").as_deref(), Some("{a}{b}"));
-    }
-
-    #[test]
     fn equivalences() {
         assert!(equivalent("\\frac{1}{2}", "0.5"));
         assert!(equivalent("1/2", "\\frac{1}{2}"));
@@ -482,6 +449,36 @@ mod tests {
         assert!(!equivalent("1/0", "0"));
         assert!(equivalent("x+1", "x + 1"));
         assert!(!equivalent(&"9".repeat(1000), &"9".repeat(1000)));
+    }
+
+    /// Review finding 1.3: no absolute tolerance below 1.
+    #[test]
+    fn small_numbers_are_not_all_equal() {
+        assert!(!equivalent("10^{-8}", "2\\cdot10^{-8}"));
+        assert!(!equivalent("0.0000001", "0.0000003"));
+        assert!(!equivalent("1.6\\times10^{-19}", "9.1\\times10^{-31}"));
+        assert!(equivalent("10^{-3}", "0.001"));
+        assert!(equivalent("\\frac{2}{3}", "0.6666667"));
+        assert!(!equivalent("\\frac{2}{3}", "0.67"));
+    }
+
+    /// Review finding 1.4: overflow is no value, not infinity.
+    #[test]
+    fn overflowing_numbers_are_not_infinite() {
+        assert!(!equivalent("10^{400}", "\\infty"));
+        assert!(!equivalent("200!", "300!"));
+        assert!(!equivalent("10^{400}", "10^{401}"));
+        assert!(equivalent("200!", "200!"));
+        assert!(equivalent("\\infty", "\\infty"));
+        assert!(equivalent("(-\\infty, 0)", "(-\\infty,0)"));
+    }
+
+    /// Review finding 3: the response side reads boxes with the shared `datasets` function.
+    #[test]
+    fn shared_box_extraction() {
+        assert_eq!(last_boxed("$\\fbox{7}$"), datasets::answers::last_boxed("$\\fbox{7}$"));
+        assert!(verify("so $\\fbox{7}$", "7"));
+        assert!(verify("so $\\boxed 7$.", "\\boxed{7}"));
     }
 
     // One test per answer format of issue 17; each fails on the verifier before it.

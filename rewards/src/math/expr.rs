@@ -15,7 +15,16 @@
 //! ```
 //!
 //! Values are exact rationals (`i128`) while every operation stays exact and in range, and
-//! `f64` otherwise (roots, `\pi`, non-integer powers, overflow). Two expressions with
+//! `f64` otherwise (roots, `\pi`, non-integer powers, i128 overflow). A value that leaves
+//! `f64`'s range from finite inputs (`10^{400}`, `200!`, `10^{-400}`) has NO value (`None`):
+//! only a literal `\infty` is infinite, so `10^{400}` ≠ `\infty` and `200!` ≠ `300!`.
+//!
+//! Constants compare by [`num_eq`]: two exact rationals exactly (cross-multiplied), except
+//! that a finite decimal written to at least [`MIN_ROUNDED_PLACES`] places equals a rational
+//! without a finite decimal form when it is that rational rounded to its places
+//! (`|r − d| ≤ ½·10^{-k}` for `k` places: `0.333333` = `1/3`, `0.33` ≠ `1/3`, as math-verify,
+//! which rounds at 6 places); anything involving a float within a purely relative
+//! [`TOLERANCE`] (zero equals only zero), so `10^{-8}` ≠ `2\cdot10^{-8}`. Two expressions with
 //! variables are equal when they agree at [`POINTS`] pseudo-random points with coordinates
 //! in ±(0.3, 3.0), signs alternating (so `\sqrt{x^2}` ≠ `x`, as sympy); a point where either
 //! side is undefined (NaN, ±∞, division by zero) is skipped, and fewer than two usable points
@@ -36,10 +45,14 @@ pub const MAX_VARS: usize = 8;
 pub const MAX_EXACT_POW: i128 = 256;
 /// Evaluation points for expressions with variables.
 pub const POINTS: u64 = 9;
-/// Relative tolerance of numeric comparison (absolute below 1): a little under half a unit
-/// in the 6th decimal, so `0.333333` = 1/3 but `2.000001` ≠ 2 (math-verify rounds to 6
-/// decimals).
+/// Relative tolerance of a comparison involving a float (`\sqrt{3}` = `1.7320508`,
+/// `\pi` ≠ `3.14159`): `|x − y| ≤ TOLERANCE · max(|x|, |y|)`, never absolute.
 pub const TOLERANCE: f64 = 4e-7;
+/// Fewest decimal places at which a finite decimal may stand for a rounded rational
+/// (`0.333333` = `1/3`; math-verify compares such pairs rounded to 6 places).
+pub const MIN_ROUNDED_PLACES: u32 = 6;
+/// Largest `n` whose `n!` is a finite `f64` (`171!` overflows, so has no value).
+pub const MAX_FACTORIAL: i128 = 170;
 
 /// A number: exact rational `n/d` (`d > 0`, lowest terms) or a float.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,7 +149,14 @@ impl Num {
                 }
             }
         }
-        Some(Num::F(self.f64().powf(e.f64())))
+        let (b, x) = (self.f64(), e.f64());
+        let v = b.powf(x);
+        // finite base and exponent, result out of f64's range (`10^{400}`, `10^{-400}`)
+        let out_of_range = v.is_infinite() || (v == 0.0 && b != 0.0);
+        if b.is_finite() && x.is_finite() && out_of_range {
+            return None;
+        }
+        Some(Num::F(v))
     }
 
     fn sqrt(self) -> Num {
@@ -517,17 +537,14 @@ impl Parser {
     }
 }
 
-/// `n!` for a non-negative integer `n` (exact while it fits, then `f64`, `∞` past 170).
+/// `n!` for an integer `0 ≤ n ≤ MAX_FACTORIAL` (exact while it fits, then `f64`); no value
+/// for larger `n` (it would overflow `f64`).
 fn factorial(n: Num) -> Option<Num> {
     let Num::Q(n, 1) = n else { return None };
-    if n < 0 {
+    if !(0..=MAX_FACTORIAL).contains(&n) {
         return None;
     }
-    let mut acc = Num::int(1);
-    for k in 2..=n.min(171) {
-        acc = acc.mul(Num::int(k));
-    }
-    Some(if n > 170 { Num::F(f64::INFINITY) } else { acc })
+    Some((2..=n).fold(Num::int(1), |acc, k| acc.mul(Num::int(k))))
 }
 
 fn decimal(int: &str, frac: &str) -> Num {
@@ -572,8 +589,26 @@ pub fn variables(e: &Expr, out: &mut Vec<String>) {
     }
 }
 
-/// Value of `e` with the variables bound in `env` (a variable not in `env` has no value).
+/// Does `e` contain a literal `\infty`?
+fn has_infinity(e: &Expr) -> bool {
+    match e {
+        Expr::Inf => true,
+        Expr::Num(_) | Expr::Var(_) | Expr::Pi => false,
+        Expr::Neg(a) | Expr::Sqrt(a) | Expr::Call(_, a) | Expr::Fact(a) => has_infinity(a),
+        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Pow(a, b) | Expr::Root(a, b) => {
+            has_infinity(a) || has_infinity(b)
+        }
+    }
+}
+
+/// Value of `e` with the variables bound in `env` (a variable not in `env` has no value);
+/// `None` when a finite computation overflows to ±∞ (only a literal `\infty` is infinite).
 pub fn eval(e: &Expr, env: &[(String, f64)]) -> Option<Num> {
+    let v = eval_node(e, env)?;
+    (!v.f64().is_infinite() || has_infinity(e)).then_some(v)
+}
+
+fn eval_node(e: &Expr, env: &[(String, f64)]) -> Option<Num> {
     Some(match e {
         Expr::Num(n) => *n,
         Expr::Var(v) => Num::F(env.iter().find(|(k, _)| k == v)?.1),
@@ -602,20 +637,62 @@ pub fn eval(e: &Expr, env: &[(String, f64)]) -> Option<Num> {
     })
 }
 
-/// Numeric equality: an exact integer and another exact value compare exactly (`2` ≠
-/// `2.0000001`, as math-verify), anything else within [`TOLERANCE`] (`1/3` = `0.333333`);
-/// equal infinities are equal, NaN equals nothing.
+/// Places after the point of a positive denominator `d` as a finite decimal: `max(a, b)` for
+/// `d = 2^a·5^b`; `None` when `n/d` (lowest terms) has no finite decimal form (`1/3`).
+fn decimal_places(d: i128) -> Option<u32> {
+    if d <= 0 {
+        return None;
+    }
+    let (mut d, mut twos, mut fives) = (d, 0u32, 0u32);
+    while d % 2 == 0 {
+        d /= 2;
+        twos += 1;
+    }
+    while d % 5 == 0 {
+        d /= 5;
+        fives += 1;
+    }
+    (d == 1).then_some(twos.max(fives))
+}
+
+/// `p/q == r/s` exactly (cross-multiplied; on overflow the lowest-terms parts compare).
+fn exact_eq(p: i128, q: i128, r: i128, s: i128) -> bool {
+    match (p.checked_mul(s), r.checked_mul(q)) {
+        (Some(x), Some(y)) => x == y,
+        _ => (p, q) == (r, s),
+    }
+}
+
+/// Is the finite decimal `n/d` (at least [`MIN_ROUNDED_PLACES`] places) the rational `p/q`
+/// (no finite decimal form) rounded to its `k` places: `|p/q − n/d| ≤ ½·10^{-k}`, i.e.
+/// `2·10^k·|p·d − n·q| ≤ q·d`? Overflow is "no".
+fn rounds_to(p: i128, q: i128, n: i128, d: i128) -> bool {
+    let Some(k) = decimal_places(d).filter(|&k| k >= MIN_ROUNDED_PLACES) else { return false };
+    if decimal_places(q).is_some() {
+        return false;
+    }
+    within_half_unit(p, q, n, d, k).unwrap_or(false)
+}
+
+/// `2·10^k·|p·d − n·q| ≤ q·d`, `None` on overflow.
+fn within_half_unit(p: i128, q: i128, n: i128, d: i128, k: u32) -> Option<bool> {
+    let diff = p.checked_mul(d)?.checked_sub(n.checked_mul(q)?)?.checked_abs()?;
+    let lhs = diff.checked_mul(10i128.checked_pow(k)?)?.checked_mul(2)?;
+    Some(lhs <= q.checked_mul(d)?)
+}
+
+/// Numeric equality (see the module header): exact rationals exactly, or a rational and a
+/// decimal of at least [`MIN_ROUNDED_PLACES`] places that is it rounded (`1/3` = `0.333333`);
+/// otherwise within the relative [`TOLERANCE`]; equal infinities are equal, NaN equals nothing.
 pub fn num_eq(a: Num, b: Num) -> bool {
-    if let (Num::Q(x, d), Num::Q(y, e)) = (a, b) {
-        if d == 1 || e == 1 {
-            return x == y && d == e;
-        }
+    if let (Num::Q(p, q), Num::Q(r, s)) = (a, b) {
+        return exact_eq(p, q, r, s) || rounds_to(p, q, r, s) || rounds_to(r, s, p, q);
     }
     let (x, y) = (a.f64(), b.f64());
     if x.is_infinite() || y.is_infinite() {
         return x == y;
     }
-    (x - y).abs() <= TOLERANCE * x.abs().max(y.abs()).max(1.0)
+    (x - y).abs() <= TOLERANCE * x.abs().max(y.abs())
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -676,7 +753,7 @@ mod tests {
         assert!(eq("2^{-1}", "0.5"));
         assert!(eq("2^10", "1024"));
         assert!(!eq("2", "2.0000001"));
-        assert!(eq("0.3333334", "1/3"));
+        assert!(eq("0.3333333", "1/3"));
         assert!(eq("\\sqrt{4}", "2"));
         assert!(eq("\\sqrt[3]{8}", "2"));
         assert!(eq("{{-12}}", "-12"));
@@ -704,9 +781,65 @@ mod tests {
         // a tower of powers evaluates in bounded time (f64 saturates to infinity)
         let e = parse("9^{9^{9^{9^{9}}}}").unwrap();
         let _ = eval(&e, &[]);
+        // past f64's range: no value (not +∞)
         let e = parse("(10^{30})^{256}").unwrap();
-        assert!(matches!(eval(&e, &[]), Some(Num::F(_))));
+        assert_eq!(eval(&e, &[]), None);
         assert!(parse("x_").is_none());
         assert!(parse("\\frac{1}").is_none());
+    }
+
+    /// Finding 1.3: numbers below 1 are not compared with an absolute tolerance.
+    #[test]
+    fn small_numbers_compare_relatively() {
+        assert!(!eq("10^{-8}", "2\\cdot10^{-8}"));
+        assert!(!eq("0.0000001", "0.0000003"));
+        assert!(!eq("1.6\\times10^{-19}", "9.1\\times10^{-31}"));
+        assert!(eq("10^{-8}", "0.00000001"));
+        assert!(eq("1.6\\times10^{-19}", "0.00000000000000000016"));
+        // floats (\pi, roots) and variables: relative tolerance, zero equals only zero
+        assert!(!eq("10^{-8}\\pi", "2\\cdot10^{-8}\\pi"));
+        assert!(eq("\\sqrt{2}\\cdot10^{-9}", "1.4142136\\cdot10^{-9}"));
+        assert!(!eq("\\sqrt{2}\\cdot10^{-9}", "0"));
+        assert!(!eq("10^{-8}x", "2\\cdot10^{-8}x"));
+        assert!(eq("\\sqrt{3}", "1.7320508"));
+        assert!(!eq("\\pi", "3.14159"));
+    }
+
+    /// A finite decimal stands for a rational only when it is that rational rounded to at
+    /// least 6 places (math-verify's labels: `0.3333333` = 1/3, `0.33` ≠ 1/3, `0.166` ≠ 1/6).
+    #[test]
+    fn rounded_decimals_of_rationals() {
+        assert!(eq("0.333333", "1/3"));
+        assert!(eq("0.6666667", "\\frac{2}{3}"));
+        assert!(eq("\\frac{2}{9}", "0.2222222"));
+        assert!(eq("12.333333", "37/3"));
+        assert!(!eq("0.33", "1/3"));
+        assert!(!eq("0.33333", "1/3"));
+        assert!(!eq("0.166", "1/6"));
+        assert!(!eq("0.666666", "2/3"));
+        assert!(!eq("0.3333334", "1/3"));
+        // two finite decimals, or two rationals, compare exactly
+        assert!(!eq("0.3333333", "0.3333334"));
+        assert!(!eq("1/3", "333333/1000001"));
+        assert!(!eq("2", "2.0000001"));
+        assert!(eq("0.125", "1/8"));
+    }
+
+    /// Finding 1.4: overflow gives no value; only a literal `\infty` is infinite.
+    #[test]
+    fn overflow_is_not_infinity() {
+        assert!(!eq("10^{400}", "\\infty"));
+        assert!(!eq("200!", "300!"));
+        assert!(!eq("171!", "\\infty"));
+        assert!(!eq("2^{2000}", "3^{2000}"));
+        assert!(!eq("10^{-400}", "0"));
+        assert!(!eq("10^{300}\\cdot10^{300}", "\\infty"));
+        for s in ["10^{400}", "200!", "10^{-400}", "2^{2000}"] {
+            assert_eq!(eval(&parse(s).unwrap(), &[]), None, "{s}");
+        }
+        assert!(eq("170!", "170!"));
+        assert!(eq("\\infty", "\\infty"));
+        assert!(!eq("\\infty", "-\\infty"));
+        assert!(eq("\\infty+1", "\\infty"));
     }
 }
