@@ -5,7 +5,15 @@
 //! `*.parquet`, `*.jsonl`, `*.json`, `*.ndjson` directly in it, in name order, so
 //! `train-00000-of-00004.parquet` … `train-00003-of-00004.parquet` read in shard order); or a
 //! glob whose last component holds `*`, `?` or `[…]` (`data/train-*.parquet`), also in name
-//! order. A glob or directory that matches nothing is an error.
+//! order. A glob or directory that matches nothing is an error. The files of a directory or
+//! glob must be of one split — named by a Hugging Face shard name (`train-00000-of-00004` →
+//! `train`) or by a whole stem `train`, `test`, `validation`, `val`, `dev`, `eval` (verl writes
+//! `train.parquet` and `test.parquet`) — and a Hugging Face shard set must be complete (also
+//! when one shard is left); a file named on its own is read as it is.
+//!
+//! **Message lists in string cells.** A string cell is read as a JSON message list only when
+//! it starts with `[{` ([`is_message_list_text`]); any other string is text (a prompt
+//! `"[Geometry] Find …"` is one user message).
 //!
 //! **Layouts** ([`detect_layout`], from the columns of a file: a Parquet schema, or the union of
 //! the keys of a JSONL file). Exactly one gold column — `reward_model`, `answer`, `solution`,
@@ -16,15 +24,17 @@
 //! |--------|---------|-------------|
 //! | `v4post` | `prompt` or `messages`, `answer`, optional `domain`, `verifier`, kwargs | `answer` |
 //! | `verl` | `prompt` (list of `{role, content}`), `reward_model.ground_truth`, optional `data_source`, `ability`, `extra_info` | `ground_truth`, as written (`… #### 42` stays) |
-//! | `trl-prompt-solution` | `prompt` (string or messages), `solution` | last `\boxed{}` of `solution`, else all of it |
-//! | `trl-prompt-completion` | `prompt` (string or messages), `completion` (string or messages) | last `\boxed{}` of the completion, else all of it |
+//! | `trl-prompt-solution` | `prompt` (string or messages), `solution` | last `\boxed{}` of `solution`, else all of it when answer-like ([`gold_from_text`]) |
+//! | `trl-prompt-completion` | `prompt` (string or messages), `completion` (string or messages) | last `\boxed{}` of the completion, else all of it when answer-like |
 //! | `trl-messages` | `messages` ending in an assistant turn | the same, of the last assistant turn |
 //!
 //! A TRL `prompt` + `answer` file is the `v4post` layout. In TRL layouts the prompt is the
 //! messages before the completion, and the completion becomes the task's reference content.
 //!
-//! **Verifiers.** `v4post` and TRL rows pick theirs as before (a `domain` prefix, else `math`
-//! for a numeric, boxed or `####` gold and `exact` for text). A verl row's family comes from
+//! **Verifiers.** `v4post` rows pick theirs from a `domain` prefix, else `math` for a numeric
+//! gold and `exact` for text. TRL rows: a `domain` prefix, else `math` for an answer-like gold
+//! (boxed, `####`, or one short line: `1,000`, `3/4`, `\frac12`); a completion of free text
+//! (a sentence) has no verifier here and its row is skipped and counted like verl rows below. A verl row's family comes from
 //! `ability` or `data_source` ([`verl_family`]); its domain is `{family}.{data_source}`
 //! (`math.openai/gsm8k`, so `math.*` patterns select it) and its verifier kwargs keep
 //! `data_source`, `ability` and `extra_info`. A verl row whose ability has no verifier here
@@ -147,10 +157,14 @@ fn has_glob_chars(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// Whether `name` matches a shell glob of `*`, `?` and `[…]` (`[!…]` negates, `a-z` ranges).
+/// Whether `name` matches a shell glob of `*`, `?` and `[…]` (`[!…]` negates, `a-z` ranges;
+/// an unterminated `[` is a literal). Greedy two-pointer matching: every token but `*`
+/// consumes exactly one character, so on a mismatch only the last `*` needs to take one more
+/// character, and the work is at most (pattern length × name length) steps, never exponential
+/// (`*a*a*a*a*a*a*b` against a long name of `a`s).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
+    /// `(matched, length of the class in the pattern)`, or `None` when unterminated.
     fn class(p: &[char], c: char) -> Option<(bool, usize)> {
-        // returns (matched, length of the class in the pattern) or None when unterminated
         let mut i = 1;
         let negate = matches!(p.get(1), Some('!') | Some('^'));
         if negate {
@@ -169,21 +183,39 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
         (i < p.len()).then_some((hit != negate, i + 1))
     }
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..])),
-            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
-            Some('[') => match (n.first(), class(p, n.first().copied().unwrap_or('\0'))) {
-                (Some(_), Some((true, len))) => go(&p[len..], &n[1..]),
-                (Some(_), Some((false, _))) | (None, _) => false,
-                (Some(c), None) => *c == '[' && go(&p[1..], &n[1..]),
+    /// The pattern length consumed when the token at `p[0]` matches `c`, if it does.
+    fn one(p: &[char], c: char) -> Option<usize> {
+        match p.first()? {
+            '?' => Some(1),
+            '[' => match class(p, c) {
+                Some((true, len)) => Some(len),
+                Some((false, _)) => None,
+                None => (c == '[').then_some(1),
             },
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+            x => (*x == c).then_some(1),
         }
     }
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    go(&p, &n)
+    let (mut pi, mut ni) = (0, 0);
+    // the pattern position after the last `*` seen, and the name position it matched up to
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if p.get(pi) == Some(&'*') {
+            pi += 1;
+            star = Some((pi, ni));
+        } else if let Some(len) = one(&p[pi..], n[ni]) {
+            pi += len;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            // let the last `*` take one more character and retry from there
+            pi = sp;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -202,24 +234,48 @@ pub fn shard_name(file: &Path) -> Option<(String, u32, u32)> {
     Some((split.to_string(), digits(index)?, digits(total)?))
 }
 
-/// Shards named the Hugging Face way must be of one split and complete: a directory holding
-/// `train-*` and `test-*` shards is refused (training on the test split by accident), and so
-/// is `train-00000-of-00004` … without `train-00002-of-00004`.
+/// Split names recognised in a whole file stem (`train.parquet`, as verl's preprocessing
+/// scripts write `train.parquet` and `test.parquet`).
+pub const SPLIT_STEMS: [&str; 6] = ["train", "test", "validation", "val", "dev", "eval"];
+
+/// The split a file holds, from its name: the split of a Hugging Face shard name
+/// (`train-00000-of-00004` → `train`), or a whole stem that is a split name (`test.parquet`
+/// → `test`); `None` for other names (`data.parquet`).
+pub fn split_of(file: &Path) -> Option<String> {
+    if let Some((split, _, _)) = shard_name(file) {
+        return Some(split);
+    }
+    let stem = file.file_stem()?.to_str()?.to_ascii_lowercase();
+    SPLIT_STEMS.contains(&stem.as_str()).then_some(stem)
+}
+
+/// The files of a directory or glob must hold one split and, when named the Hugging Face
+/// way, be complete: a directory holding `train.parquet` and `test.parquet` (or `train-*`
+/// and `test-*` shards) is refused (training on the test split by accident), and so is
+/// `train-00000-of-00004` … without `train-00002-of-00004`, even when only one shard is left.
 fn check_shards(spec: &Path, files: &[PathBuf]) -> Result<()> {
-    let shards: Vec<(String, u32, u32)> = files.iter().filter_map(|f| shard_name(f)).collect();
-    let mut splits: Vec<&str> = shards.iter().map(|s| s.0.as_str()).collect();
+    let mut splits: Vec<String> = files.iter().filter_map(|f| split_of(f)).collect();
     splits.sort();
     splits.dedup();
     if splits.len() > 1 {
         let dir = if spec.is_dir() { spec } else { spec.parent().unwrap_or(Path::new(".")) };
-        let ext = files[0].extension().and_then(|e| e.to_str()).unwrap_or("parquet");
+        let pick = splits.iter().find(|s| *s == "train").unwrap_or(&splits[0]);
+        let of_pick: Vec<&PathBuf> = files.iter().filter(|f| split_of(f).as_ref() == Some(pick)).collect();
+        let example = match of_pick.as_slice() {
+            [one] if shard_name(one).is_none() => one.to_path_buf(),
+            _ => {
+                let ext = of_pick.first().and_then(|f| f.extension()).and_then(|e| e.to_str()).unwrap_or("parquet");
+                dir.join(format!("{pick}-*.{ext}"))
+            }
+        };
         return Err(DataError::Format(format!(
-            "{}: shards of several splits ({}); name one with a glob, e.g. {}",
+            "{}: files of several splits ({}); name one split, e.g. {}",
             spec.display(),
             splits.join(", "),
-            dir.join(format!("{}-*.{ext}", splits.iter().find(|s| **s == "train").unwrap_or(&splits[0]))).display()
+            example.display()
         )));
     }
+    let shards: Vec<(String, u32, u32)> = files.iter().filter_map(|f| shard_name(f)).collect();
     if let Some((split, _, total)) = shards.first() {
         if let Some(other) = shards.iter().find(|s| s.2 != *total) {
             return Err(DataError::Format(format!(
@@ -242,11 +298,12 @@ fn check_shards(spec: &Path, files: &[PathBuf]) -> Result<()> {
 }
 
 /// The dataset files `spec` names: the file itself, the data files directly in a directory,
-/// or the files a glob in the last component matches, in name order (shards of one split,
-/// complete: see [`check_shards`]).
+/// or the files a glob in the last component matches, in name order. The files of a
+/// directory or glob are checked to be of one split and complete ([`check_shards`]); a file
+/// named on its own is read as it is.
 pub fn dataset_files(spec: &Path) -> Result<Vec<PathBuf>> {
     let files = matching_files(spec)?;
-    if files.len() > 1 {
+    if !spec.is_file() {
         check_shards(spec, &files)?;
     }
     Ok(files)
@@ -351,12 +408,20 @@ fn content_text(v: Option<&Value>) -> std::result::Result<String, String> {
     }
 }
 
-/// A list of `{role, content}` messages (or that list as a JSON string) from column `col`.
+/// Whether a string cell is a message list written as JSON rather than text: it starts with
+/// `[{` (leading whitespace, and whitespace between `[` and `{`, allowed). The one rule every
+/// reader uses, so `"[Geometry] Find the area…"` is a text prompt everywhere.
+pub fn is_message_list_text(s: &str) -> bool {
+    s.trim_start().strip_prefix('[').is_some_and(|rest| rest.trim_start().starts_with('{'))
+}
+
+/// A list of `{role, content}` messages (or that list as a JSON string, see
+/// [`is_message_list_text`]) from column `col`.
 pub fn parse_messages(file: &Path, row: usize, col: &str, v: &Value) -> Result<Vec<Message>> {
     let err = |msg: String| DataError::column(file, row, col, msg);
     let parsed;
     let v = match v {
-        Value::String(s) if s.trim_start().starts_with('[') => {
+        Value::String(s) if is_message_list_text(s) => {
             parsed = serde_json::from_str::<Value>(s).map_err(|e| err(format!("not valid JSON ({e})")))?;
             &parsed
         }
@@ -394,7 +459,7 @@ pub fn parse_messages(file: &Path, row: usize, col: &str, v: &Value) -> Result<V
 /// `prompt` as messages: a string is one user message; a list is messages.
 fn prompt_messages(file: &Path, row: usize, rec: &Map<String, Value>) -> Result<Vec<Message>> {
     match present(rec, "prompt") {
-        Some(Value::String(s)) if !s.trim_start().starts_with('[') => Ok(vec![Message::user(s.clone())]),
+        Some(Value::String(s)) if !is_message_list_text(s) => Ok(vec![Message::user(s.clone())]),
         Some(v @ (Value::String(_) | Value::Array(_))) => parse_messages(file, row, "prompt", v),
         Some(other) => Err(DataError::column(
             file,
@@ -406,51 +471,65 @@ fn prompt_messages(file: &Path, row: usize, rec: &Map<String, Value>) -> Result<
     }
 }
 
-/// The contents of the last `\boxed{…}` (braces balanced), if any.
-pub fn last_boxed(text: &str) -> Option<String> {
-    let start = text.rfind("\\boxed{")? + "\\boxed{".len();
-    let mut depth = 1usize;
-    for (i, c) in text[start..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(text[start..start + i].trim().to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
+/// Most characters of a gold answer taken from a completion as written (`1,000`, `3/4`,
+/// `\frac12`, `x = 2`); longer text, a second line or more words is a sentence.
+pub const SHORT_GOLD_CHARS: usize = 64;
+/// Most words (whitespace-separated) of such a gold answer.
+pub const SHORT_GOLD_WORDS: usize = 3;
 
-/// Gold answer and verifier kind from a solution or completion text: the last `\boxed{}`
-/// (math); a `####` or numeric text as written (math); other text as written (exact).
-pub fn gold_from_text(text: &str) -> (String, &'static str) {
-    if let Some(b) = last_boxed(text) {
-        return (b, "math");
+/// Why a TRL row whose completion is free text is skipped (counted like verl rows without a
+/// verifier).
+pub const FREE_TEXT_SKIP: &str =
+    "no verifier for free-text completions (a gold answer of more than one line, 64 characters or 3 words, without \\boxed{} or ####)";
+
+/// Gold answer and verifier kind from a solution or completion text: the last `\boxed{}`;
+/// else the text as written when it is answer-like — one line of at most
+/// [`SHORT_GOLD_CHARS`] characters and [`SHORT_GOLD_WORDS`] words, or holding `\boxed` or
+/// `####` — all checked by the math verifier, which parses thousands separators, fractions
+/// and LaTeX; `None` for free text (a sentence), which no verifier here checks.
+pub fn gold_from_text(text: &str) -> Option<(String, &'static str)> {
+    if let Some(b) = crate::answers::last_boxed(text) {
+        return Some((b.trim().to_string(), "math"));
     }
     let t = text.trim();
-    if t.contains("####") || t.parse::<f64>().is_ok() {
-        return (t.to_string(), "math");
-    }
-    (t.to_string(), "exact")
+    let short = !t.is_empty()
+        && !t.contains('\n')
+        && t.chars().count() <= SHORT_GOLD_CHARS
+        && t.split_whitespace().count() <= SHORT_GOLD_WORDS;
+    (short || t.contains("####") || t.contains("\\boxed")).then(|| (t.to_string(), "math"))
 }
 
-fn prompt_id(file: &Path, index: usize) -> String {
+/// The prompt id of record `index` (0-based) of `file`: `{file name}#{index}`, for every
+/// layout and for SFT conversations.
+pub fn prompt_id(file: &Path, index: usize) -> String {
     format!("{}#{}", file.file_name().and_then(|n| n.to_str()).unwrap_or("data"), index)
 }
 
-fn user_task(file: &Path, index: usize, messages: Vec<Message>, completion: String, domain: Option<String>) -> Task {
-    let (answer, kind) = gold_from_text(&completion);
+/// A task from a TRL prompt and completion; skipped when the completion is free text and no
+/// `domain` names a verifier family.
+fn user_task(
+    file: &Path,
+    index: usize,
+    messages: Vec<Message>,
+    completion: String,
+    domain: Option<String>,
+) -> Converted {
     let domain = domain.unwrap_or_else(|| "user".into());
     let family = crate::prompts::family_of(&domain);
-    let kind = match family.as_str() {
-        "math" | "code" | "agent" | "if" => crate::prompts::default_kind(&domain, &answer),
-        _ => kind,
+    let named = matches!(family.as_str(), "math" | "code" | "agent" | "if");
+    let (answer, kind) = match gold_from_text(&completion) {
+        Some((answer, _)) if named => {
+            let kind = crate::prompts::default_kind(&domain, &answer);
+            (answer, kind)
+        }
+        Some(gold) => gold,
+        None if named => {
+            let answer = completion.trim().to_string();
+            (answer, crate::prompts::default_kind(&domain, completion.trim()))
+        }
+        None => return Converted::Skip(FREE_TEXT_SKIP.into()),
     };
-    Task {
+    Converted::Task(Box::new(Task {
         prompt_id: prompt_id(file, index),
         family,
         domain,
@@ -460,7 +539,7 @@ fn user_task(file: &Path, index: usize, messages: Vec<Message>, completion: Stri
         answer,
         verifier: serde_json::json!({ "kind": kind }),
         reference: Reference { content: completion, ..Default::default() },
-    }
+    }))
 }
 
 fn optional_domain(file: &Path, row: usize, rec: &Map<String, Value>) -> Result<Option<String>> {
@@ -476,7 +555,7 @@ fn optional_domain(file: &Path, row: usize, rec: &Map<String, Value>) -> Result<
 /// The text of a completion: a string, or messages whose last is an assistant turn.
 fn completion_text(file: &Path, row: usize, col: &str, v: Option<&Value>) -> Result<String> {
     match v {
-        Some(Value::String(s)) if !s.trim_start().starts_with("[{") => Ok(s.clone()),
+        Some(Value::String(s)) if !is_message_list_text(s) => Ok(s.clone()),
         Some(v @ (Value::String(_) | Value::Array(_))) => {
             let ms = parse_messages(file, row, col, v)?;
             match ms.iter().rev().find(|m| m.role == "assistant") {
@@ -495,14 +574,14 @@ fn completion_text(file: &Path, row: usize, col: &str, v: Option<&Value>) -> Res
 }
 
 /// TRL `prompt` + `solution` / `prompt` + `completion`.
-fn trl_prompt_gold(file: &Path, row: usize, rec: &Map<String, Value>, index: usize, col: &str) -> Result<Task> {
+fn trl_prompt_gold(file: &Path, row: usize, rec: &Map<String, Value>, index: usize, col: &str) -> Result<Converted> {
     let messages = prompt_messages(file, row, rec)?;
     let text = completion_text(file, row, col, present(rec, col))?;
     Ok(user_task(file, index, messages, text, optional_domain(file, row, rec)?))
 }
 
 /// TRL `messages`: the prompt is everything before the last assistant turn.
-fn trl_messages(file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Result<Task> {
+fn trl_messages(file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Result<Converted> {
     let v = present(rec, "messages").ok_or_else(|| DataError::column(file, row, "messages", "missing (null)"))?;
     let mut messages = parse_messages(file, row, "messages", v)?;
     let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
@@ -630,14 +709,13 @@ fn verl(file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Resu
 /// One record of a file in `layout`; `row` is 1-based (for errors), `index` 0-based (for the
 /// prompt id `file#index`).
 pub fn convert(layout: Layout, file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Result<Converted> {
-    let task = match layout {
-        Layout::Verl => return verl(file, row, rec, index),
-        Layout::V4post => crate::prompts::task_from_record(file, row, rec, index)?,
-        Layout::TrlPromptSolution => trl_prompt_gold(file, row, rec, index, "solution")?,
-        Layout::TrlPromptCompletion => trl_prompt_gold(file, row, rec, index, "completion")?,
-        Layout::TrlMessages => trl_messages(file, row, rec, index)?,
-    };
-    Ok(Converted::Task(Box::new(task)))
+    match layout {
+        Layout::Verl => verl(file, row, rec, index),
+        Layout::V4post => Ok(Converted::Task(Box::new(crate::prompts::task_from_record(file, row, rec, index)?))),
+        Layout::TrlPromptSolution => trl_prompt_gold(file, row, rec, index, "solution"),
+        Layout::TrlPromptCompletion => trl_prompt_gold(file, row, rec, index, "completion"),
+        Layout::TrlMessages => trl_messages(file, row, rec, index),
+    }
 }
 
 #[cfg(test)]
@@ -665,11 +743,96 @@ mod tests {
 
     #[test]
     fn boxed_and_hash_golds() {
-        assert_eq!(last_boxed("so \\boxed{1} then \\boxed{\\frac{1}{2}}"), Some("\\frac{1}{2}".into()));
-        assert_eq!(last_boxed("\\boxed{unclosed"), None);
-        assert_eq!(gold_from_text("She pays 3*4=12.\n#### 12"), ("She pays 3*4=12.\n#### 12".into(), "math"));
-        assert_eq!(gold_from_text(" 42 "), ("42".into(), "math"));
-        assert_eq!(gold_from_text("Paris"), ("Paris".into(), "exact"));
+        assert_eq!(gold_from_text("so \\boxed{1} then \\boxed{ \\frac{1}{2} }"), Some(("\\frac{1}{2}".into(), "math")));
+        assert_eq!(gold_from_text("Hence $\\fbox{7}$."), Some(("7".into(), "math")));
+        assert_eq!(gold_from_text("so $\\boxed 5$."), Some(("5".into(), "math")));
+        let g = |t: &str| gold_from_text(t);
+        assert_eq!(g("She pays 3*4=12.\n#### 12"), Some(("She pays 3*4=12.\n#### 12".into(), "math")));
+        assert_eq!(g(" 42 "), Some(("42".into(), "math")));
+    }
+
+    #[test]
+    fn answer_like_golds_are_math_and_free_text_has_no_verifier() {
+        let g = |t: &str| gold_from_text(t);
+        // formats the math verifier parses, which an exact match would miss
+        for t in ["1,000", "3/4", "\\frac12", "x = 2", "Paris", "(1, 2)"] {
+            assert_eq!(g(t), Some((t.to_string(), "math")), "{t}");
+        }
+        assert_eq!(g("the area is \\boxed{12}"), Some(("12".into(), "math")));
+        // sentences: more than 3 words, more than 64 characters, or more than one line
+        assert_eq!(g("The capital of France is Paris."), None);
+        assert_eq!(g(&"x".repeat(SHORT_GOLD_CHARS + 1)), None);
+        assert_eq!(g("12\nthirteen"), None);
+        assert_eq!(g(""), None);
+    }
+
+    #[test]
+    fn one_rule_for_message_lists_in_strings() {
+        assert!(is_message_list_text(r#"[{"role": "user", "content": "hi"}]"#));
+        assert!(is_message_list_text("  [ {\"role\": \"user\"}]"));
+        assert!(!is_message_list_text("[Geometry] Find the area of the square."));
+        assert!(!is_message_list_text("[1, 2, 3] sums to?"));
+        assert!(!is_message_list_text("What is [x]?"));
+        let f = Path::new("p.jsonl");
+        let rec: Map<String, Value> =
+            serde_json::from_str(r#"{"prompt": "[Geometry] Find the area.", "completion": "\\boxed{4}"}"#).unwrap();
+        for layout in [Layout::TrlPromptCompletion, Layout::TrlPromptSolution] {
+            let rec = if layout == Layout::TrlPromptSolution {
+                let mut r = rec.clone();
+                let c = r.remove("completion").unwrap();
+                r.insert("solution".into(), c);
+                r
+            } else {
+                rec.clone()
+            };
+            let Converted::Task(t) = convert(layout, f, 1, &rec, 0).unwrap() else { panic!("skipped") };
+            assert_eq!(t.messages, vec![Message::user("[Geometry] Find the area.")], "{layout}");
+        }
+        let rec: Map<String, Value> =
+            serde_json::from_str(r#"{"prompt": "[Geometry] Find the area.", "answer": "4"}"#).unwrap();
+        let Converted::Task(t) = convert(Layout::V4post, f, 1, &rec, 0).unwrap() else { panic!("skipped") };
+        assert_eq!(t.messages, vec![Message::user("[Geometry] Find the area.")]);
+        let rec: Map<String, Value> =
+            serde_json::from_str(r#"{"prompt": "[{\"role\": \"user\", \"content\": \"2+2?\"}]", "answer": "4"}"#)
+                .unwrap();
+        let Converted::Task(t) = convert(Layout::V4post, f, 1, &rec, 0).unwrap() else { panic!("skipped") };
+        assert_eq!(t.messages, vec![Message::user("2+2?")]);
+    }
+
+    #[test]
+    fn one_prompt_id_format() {
+        assert_eq!(prompt_id(Path::new("data/train-00001-of-00004.parquet"), 7), "train-00001-of-00004.parquet#7");
+        let rec: Map<String, Value> = serde_json::from_str(r#"{"prompt": "1+1?", "answer": "2"}"#).unwrap();
+        let f = Path::new("d/x.jsonl");
+        let Converted::Task(t) = convert(Layout::V4post, f, 4, &rec, 3).unwrap() else { panic!("skipped") };
+        assert_eq!(t.prompt_id, prompt_id(f, 3));
+    }
+
+    #[test]
+    fn glob_matching_is_not_exponential() {
+        let name = format!("{}.parquet", "a".repeat(4000));
+        let t = std::time::Instant::now();
+        assert!(!glob_match("*a*a*a*a*a*a*b", &name));
+        assert!(glob_match("*a*a*a*a*a*a*.parquet", &name));
+        assert!(glob_match("*a*a*?*a*[a]*a*.parq*", &name));
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        // backtracking past a class and a `?`
+        assert!(glob_match("*[0-9]-of-*", "train-00001-of-00004"));
+        assert!(glob_match("a*?c", "abbbc") && !glob_match("a*?c", "ac"));
+        assert!(glob_match("[x", "[x") && !glob_match("[x", "x"));
+    }
+
+    #[test]
+    fn split_names_from_file_names() {
+        let s = |p: &str| split_of(Path::new(p));
+        assert_eq!(s("d/train-00001-of-00004.parquet").as_deref(), Some("train"));
+        assert_eq!(s("d/train.parquet").as_deref(), Some("train"));
+        assert_eq!(s("d/Test.jsonl").as_deref(), Some("test"));
+        for v in ["validation", "val", "dev", "eval"] {
+            assert_eq!(s(&format!("{v}.parquet")).as_deref(), Some(v));
+        }
+        assert_eq!(s("d/data.parquet"), None);
+        assert_eq!(s("d/train_part.parquet"), None);
     }
 
     #[test]

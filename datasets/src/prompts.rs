@@ -48,15 +48,12 @@ pub(crate) fn default_kind(domain: &str, answer: &str) -> &'static str {
 /// Build a task from one record's fields (already converted to JSON values); `row` is
 /// 1-based and only used in error messages.
 pub fn task_from_record(file: &Path, row: usize, rec: &Map<String, Value>, index: usize) -> Result<Task> {
+    use crate::layouts::{is_message_list_text, parse_messages};
     let err = |col: &str, msg: &str| DataError::column(file, row, col, msg);
     let messages: Vec<Message> = match (rec.get("messages"), rec.get("prompt")) {
-        (Some(Value::String(s)), _) => {
-            let v = serde_json::from_str::<Value>(s).map_err(|e| err("messages", &format!("not valid JSON ({e})")))?;
-            crate::layouts::parse_messages(file, row, "messages", &v)?
-        }
-        (Some(m), _) if !m.is_null() => crate::layouts::parse_messages(file, row, "messages", m)?,
-        (_, Some(Value::String(p))) => vec![Message::user(p.clone())],
-        (_, Some(a @ Value::Array(_))) => crate::layouts::parse_messages(file, row, "prompt", a)?,
+        (Some(m), _) if !m.is_null() => parse_messages(file, row, "messages", m)?,
+        (_, Some(Value::String(p))) if !is_message_list_text(p) => vec![Message::user(p.clone())],
+        (_, Some(a @ (Value::Array(_) | Value::String(_)))) => parse_messages(file, row, "prompt", a)?,
         (_, Some(other)) if !other.is_null() => {
             return Err(err("prompt", &format!("expected a string, got {}", type_name(other))))
         }
@@ -105,7 +102,7 @@ pub fn task_from_record(file: &Path, row: usize, rec: &Map<String, Value>, index
         }
     }
     Ok(Task {
-        prompt_id: format!("{}#{}", file.file_name().and_then(|n| n.to_str()).unwrap_or("data"), index),
+        prompt_id: crate::layouts::prompt_id(file, index),
         family: family_of(&domain),
         domain,
         split: Split::Train,

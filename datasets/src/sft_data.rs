@@ -15,7 +15,7 @@
 
 use crate::chat::Message;
 use crate::error::{DataError, Result};
-use crate::layouts::{dataset_files, parse_messages, type_name};
+use crate::layouts::{dataset_files, is_message_list_text, parse_messages, prompt_id, type_name};
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -61,9 +61,7 @@ fn detect(file: &Path, columns: &[String]) -> Result<SftLayout> {
 /// or tool turns after the prompt).
 fn completion_messages(file: &Path, row: usize, v: Option<&Value>) -> Result<Vec<Message>> {
     match v {
-        Some(Value::String(s)) if !s.trim_start().starts_with("[{") => {
-            Ok(vec![Message::assistant(None, s.clone(), vec![])])
-        }
+        Some(Value::String(s)) if !is_message_list_text(s) => Ok(vec![Message::assistant(None, s.clone(), vec![])]),
         Some(v @ (Value::String(_) | Value::Array(_))) => parse_messages(file, row, "completion", v),
         Some(Value::Null) | None => Err(DataError::column(file, row, "completion", "missing (null)")),
         Some(other) => Err(DataError::column(
@@ -77,7 +75,7 @@ fn completion_messages(file: &Path, row: usize, v: Option<&Value>) -> Result<Vec
 
 fn prompt_messages(file: &Path, row: usize, v: Option<&Value>) -> Result<Vec<Message>> {
     match v {
-        Some(Value::String(s)) if !s.trim_start().starts_with("[{") => Ok(vec![Message::user(s.clone())]),
+        Some(Value::String(s)) if !is_message_list_text(s) => Ok(vec![Message::user(s.clone())]),
         Some(v @ (Value::String(_) | Value::Array(_))) => parse_messages(file, row, "prompt", v),
         Some(Value::Null) | None => Err(DataError::column(file, row, "prompt", "missing (null)")),
         Some(other) => Err(DataError::column(
@@ -123,8 +121,7 @@ fn record(file: &Path, row: usize, layout: SftLayout, rec: &Map<String, Value>) 
             ))
         }
     };
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("data");
-    Ok(SftRecord { id: format!("{name}#{}", row - 1), domain, messages })
+    Ok(SftRecord { id: prompt_id(file, row - 1), domain, messages })
 }
 
 /// Every conversation of an SFT dataset (file, directory of shards or glob), in file and

@@ -20,9 +20,28 @@
 //! ≤ config.vocab_size` ([`check_vocab_fits`]), else the error names both numbers and files.
 //! Every checkpoint written from such a folder carries [`TOKENIZER_FILES`] along
 //! ([`carry_tokenizer_files`]).
+//!
+//! Identity: [`Tokenizer::fingerprint`] is the one definition of "the same tokenizer"
+//! (`v4post-byte-320`, or `hf-<vocab>-<FNV-1a 64 of tokenizer.json>`). Teachers and students
+//! ([`describe_tokenizer`]) and a resumed checkpoint against the current base
+//! ([`check_resume_tokenizer`]) are compared by it, each tokenizer loaded by
+//! [`tokenizer_for_checkpoint`] (a checkpoint given as a file names its folder).
+//!
+//! Length bound: [`Tokenizer::at_most_one_token_per_byte`] says whether `encode(t).len() ≤
+//! t.len()` (bytes) for every text. The byte tokenizer: one id per byte, a special string of
+//! k ≥ 1 bytes one id. A Hugging Face tokenizer when nothing adds text: no normalizer, no
+//! padding, pre-tokenizers among ByteLevel (no prefix space), Split, Digits, Punctuation with a
+//! ByteLevel (each byte one alphabet character), a BPE model without byte fallback (each token
+//! covers ≥ 1 character) and non-empty added tokens; otherwise `false` (callers encode all).
+//!
+//! Encoding errors of a Hugging Face tokenizer (e.g. a truncation configuration that cannot
+//! apply) cannot travel through the infallible [`Tokenizer::encode`]: [`HfTokenizer::try_encode`]
+//! returns them, `encode` yields an empty list, warns once per process with the error and
+//! counts the failure ([`encode_failures`]); decoding likewise ([`decode_failures`]).
 
 use crate::error::{DataError, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Every special string the V4 chat encoding uses, in id order for the byte tokenizer.
 pub const SPECIALS: &[&str] = &[
@@ -91,6 +110,11 @@ pub trait Tokenizer: Send + Sync {
     fn special_ids(&self) -> SpecialIds;
     /// A short identity string (checked to be equal between a student and its teachers).
     fn fingerprint(&self) -> String;
+    /// Whether `encode(t).len() ≤ t.len()` (bytes) for every text (module header); `false`
+    /// when not known.
+    fn at_most_one_token_per_byte(&self) -> bool {
+        false
+    }
 }
 
 /// Built-in byte-level tokenizer (vocab 320).
@@ -166,6 +190,11 @@ impl Tokenizer for ByteTokenizer {
     fn fingerprint(&self) -> String {
         format!("v4post-byte-{}", Self::VOCAB)
     }
+
+    /// Each byte is one id, each special string (≥ 1 byte) one id.
+    fn at_most_one_token_per_byte(&self) -> bool {
+        true
+    }
 }
 
 /// A Hugging Face `tokenizer.json` (the `tokenizers` 0.23 line).
@@ -174,6 +203,56 @@ pub struct HfTokenizer {
     specials: SpecialIds,
     fingerprint: String,
     id_bound: usize,
+    byte_bounded: bool,
+}
+
+static ENCODE_FAILURES: AtomicU64 = AtomicU64::new(0);
+static DECODE_FAILURES: AtomicU64 = AtomicU64::new(0);
+static ENCODE_WARNED: AtomicBool = AtomicBool::new(false);
+static DECODE_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Texts a Hugging Face tokenizer failed to encode in this process (each gave no ids).
+pub fn encode_failures() -> u64 {
+    ENCODE_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Id lists a Hugging Face tokenizer failed to decode in this process (each gave "").
+pub fn decode_failures() -> u64 {
+    DECODE_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Count a failure; the first of its kind in the process is printed as a warning.
+fn note_failure(count: &AtomicU64, warned: &AtomicBool, what: &str, err: &dyn std::fmt::Display) {
+    count.fetch_add(1, Ordering::Relaxed);
+    if !warned.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "warning: the tokenizer failed to {what} ({err}); it gives an empty result, and further \
+             failures are counted without a warning"
+        );
+    }
+}
+
+/// Whether no stage of `inner` can produce more tokens than the text has bytes (module header).
+fn hf_byte_bounded(inner: &tokenizers::Tokenizer) -> bool {
+    use tokenizers::{ModelWrapper, PreTokenizerWrapper as P};
+    fn parts(p: &P) -> Vec<&P> {
+        match p {
+            P::Sequence(s) => s.as_ref().iter().flat_map(parts).collect(),
+            p => vec![p],
+        }
+    }
+    let Some(pre) = inner.get_pre_tokenizer() else {
+        return false;
+    };
+    let pres = parts(pre);
+    let pre_ok = pres.iter().all(|p| match p {
+        P::ByteLevel(b) => !b.add_prefix_space,
+        P::Split(_) | P::Digits(_) | P::Punctuation(_) => true,
+        _ => false,
+    }) && pres.iter().any(|p| matches!(p, P::ByteLevel(_)));
+    let model_ok = matches!(inner.get_model(), ModelWrapper::BPE(b) if !b.byte_fallback);
+    let added_ok = inner.get_added_tokens_decoder().values().all(|t| !t.content.is_empty());
+    inner.get_normalizer().is_none() && inner.get_padding().is_none() && pre_ok && model_ok && added_ok
 }
 
 /// The single id of special `s`: an added token of `inner` that encodes to exactly itself.
@@ -220,19 +299,34 @@ impl HfTokenizer {
         let id_bound = inner.get_vocab(true).values().map(|&i| i as usize + 1).max().unwrap_or(0);
         Ok(HfTokenizer {
             fingerprint: format!("hf-{}-{hash:016x}", inner.get_vocab_size(true)),
+            byte_bounded: hf_byte_bounded(&inner),
             inner,
             specials,
             id_bound,
         })
     }
+
+    /// [`Tokenizer::encode`] with the tokenizer's error.
+    pub fn try_encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| DataError::Tokenizer(format!("encoding {} bytes of text: {e}", text.len())))
+    }
 }
 
 impl Tokenizer for HfTokenizer {
     fn encode(&self, text: &str) -> Vec<u32> {
-        self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+        self.try_encode(text).unwrap_or_else(|e| {
+            note_failure(&ENCODE_FAILURES, &ENCODE_WARNED, "encode", &e);
+            Vec::new()
+        })
     }
     fn decode(&self, ids: &[u32]) -> String {
-        self.inner.decode(ids, false).unwrap_or_default()
+        self.inner.decode(ids, false).unwrap_or_else(|e| {
+            note_failure(&DECODE_FAILURES, &DECODE_WARNED, &format!("decode {} ids", ids.len()), &e);
+            String::new()
+        })
     }
     fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -245,6 +339,9 @@ impl Tokenizer for HfTokenizer {
     }
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
+    }
+    fn at_most_one_token_per_byte(&self) -> bool {
+        self.byte_bounded
     }
 }
 
@@ -283,11 +380,42 @@ pub fn tokenizer_for_checkpoint(checkpoint: &Path) -> Result<Box<dyn Tokenizer>>
     }
 }
 
+/// `tok` (loaded from `checkpoint`, None: a preset) in words: its file and fingerprint, or the
+/// built-in byte tokenizer.
+pub fn describe_tokenizer(tok: &dyn Tokenizer, checkpoint: Option<&Path>) -> String {
+    match checkpoint.and_then(tokenizer_file) {
+        Some(p) => format!("{} (fingerprint {})", p.display(), tok.fingerprint()),
+        None => match checkpoint {
+            Some(c) => format!(
+                "the built-in byte tokenizer ({}; no tokenizer.json in {})",
+                tok.fingerprint(),
+                checkpoint_folder(c).display()
+            ),
+            None => format!("the built-in byte tokenizer ({}, a preset)", tok.fingerprint()),
+        },
+    }
+}
+
+/// A resumed checkpoint (or run directory) `resumed` must have the tokenizer the run uses now,
+/// `current` of `current_from` (None: a preset): else an error naming both.
+pub fn check_resume_tokenizer(resumed: &Path, current: &dyn Tokenizer, current_from: Option<&Path>) -> Result<()> {
+    let had = tokenizer_for_checkpoint(resumed)?;
+    if had.fingerprint() == current.fingerprint() {
+        return Ok(());
+    }
+    Err(DataError::Tokenizer(format!(
+        "--resume: {} was started with tokenizer {}, but the base now has {}; resume with the base \
+         it was started from (or start afresh without --resume)",
+        resumed.display(),
+        describe_tokenizer(had.as_ref(), Some(resumed)),
+        describe_tokenizer(current, current_from),
+    )))
+}
+
 /// Every id of `tok` must index the model's embedding: `max(vocab, id bound) ≤ vocab_size`.
 /// `checkpoint` (None for a preset) names the files in the error.
 pub fn check_vocab_fits(tok: &dyn Tokenizer, vocab_size: usize, checkpoint: Option<&Path>) -> Result<()> {
-    let n = tok.vocab_size().max(tok.id_bound());
-    if n <= vocab_size {
+    if tok.vocab_size().max(tok.id_bound()) <= vocab_size {
         return Ok(());
     }
     let folder = checkpoint.map(checkpoint_folder);
@@ -299,6 +427,21 @@ pub fn check_vocab_fits(tok: &dyn Tokenizer, vocab_size: usize, checkpoint: Opti
         Some(f) => f.join("config.json").display().to_string(),
         None => "the preset's config".to_string(),
     };
+    vocab_fits(tok, vocab_size, &source, &config)
+}
+
+/// [`check_vocab_fits`] for a tokenizer given as a file (`model init --tokenizer`) against the
+/// `vocab_size` of the model config described by `config` (a path or a preset).
+pub fn check_tokenizer_file_fits(tok: &dyn Tokenizer, vocab_size: usize, tokenizer: &Path, config: &str) -> Result<()> {
+    vocab_fits(tok, vocab_size, &tokenizer.display().to_string(), config)
+}
+
+/// `max(vocab, id bound) ≤ vocab_size`, else an error naming `source` and `config`.
+fn vocab_fits(tok: &dyn Tokenizer, vocab_size: usize, source: &str, config: &str) -> Result<()> {
+    let n = tok.vocab_size().max(tok.id_bound());
+    if n <= vocab_size {
+        return Ok(());
+    }
     Err(DataError::Tokenizer(format!(
         "{source} has {n} tokens (vocabulary incl. added tokens), more than vocab_size {vocab_size} of the model \
          ({config}): every token id must be below vocab_size"
@@ -330,6 +473,28 @@ pub fn carry_tokenizer_files(from: Option<&Path>, to: &Path) -> Result<usize> {
     for name in TOKENIZER_FILES {
         let dst = to.join(name);
         match src.as_ref().map(|s| s.join(name)).filter(|p| p.exists()) {
+            Some(p) if same_file(&p, &dst) => copied += 1,
+            Some(p) => {
+                std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
+                std::fs::copy(&p, &dst).map_err(|e| DataError::io(&dst, e))?;
+                copied += 1;
+            }
+            None if dst.exists() => std::fs::remove_file(&dst).map_err(|e| DataError::io(&dst, e))?,
+            None => {}
+        }
+    }
+    Ok(copied)
+}
+
+/// [`carry_tokenizer_files`] for a tokenizer given as a file: `tokenizer` is copied to
+/// `to/tokenizer.json` (whatever its own name), and the `tokenizer_config.json` next to it
+/// when present (a stale one in `to` is removed otherwise). Returns how many files were copied.
+pub fn carry_tokenizer_file(tokenizer: &Path, to: &Path) -> Result<usize> {
+    let config = tokenizer.parent().map(|d| d.join(TOKENIZER_FILES[1])).filter(|p| p.exists());
+    let mut copied = 0;
+    for (src, name) in [(Some(tokenizer.to_path_buf()), TOKENIZER_FILES[0]), (config, TOKENIZER_FILES[1])] {
+        let dst = to.join(name);
+        match src {
             Some(p) if same_file(&p, &dst) => copied += 1,
             Some(p) => {
                 std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
@@ -470,6 +635,62 @@ mod tests {
             let e = tokenizer_for_checkpoint(d.path()).err().unwrap().to_string();
             assert!(e.contains(missing) && e.contains("added tokens"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_encode_error_is_returned_counted_and_never_panics() {
+        // truncation to 1 token with strategy OnlySecond fails on any single text longer than
+        // one token ("second sequence not provided"); the one-id specials still load
+        let mut json = bpe_json();
+        json["truncation"] =
+            serde_json::json!({"direction": "Right", "max_length": 1, "strategy": "OnlySecond", "stride": 0});
+        let d = folder_with(&json);
+        let t = HfTokenizer::from_file(&d.path().join("tokenizer.json")).unwrap();
+        let e = t.try_encode("What is 17 + 25?").unwrap_err().to_string();
+        assert!(e.contains("encoding 16 bytes") && e.to_lowercase().contains("second sequence"), "{e}");
+        let before = encode_failures();
+        assert!(t.encode("What is 17 + 25?").is_empty());
+        assert!(encode_failures() > before, "the failure is counted");
+        // a working tokenizer counts nothing and returns the ids
+        let ok = HfTokenizer::from_file(&bpe_dir().join("tokenizer.json")).unwrap();
+        assert_eq!(ok.try_encode("What is 17 + 25?").unwrap(), ok.encode("What is 17 + 25?"));
+    }
+
+    #[test]
+    fn token_counts_are_bounded_by_bytes_where_claimed() {
+        let bpe = HfTokenizer::from_file(&bpe_dir().join("tokenizer.json")).unwrap();
+        assert!(ByteTokenizer.at_most_one_token_per_byte() && bpe.at_most_one_token_per_byte());
+        let texts = [
+            format!("{BOS}{USER}What is 17 + 25?{ASSISTANT}{THINK_START}x{THINK_END}{EOS}"),
+            "\u{0}\t\r\n\u{7f}\u{10ffff} naïve ✓ 漢字 <｜User｜ <think".to_string(),
+            " ".repeat(50),
+        ];
+        for t in &texts {
+            assert!(ByteTokenizer.encode(t).len() <= t.len());
+            assert!(bpe.encode(t).len() <= t.len(), "{t:?}");
+        }
+        // a normalizer that adds text voids the bound: "a" (1 byte) gets 9 more bytes first
+        let mut json = bpe_json();
+        json["normalizer"] = serde_json::json!({"type": "Prepend", "prepend": "▁▁▁"});
+        let d = folder_with(&json);
+        let pre = HfTokenizer::from_file(&d.path().join("tokenizer.json")).unwrap();
+        assert!(!pre.at_most_one_token_per_byte());
+        assert!(pre.encode("a").len() > 1, "{:?}", pre.encode("a"));
+    }
+
+    #[test]
+    fn a_resumed_checkpoint_must_have_the_current_tokenizer() {
+        let bpe = tokenizer_for_checkpoint(&bpe_dir()).unwrap();
+        check_resume_tokenizer(&bpe_dir(), bpe.as_ref(), Some(&bpe_dir())).unwrap();
+        // a file inside the checkpoint names its folder
+        check_resume_tokenizer(&bpe_dir().join("tokenizer.json"), bpe.as_ref(), Some(&bpe_dir())).unwrap();
+        let plain = tempfile::tempdir().unwrap();
+        let e = check_resume_tokenizer(&bpe_dir(), &ByteTokenizer, Some(plain.path())).unwrap_err().to_string();
+        for part in [bpe.fingerprint(), ByteTokenizer.fingerprint(), "tokenizer.json".into(), "--resume".into()] {
+            assert!(e.contains(&part), "{part} in {e}");
+        }
+        let e = check_resume_tokenizer(plain.path(), bpe.as_ref(), Some(&bpe_dir())).unwrap_err().to_string();
+        assert!(e.contains("built-in byte tokenizer") && e.contains(&bpe.fingerprint()), "{e}");
     }
 
     #[test]

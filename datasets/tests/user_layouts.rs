@@ -151,7 +151,8 @@ fn trl_prompt_completion_messages_and_solution_layouts() {
     assert_eq!(r.tasks[0].messages, vec![datasets::Message::user("What is 2+3?")]);
     assert_eq!((r.tasks[0].answer.as_str(), &r.tasks[0].verifier["kind"]), ("5", &serde_json::json!("math")));
     assert_eq!(r.tasks[0].reference.content, "2+3 = \\boxed{5}");
-    assert_eq!((r.tasks[1].answer.as_str(), &r.tasks[1].verifier["kind"]), ("Paris", &serde_json::json!("exact")));
+    // a short answer-like gold goes to the math verifier (it normalises text answers too)
+    assert_eq!((r.tasks[1].answer.as_str(), &r.tasks[1].verifier["kind"]), ("Paris", &serde_json::json!("math")));
     // prompt + completion, conversational (JSONL)
     let pcj = dir.path().join("pc.jsonl");
     std::fs::write(
@@ -444,4 +445,157 @@ fn sft_conversations_from_messages_and_prompt_completion() {
     std::fs::write(&bad, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n").unwrap();
     let e = load_sft_dataset(&bad).unwrap_err().to_string();
     assert!(e.contains("row 1") && e.contains("`messages`") && e.contains("no assistant turn"), "{e}");
+}
+
+/// verl's preprocessing writes `train.parquet` and `test.parquet` side by side: the directory
+/// (or a glob over both) is two splits, refused with a hint naming one; a file named on its
+/// own, or a directory of one split, reads.
+#[test]
+fn split_files_named_by_their_stem_are_not_read_as_one_training_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gsm8k");
+    std::fs::create_dir(&data).unwrap();
+    let train = shard(&data, "train.parquet", 0, 3);
+    shard(&data, "test.parquet", 100, 2);
+    let e = load_dataset(&data).unwrap_err().to_string();
+    assert!(e.contains("several splits (test, train)") && e.contains("name one split"), "{e}");
+    assert!(e.contains(&train.display().to_string()), "the hint names train.parquet: {e}");
+    let e = load_dataset(&data.join("*.parquet")).unwrap_err().to_string();
+    assert!(e.contains("several splits (test, train)"), "{e}");
+    assert_eq!(load_dataset(&train).unwrap().len(), 3);
+    assert_eq!(load_dataset(&data.join("t*n.parquet")).unwrap().len(), 3);
+    // a split file next to Hugging Face shards of another split; a validation file
+    shard(&data, "validation-00000-of-00001.parquet", 200, 1);
+    std::fs::remove_file(data.join("test.parquet")).unwrap();
+    let e = load_dataset(&data).unwrap_err().to_string();
+    assert!(e.contains("several splits (train, validation)"), "{e}");
+    std::fs::remove_file(data.join("validation-00000-of-00001.parquet")).unwrap();
+    shard(&data, "extra.parquet", 300, 1);
+    shard(&data, "val.parquet", 300, 1);
+    let e = load_dataset(&data).unwrap_err().to_string();
+    assert!(e.contains("several splits (train, val)"), "{e}");
+    // files without a split name stay one dataset
+    std::fs::remove_file(data.join("val.parquet")).unwrap();
+    std::fs::remove_file(data.join("train.parquet")).unwrap();
+    shard(&data, "part_a.parquet", 0, 2);
+    assert_eq!(load_dataset(&data).unwrap().len(), 3);
+    // SFT data reads paths the same way
+    let sft = dir.path().join("sft");
+    std::fs::create_dir(&sft).unwrap();
+    std::fs::write(sft.join("train.jsonl"), "{\"prompt\": \"a\", \"completion\": \"b\"}\n").unwrap();
+    std::fs::write(sft.join("test.jsonl"), "{\"prompt\": \"c\", \"completion\": \"d\"}\n").unwrap();
+    let e = load_sft_dataset(&sft).unwrap_err().to_string();
+    assert!(e.contains("several splits (test, train)"), "{e}");
+    assert_eq!(load_sft_dataset(&sft.join("train.jsonl")).unwrap().len(), 1);
+}
+
+/// A shard set with one shard left is incomplete too; only a file named on its own is read
+/// without the check.
+#[test]
+fn a_lone_shard_of_a_set_is_incomplete_unless_named_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let one = shard(&data, "train-00001-of-00003.parquet", 10, 3);
+    let want = "shard train-00000-of-00003 is missing (1 of 3 found)";
+    let e = load_dataset(&data).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
+    let e = load_dataset(&data.join("train-*.parquet")).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
+    let e = load_sft_dataset(&data).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
+    assert_eq!(load_dataset(&one).unwrap().len(), 3);
+    // a complete one-shard set reads from its directory
+    std::fs::remove_file(&one).unwrap();
+    shard(&data, "train-00000-of-00001.parquet", 0, 2);
+    assert_eq!(load_dataset(&data).unwrap().len(), 2);
+}
+
+/// TRL golds without `\boxed{}`: answer-like ones go to the math verifier (which parses
+/// thousands separators, fractions and LaTeX, so the right answer scores), free text is a
+/// counted skip; SFT reads the same file with the completion as its target.
+#[test]
+fn trl_golds_without_a_box_are_math_or_a_counted_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pc.parquet");
+    let prose = "The French capital is Paris, which lies on the Seine.";
+    write_parquet(
+        &p,
+        vec![
+            ("prompt", strings(&["1000 in digits?", "Three quarters?", "Half?", "Capital of France?"])),
+            ("completion", strings(&["1,000", "3/4", "\\frac12", prose])),
+        ],
+    );
+    let r = load_dataset_report(&p).unwrap();
+    assert_eq!(r.tasks.len(), 3);
+    let golds: Vec<(&str, &serde_json::Value)> =
+        r.tasks.iter().map(|t| (t.answer.as_str(), &t.verifier["kind"])).collect();
+    let math = serde_json::json!("math");
+    assert_eq!(golds, [("1,000", &math), ("3/4", &math), ("\\frac12", &math)]);
+    assert_eq!(r.skipped.len(), 1);
+    let (why, n) = r.skipped.iter().next().unwrap();
+    assert!(why.contains("no verifier for free-text completions") && *n == 1, "{why}");
+    assert_eq!(r.skip_summary(&p)[0], format!("{}: skipped 1 rows: {why}", p.display()));
+    // a `domain` naming a verifier family keeps the row
+    let d = dir.path().join("d.jsonl");
+    std::fs::write(&d, format!("{{\"prompt\": \"x\", \"completion\": \"{prose}\", \"domain\": \"math.prose\"}}\n"))
+        .unwrap();
+    assert_eq!(load_dataset(&d).unwrap()[0].verifier["kind"], serde_json::json!("math"));
+    // a dataset of only free text is an error naming the reason
+    let f = dir.path().join("free.jsonl");
+    std::fs::write(&f, format!("{{\"prompt\": \"x\", \"completion\": \"{prose}\"}}\n")).unwrap();
+    let e = load_dataset(&f).unwrap_err().to_string();
+    assert!(e.contains("every row was skipped") && e.contains("free-text completions"), "{e}");
+    // the TRL messages layout takes its gold the same way
+    let m = dir.path().join("m.jsonl");
+    std::fs::write(
+        &m,
+        format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"q\"}}, {{\"role\": \"assistant\", \"content\": \"{prose}\"}}]}}\n{{\"messages\": [{{\"role\": \"user\", \"content\": \"q\"}}, {{\"role\": \"assistant\", \"content\": \"1,000\"}}]}}\n"),
+    )
+    .unwrap();
+    let r = load_dataset_report(&m).unwrap();
+    assert_eq!((r.tasks.len(), r.skipped_rows()), (1, 1));
+    // SFT: every completion is a training target
+    let rs = load_sft_dataset(&p).unwrap();
+    assert_eq!(rs.len(), 4);
+    assert_eq!(rs[3].messages[1].content, prose);
+}
+
+/// One rule for a message list in a string cell: it starts with `[{`. A bracketed text prompt
+/// is text in every layout and in SFT data; a JSON list of messages is messages.
+#[test]
+fn bracketed_text_prompts_are_text_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[Geometry] Find the area of a 2 by 2 square.";
+    let json_msgs = r#"[{"role": "user", "content": "2+2?"}]"#;
+    let cases: [(&str, Vec<(&str, ArrayRef)>); 4] = [
+        ("v4.parquet", vec![("prompt", strings(&[text, json_msgs])), ("answer", strings(&["4", "4"]))]),
+        ("pc.parquet", vec![("prompt", strings(&[text, json_msgs])), ("completion", strings(&["\\boxed{4}", "4"]))]),
+        ("ps.parquet", vec![("prompt", strings(&[text, json_msgs])), ("solution", strings(&["4", "4"]))]),
+        (
+            "verl.parquet",
+            vec![
+                ("data_source", strings(&["openai/gsm8k", "openai/gsm8k"])),
+                ("prompt", strings(&[text, json_msgs])),
+                ("reward_model", structs(vec![("ground_truth", strings(&["4", "4"]))])),
+            ],
+        ),
+    ];
+    for (name, cols) in cases {
+        let p = dir.path().join(name);
+        write_parquet(&p, cols);
+        let ts = load_dataset(&p).unwrap();
+        assert_eq!(ts[0].messages, vec![datasets::Message::user(text)], "{name}");
+        assert_eq!(ts[1].messages, vec![datasets::Message::user("2+2?")], "{name}");
+    }
+    let sft = dir.path().join("sft.parquet");
+    write_parquet(&sft, vec![("prompt", strings(&[text, json_msgs])), ("completion", strings(&["4", "[Answer] 4"]))]);
+    let rs = load_sft_dataset(&sft).unwrap();
+    assert_eq!(rs[0].messages[0], datasets::Message::user(text));
+    assert_eq!(rs[1].messages[0], datasets::Message::user("2+2?"));
+    assert_eq!((rs[1].messages[1].role.as_str(), rs[1].messages[1].content.as_str()), ("assistant", "[Answer] 4"));
+    // SFT and prompt datasets give the same ids
+    let ts = load_dataset(&dir.path().join("v4.parquet")).unwrap();
+    let rs = load_sft_dataset(&sft).unwrap();
+    assert_eq!((ts[1].prompt_id.as_str(), rs[1].id.as_str()), ("v4.parquet#1", "sft.parquet#1"));
 }

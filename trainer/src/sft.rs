@@ -6,8 +6,12 @@
 //! [`SftConfig::data`] — the user's conversations (`messages`, or `prompt`/`completion`; see
 //! [`datasets::sft_data`]).
 //!
-//! **User conversations.** Example `k` is conversation `k mod n` (of those whose `domain`
-//! matches [`SftConfig::domains`]) in the mode hashed from `k`, as for the suite. The whole
+//! **User conversations.** Of the `n` conversations whose `domain` matches
+//! [`SftConfig::domains`], example `k` is conversation `π_e(k mod n)` of epoch `e = ⌊k / n⌋`,
+//! where `π_e` is a permutation of `0..n` shuffled from (run seed, `e`) ([`user_order`]), in
+//! the mode hashed from `k`, as for the suite: each epoch visits every conversation once in a
+//! fresh order (not file order), and example `k` is a pure function of (data, seed, `k`), so
+//! a resumed run draws exactly what an uninterrupted one would. The whole
 //! conversation is rendered in that mode; an assistant turn `i` is trained on when its text
 //! is a clean extension of the turns before it — `encode(m[..i]) ⊑ encode(m[..=i]) ⊑
 //! encode(m)` — which holds for every assistant turn in Non-think and in tool-using
@@ -263,7 +267,50 @@ pub fn load_user_data(cfg: &SftConfig) -> Result<Vec<SftRecord>> {
     Ok(picked)
 }
 
-/// Example `k` of user data: conversation `k mod n` in the mode hashed from `k`.
+/// The order in which epoch `epoch` visits `n` user conversations: a Fisher–Yates shuffle of
+/// `0..n` driven by SplitMix64 from `fnv1a("sft-order/{seed}/{epoch}")`, so a pure function of
+/// (`n`, seed, epoch).
+pub fn user_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut state = fnv1a(&format!("sft-order/{seed}/{epoch}"));
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The conversation example `k` of `n` user conversations draws: position `k mod n` of the
+/// order of epoch `⌊k / n⌋` ([`user_order`], kept per thread for the epoch in progress).
+pub fn user_index(n: usize, seed: u64, k: u64) -> usize {
+    type Cached = Option<((usize, u64, u64), Vec<usize>)>;
+    thread_local! {
+        static ORDER: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+    }
+    let (epoch, pos) = (k / n as u64, (k % n as u64) as usize);
+    ORDER.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((key, order)) if *key == (n, seed, epoch) => order[pos],
+            _ => {
+                let order = user_order(n, seed, epoch);
+                let i = order[pos];
+                *c = Some(((n, seed, epoch), order));
+                i
+            }
+        }
+    })
+}
+
+/// Example `k` of user data: conversation [`user_index`]`(n, seed, k)` in the mode hashed
+/// from `k`.
 pub fn user_example(
     records: &[SftRecord],
     modes: &[Mode],
@@ -272,7 +319,7 @@ pub fn user_example(
     tok: &dyn Tokenizer,
     train_on_prompt: bool,
 ) -> Example {
-    let rec = &records[(k % records.len() as u64) as usize];
+    let rec = &records[user_index(records.len(), seed, k)];
     conversation_example(&rec.messages, example_mode(modes, seed, k), tok, train_on_prompt)
 }
 
@@ -691,5 +738,28 @@ mod tests {
         assert!(Mixture::new("math.add", &[("math.add".into(), 0)]).is_err());
         assert!(Mixture::new("math.add", &[("math.add".into(), MAX_MIX_WEIGHT + 1)]).is_err());
         assert!(Mixture::new("math.add", &[("math.add".into(), MAX_MIX_WEIGHT)]).is_ok());
+    }
+
+    #[test]
+    fn user_data_is_drawn_in_a_seeded_order_per_epoch() {
+        let n = 50;
+        let o = user_order(n, 7, 0);
+        let mut sorted = o.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
+        assert_ne!(o, (0..n).collect::<Vec<_>>(), "not file order");
+        assert_eq!(o, user_order(n, 7, 0), "reproducible");
+        assert_ne!(o, user_order(n, 7, 1), "a fresh order each epoch");
+        assert_ne!(o, user_order(n, 8, 0), "seeded by the run seed");
+        // example k is a pure function of (n, seed, k) whatever was drawn before (a resumed
+        // run starts mid-epoch, possibly after another dataset was drawn on this thread)
+        let forward: Vec<usize> = (0..3 * n as u64).map(|k| user_index(n, 7, k)).collect();
+        let _ = user_index(n + 1, 9, 5);
+        let resumed: Vec<usize> = (0..3 * n as u64).rev().map(|k| user_index(n, 7, k)).collect();
+        assert_eq!(forward, resumed.into_iter().rev().collect::<Vec<_>>());
+        for e in 0..3 {
+            assert_eq!(forward[e * n..(e + 1) * n], user_order(n, 7, e as u64)[..], "epoch {e} visits each once");
+        }
+        assert_eq!(user_order(1, 7, 0), vec![0]);
     }
 }
