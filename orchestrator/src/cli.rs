@@ -48,7 +48,7 @@ pub enum Command {
     /// Inspect and summarise trajectory shards.
     #[command(subcommand)]
     Trajectories(TrajCmd),
-    /// Model configs and checkpoints: info, conformance forward, quantisation.
+    /// Model configs and checkpoints: info, random checkpoints (init), conformance forward, quantisation.
     #[command(subcommand)]
     Model(ModelCmd),
     /// Benchmarks that print measured numbers (medians and ratios from one run).
@@ -56,7 +56,8 @@ pub enum Command {
     Bench(BenchCmd),
     /// Pre-train a base from scratch on the suite's reference conversations (prompt included).
     Pretrain(crate::commands::train_cmd::SftArgs),
-    /// Supervised fine-tuning on the suite's reference solutions (assistant tokens only).
+    /// Supervised fine-tuning on the suite's reference solutions, or on your own conversations
+    /// with --data (assistant tokens only).
     Sft(crate::commands::train_cmd::SftArgs),
     /// Build a domain expert with GRPO (and its DAPO / Dr. GRPO / V3.2 variants).
     Grpo(crate::commands::train_cmd::GrpoArgs),
@@ -95,7 +96,8 @@ pub struct SampleArgs {
     /// default: the domain's own.
     #[arg(long)]
     pub difficulty: Option<datasets::tasks::Levels>,
-    /// Output file: .parquet or .jsonl.
+    /// Output file: .parquet (`messages` as list<struct<role, content>>, the conversation type
+    /// pyarrow, pandas and HF `datasets` read) or .jsonl.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -143,6 +145,11 @@ pub enum ModelCmd {
     /// inference code stores it (V4: FP8 non-rope dims + BF16 rope, FP4 indexer keys; V3.2:
     /// FlashMLA's 656-byte FP8 entry + 132-byte FP8 indexer key). MTP layers not counted.
     Info(InfoArgs),
+    /// Write a random checkpoint of any config in the official layout (FP8 projections, FP4
+    /// experts), tensor by tensor: the model is never held in memory, so it suits benchmark
+    /// checkpoints of any size. Values equal `ModelWeights::random(config, seed)` saved as
+    /// `official`; sharded above --max-shard-bytes with `model.safetensors.index.json`.
+    Init(ModelInitArgs),
     /// Conformance forward: logits of token sequences, as safetensors.
     Forward(ForwardArgs),
     /// Write the official FP8/FP4 layout from f32/bf16 weights.
@@ -154,7 +161,7 @@ pub enum ModelCmd {
         /// official (FP8 + FP4), rollout (f32 + FP4 experts) or f32.
         #[arg(long, default_value = "official")]
         format: String,
-        /// Split into shards of at most this many MiB (with an index file).
+        /// Split into shards of at most this many MiB (with an index file); default 4096.
         #[arg(long)]
         shard_mib: Option<usize>,
     },
@@ -169,6 +176,45 @@ pub struct ConfigSource {
     /// A config.json (official or HF keys).
     #[arg(long, group = "source")]
     pub config: Option<PathBuf>,
+    /// A checkpoint directory: its config.json, and (`model info`) the time and peak resident
+    /// memory of loading it for rollout.
+    #[arg(long, group = "source")]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Where `model init` takes its config from.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false, id = "init_source")]
+pub struct InitSource {
+    /// tiny, small, flash or pro.
+    #[arg(long, group = "init_source")]
+    pub preset: Option<String>,
+    /// A config.json (official or HF keys), e.g. examples/configs/v4-1p7b.json.
+    #[arg(long, group = "init_source")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelInitArgs {
+    #[command(flatten)]
+    pub source: InitSource,
+    /// Output directory: created; refused unless it is new or empty.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the weights (the same seed and config give the same bytes).
+    #[arg(long)]
+    pub seed: u64,
+    /// Split into shards of at most this many bytes of tensor data (a larger tensor gets a shard
+    /// of its own), with model.safetensors.index.json.
+    #[arg(long, default_value_t = model::checkpoint::DEFAULT_MAX_SHARD_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_shard_bytes: u64,
+    /// A Hugging Face tokenizer.json to copy into the checkpoint (its vocabulary must fit the
+    /// config's vocab_size).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -231,7 +277,8 @@ pub enum BenchCmd {
     OpdKl(crate::commands::bench_cmd::OpdKlArgs),
     /// Decode tokens/s with FP4 vs f32 experts (batch 1/8/32), FP4 GEMV bandwidth vs memcpy.
     Rollout(crate::commands::bench_cmd::RolloutBenchArgs),
-    /// SFT and GRPO training steps (forward, backward, optimizer update): tokens/s.
+    /// SFT and GRPO training steps: tokens/s, forward / backward / optimizer time split,
+    /// optimizer GFLOP/s vs an f32 GEMM, peak RSS (`--optim`, `--numerics`, `--accum`).
     TrainStep(crate::commands::bench_cmd::TrainStepArgs),
     /// Queue throughput and latency, embedded and Redis.
     Queue(crate::commands::bench_cmd::QueueBenchArgs),

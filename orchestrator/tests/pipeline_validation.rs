@@ -2,6 +2,7 @@
 //! in under a second, names the field, and leaves no run directory. A GRPO stage with a KL
 //! penalty (`variant = "grpo"`, β = 0.04) gets its frozen reference and runs.
 
+use orchestrator::pipeline::config::Stage;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -165,4 +166,104 @@ fn grpo_stage_with_a_kl_penalty_runs() {
         .collect();
     assert_eq!(kl.len(), 2, "one KL value per step: {kl:?}");
     assert!(kl.iter().all(|k| k.is_finite()), "{kl:?}");
+}
+
+/// `dir/ckpt`: golden A (no tokenizer.json: the byte tokenizer) with its context set to
+/// `context` positions (it declares 256).
+fn golden_a(dir: &Path, context: u64) -> std::path::PathBuf {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/v4-tiny-a");
+    let ck = dir.join("ckpt");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::copy(golden.join("model.safetensors"), ck.join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["max_position_embeddings"], 256);
+    config["max_position_embeddings"] = context.into();
+    std::fs::write(ck.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    ck
+}
+
+/// The length of the longest Non-think prompt of the first `n` built-in `math.add` draws,
+/// encoded as a rollout encodes it (chat template, byte tokenizer).
+fn longest_math_add_prompt(n: usize) -> usize {
+    use datasets::tokenizer::Tokenizer;
+    let d = datasets::tasks::Difficulty::uniform(None);
+    let ts = datasets::tasks::sample_with("math.add", datasets::Split::Train, 1, n, &d).unwrap();
+    let tok = datasets::tokenizer::ByteTokenizer;
+    ts.iter().map(|t| tok.encode(&t.prompt_text(datasets::chat::Mode::NonThink)).len()).max().unwrap()
+}
+
+/// Golden A declares 256 positions; a GRPO stage in Non-think (budget 224) cannot hold a
+/// prompt and its response there. The rollouts failed mid-run ("sequence exceeds
+/// max_seq_len", on every delivery); now the pipeline is refused before it starts.
+#[test]
+fn budgets_the_context_cannot_hold_are_refused_before_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    golden_a(tmp.path(), 256);
+    // SFT packs fit 256 positions: the stage that cannot start is the first with rollouts
+    let pipeline = GOOD.replace("base = \"preset:tiny\"", "base = \"ckpt\"").replace("# sft", "max_len = 256");
+    std::fs::write(tmp.path().join("pipeline.toml"), &pipeline).unwrap();
+    assert!(v4post(tmp.path(), &["--help"]).status.success());
+    let t0 = Instant::now();
+    let out = v4post(tmp.path(), &["run", "pipeline.toml"]);
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{err}");
+    // the first stage with rollouts; the run samples prompts drawn with seed 1
+    let want =
+        "stage 2 (grpo \"math.add\"): modes: non_think: the response budget of 224 tokens plus the longest prompt";
+    assert!(err.contains(want), "expected `{want}` in:\n{err}");
+    assert!(err.contains("more than the model's context of 256"), "{err}");
+    assert!(err.contains("Lower the budget") && err.contains("raise the model's context"), "{err}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(!tmp.path().join("runs").exists(), "the run directory was written");
+
+    // the prompt length it names is the one a rollout would encode
+    let c = orchestrator::pipeline::config::PipelineConfig::load(&tmp.path().join("pipeline.toml")).unwrap();
+    let e = orchestrator::pipeline::validate::preflight(&c).unwrap_err().to_string();
+    let Some(Stage::Grpo(g)) = c.stages.get(1) else { panic!("stage 2 is grpo: {c:?}") };
+    let draws = (g.steps * g.prompts as u64 * (1 + g.refill_rounds as u64)) as usize;
+    let longest = longest_math_add_prompt(draws);
+    assert!(e.contains(&format!("longest prompt ({longest} tokens")), "{e}");
+    assert!(e.contains(&format!("need {} positions", longest + 224)), "{e}");
+}
+
+/// The same pipeline over a context that holds every stage's prompts and budgets passes
+/// (Think Max: its ~480-token system prefix plus a 448-token budget).
+#[test]
+fn a_context_large_enough_passes_validation() {
+    let tmp = tempfile::tempdir().unwrap();
+    golden_a(tmp.path(), 4096);
+    let pipeline = GOOD.replace("base = \"preset:tiny\"", "base = \"ckpt\"");
+    std::fs::write(tmp.path().join("pipeline.toml"), &pipeline).unwrap();
+    let c = orchestrator::pipeline::config::PipelineConfig::load(&tmp.path().join("pipeline.toml")).unwrap();
+    orchestrator::pipeline::validate::preflight(&c).unwrap();
+}
+
+/// The Think Max stage checks its own budget (`max_tokens`) with its mode's long system
+/// prefix, and the eval stage every mode it evaluates in, on the eval prompts.
+#[test]
+fn think_max_and_eval_stages_check_their_own_budgets() {
+    let tmp = tempfile::tempdir().unwrap();
+    golden_a(tmp.path(), 4096);
+    let base = GOOD.replace("base = \"preset:tiny\"", "base = \"ckpt\"");
+    let preflight = |text: &str| {
+        std::fs::write(tmp.path().join("pipeline.toml"), text).unwrap();
+        let c = orchestrator::pipeline::config::PipelineConfig::load(&tmp.path().join("pipeline.toml")).unwrap();
+        orchestrator::pipeline::validate::preflight(&c).map_err(|e| e.to_string())
+    };
+    // 3700 < 4096 passes the budget-alone rule; with the prompt it does not fit
+    let e = preflight(&base.replace("# think_max", "max_tokens = 3700")).unwrap_err();
+    let want = "stage 4 (think_max \"math.add\"): max_tokens: think_max: the response budget of 3700 tokens";
+    assert!(e.starts_with(want), "{e}");
+    assert!(e.contains("Lower the budget (max_tokens)"), "{e}");
+    // the eval stage alone, over a context just too short for its longest Non-think prompt
+    let eval_only = "[run]\nname = \"e\"\n[model]\nbase = \"ckpt\"\n[[stage]]\nkind = \"eval\"\nn = 2\n";
+    let cfg = tmp.path().join("ckpt/config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    config["max_position_embeddings"] = 300.into();
+    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let e = preflight(eval_only).unwrap_err();
+    assert!(e.starts_with("stage 1 (eval): non_think: the response budget of 224 tokens"), "{e}");
+    assert!(e.contains("more than the model's context of 300"), "{e}");
 }

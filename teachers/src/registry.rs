@@ -17,8 +17,13 @@
 //! A sample's teacher weights are the `weight`s of all teachers whose patterns match its
 //! domain, normalised to sum to one: one teacher per domain gives the default one-hot
 //! weights; overlapping patterns give mixtures.
+//!
+//! Same tokenizer means equal [`Tokenizer::fingerprint`]s of the tokenizers the run loads
+//! ([`tokenizer_for_checkpoint`]: a checkpoint's `tokenizer.json`, else the byte tokenizer; a
+//! checkpoint given as a file inside its folder names the folder).
 
 use crate::error::{Result, TeacherError};
+use datasets::tokenizer::{checkpoint_folder, describe_tokenizer, tokenizer_for_checkpoint, ByteTokenizer, Tokenizer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -147,11 +152,15 @@ impl Registry {
     }
 
     /// Every teacher shares the student's vocabulary and tokenizer (reads only each
-    /// teacher's `config.json` and tokenizer file).
+    /// teacher's `config.json` and tokenizer file). `student_dir` (None: a preset, the byte
+    /// tokenizer) is the student's checkpoint folder or a file in it.
     pub fn validate_against(&self, student_dir: Option<&Path>, student: &model::Config) -> Result<()> {
-        let student_tok = student_dir.map(tokenizer_identity).transpose()?.unwrap_or_else(|| BUILTIN.to_string());
+        let student_tok: Box<dyn Tokenizer> = match student_dir {
+            Some(d) => tokenizer_for_checkpoint(d)?,
+            None => Box::new(ByteTokenizer),
+        };
         for t in &self.teachers {
-            let cfg_path = t.checkpoint.join("config.json");
+            let cfg_path = checkpoint_folder(&t.checkpoint).join("config.json");
             if !cfg_path.exists() {
                 return Err(TeacherError::Teacher {
                     id: t.id.clone(),
@@ -169,49 +178,23 @@ impl Registry {
                     ),
                 });
             }
-            let tok = tokenizer_identity(&t.checkpoint)?;
-            if tok != student_tok {
+            let tok = tokenizer_for_checkpoint(&t.checkpoint)
+                .map_err(|e| TeacherError::Teacher { id: t.id.clone(), msg: e.to_string() })?;
+            if tok.fingerprint() != student_tok.fingerprint() {
                 return Err(TeacherError::Teacher {
                     id: t.id.clone(),
                     msg: format!(
                         "its tokenizer ({}) differs from the student's ({}): distillation compares the \
                          two models' distributions token by token, so both need the same tokenizer.json \
                          (or neither, for the built-in byte tokenizer)",
-                        describe_tokenizer(&t.checkpoint, &tok),
-                        student_dir
-                            .map_or_else(|| format!("{BUILTIN}, a preset"), |d| describe_tokenizer(d, &student_tok)),
+                        describe_tokenizer(tok.as_ref(), Some(&t.checkpoint)),
+                        describe_tokenizer(student_tok.as_ref(), student_dir),
                     ),
                 });
             }
         }
         Ok(())
     }
-}
-
-/// Identity of the built-in byte tokenizer (checkpoints without a `tokenizer.json`).
-pub const BUILTIN: &str = "builtin-byte";
-
-/// `identity` of the checkpoint `dir` in words: the file and its hash, or the byte tokenizer.
-fn describe_tokenizer(dir: &Path, identity: &str) -> String {
-    if identity == BUILTIN {
-        format!("the built-in byte tokenizer: no tokenizer.json in {}", dir.display())
-    } else {
-        format!("{} with fingerprint {identity}", dir.join("tokenizer.json").display())
-    }
-}
-
-/// `builtin-byte`, or a content hash of the checkpoint's `tokenizer.json`.
-pub fn tokenizer_identity(dir: &Path) -> Result<String> {
-    let p = dir.join("tokenizer.json");
-    if !p.exists() {
-        return Ok(BUILTIN.to_string());
-    }
-    let bytes = std::fs::read(&p).map_err(|e| TeacherError::io(&p, e))?;
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    Ok(format!("tokenizer.json#{h:016x}"))
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub struct Session {
     pub keep_checkpoints: usize,
     /// Anticipatory Routing state (router snapshots, spike detector), saved with checkpoints.
     pub anticipatory: Option<AnticipatoryState>,
+    /// Checkpoint folder whose tokenizer files every step checkpoint carries (None: the
+    /// byte tokenizer, no files).
+    pub tokenizer_from: Option<PathBuf>,
 }
 
 impl Session {
@@ -57,6 +60,7 @@ impl Session {
             counters: Counters { seed, ..Default::default() },
             keep_checkpoints: 2,
             anticipatory: None,
+            tokenizer_from: None,
         })
     }
 
@@ -141,6 +145,7 @@ impl Session {
         }
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         checkpoint::save(&self.weights()?, &tmp, SaveFormat::F32, None)?;
+        datasets::tokenizer::carry_tokenizer_files(self.tokenizer_from.as_deref(), &tmp)?;
         self.save_optimizer(&tmp.join("optimizer.safetensors"))?;
         if let Some(a) = &self.anticipatory {
             a.save(&tmp.join(anticipatory::STATE_FILE))?;

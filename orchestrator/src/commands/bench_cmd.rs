@@ -1,8 +1,14 @@
-//! Benchmarks of the training side: `bench opd-kl`.
+//! Benchmarks of the training side: `bench opd-kl`, `bench rollout`, `bench train-step`, `bench queue`.
+//!
+//! `bench train-step` splits an SFT optimizer step into forward (loss), backward (gradients,
+//! accumulated over `--accum` micro-batches) and optimizer (clip + update) time, and counts the
+//! optimizer's FLOPs: per m×n Muon matrix (m ≤ n) each of the 10 Newton–Schulz iterations
+//! `A = XXᵀ`, `A²`, `X ← aX + (bA + cA²)X` costs 2m²n + 2m³ + 2m²n, plus ~13 elementwise FLOPs per
+//! element (momentum, update, norm/clip); AdamW ~13 per element.
 
 use crate::alloc;
 use crate::ui::print_json;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use clap::Args;
 use model::weights::SeededNormal;
@@ -211,15 +217,29 @@ fn uniform(n: usize, seed: u64) -> Vec<f32> {
 pub fn rollout(a: &RolloutBenchArgs) -> Result<()> {
     use model::formats::mxfp4::{Mxfp4Matrix, ScaleRule};
     use model::{Engine, EngineOptions};
-    let w = super::model_cmd::bench_weights(a.preset.as_deref(), a.checkpoint.as_deref())?;
     let reps = a.reps.max(1);
     let mut runs = Vec::new();
     let mut bytes = serde_json::Map::new();
     let mut state_bytes = None;
-    let engines = [
-        ("fp4", Engine::new(&w, EngineOptions { fp4_experts: true, ..Default::default() })?),
-        ("f32", Engine::new(&w, EngineOptions { fp4_experts: false, ..Default::default() })?),
-    ];
+    let options = |fp4_experts| EngineOptions { fp4_experts, ..Default::default() };
+    // A checkpoint loads through the mapped engine, as rollout workers load it.
+    let mut load_s = serde_json::Map::new();
+    let engines = match a.checkpoint.as_deref() {
+        Some(p) => {
+            let mut load = |fp4| -> Result<(&'static str, Engine)> {
+                let name = if fp4 { "fp4" } else { "f32" };
+                let t = Instant::now();
+                let e = Engine::from_checkpoint(p, options(fp4)).with_context(|| format!("loading {}", p.display()))?;
+                load_s.insert(format!("{name}_load_s"), json!(t.elapsed().as_secs_f64()));
+                Ok((name, e))
+            };
+            [load(true)?, load(false)?]
+        }
+        None => {
+            let w = super::model_cmd::bench_weights(a.preset.as_deref(), None)?;
+            [("fp4", Engine::new(&w, options(true))?), ("f32", Engine::new(&w, options(false))?)]
+        }
+    };
     for (name, e) in &engines {
         let (experts, other) = e.weight_bytes();
         bytes.insert(format!("{name}_weight_bytes"), json!(experts + other));
@@ -293,6 +313,7 @@ pub fn rollout(a: &RolloutBenchArgs) -> Result<()> {
     });
     if let Some(obj) = o.as_object_mut() {
         obj.extend(bytes);
+        obj.extend(load_s);
     }
     if a.json {
         print_json(&o);
@@ -314,8 +335,58 @@ pub fn rollout(a: &RolloutBenchArgs) -> Result<()> {
             memcpy,
             100.0 * o["fp4_gemv_fraction_of_memcpy"].as_f64().unwrap_or(0.0)
         );
+        if let (Some(f4), Some(f32_)) = (o["fp4_load_s"].as_f64(), o["f32_load_s"].as_f64()) {
+            println!("loaded (Engine::from_checkpoint): FP4 experts {f4:.2} s, f32 experts {f32_:.2} s");
+        }
     }
     Ok(())
+}
+
+/// Optimizer of `bench train-step`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchOptim {
+    /// Muon (hybrid Newton–Schulz) for 2-D matrices + AdamW for the rest (the trainers' default).
+    Muon,
+    /// Every trained parameter in AdamW (the work of hf_anchor.py's `train_4x128` row).
+    Adamw,
+}
+
+/// Numerics of the trainable graph in `bench train-step`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchNumerics {
+    /// Plain f32: no KV-FP8 / indexer-FP4 simulation, no expert fake-quant, no indexer loss
+    /// (next-token CE only, as hf_anchor.py's `train_4x128`).
+    Dense,
+    /// The trainers' default: KV-FP8 + indexer-FP4 simulation, FP4 fake-quant (QAT) of the
+    /// routed experts, indexer KL loss on.
+    Qat,
+}
+
+impl BenchOptim {
+    fn name(self) -> &'static str {
+        match self {
+            BenchOptim::Muon => "muon",
+            BenchOptim::Adamw => "adamw",
+        }
+    }
+}
+
+impl BenchNumerics {
+    fn name(self) -> &'static str {
+        match self {
+            BenchNumerics::Dense => "dense",
+            BenchNumerics::Qat => "qat",
+        }
+    }
+
+    fn train_options(self) -> model::train::TrainOptions {
+        match self {
+            BenchNumerics::Dense => {
+                model::train::TrainOptions { numerics: model::Numerics::DENSE, qat_experts: false, indexer_loss: false }
+            }
+            BenchNumerics::Qat => model::train::TrainOptions::default(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -324,39 +395,203 @@ pub struct TrainStepArgs {
     pub preset: Option<String>,
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
+    /// Sequences per micro-batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
+    /// Timed optimizer steps (after one untimed warm-up); medians reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Optimizer of the step.
+    #[arg(long, value_enum, default_value_t = BenchOptim::Muon)]
+    pub optim: BenchOptim,
+    /// Numerics of the trainable graph.
+    #[arg(long, value_enum, default_value_t = BenchNumerics::Qat)]
+    pub numerics: BenchNumerics,
+    /// Micro-batches (forward + backward of `--batch`×`--seq` each) per optimizer step.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub accum: u32,
     #[arg(long)]
     pub json: bool,
 }
 
+/// Seconds of one timed optimizer step, by phase.
+#[derive(Debug, Clone, Copy)]
+struct StepTimes {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+    total: f64,
+}
+
+/// `acc += g`, variable by variable (the SFT trainer's gradient accumulation).
+fn accumulate(
+    sess: &trainer::Session,
+    acc: Option<candle_core::backprop::GradStore>,
+    g: candle_core::backprop::GradStore,
+) -> Result<candle_core::backprop::GradStore> {
+    let Some(mut acc) = acc else {
+        return Ok(g);
+    };
+    for var in sess.model.vars().values() {
+        if let Some(gn) = g.get(var.as_tensor()) {
+            let sum = match acc.get(var.as_tensor()) {
+                Some(a) => (a + gn)?,
+                None => gn.clone(),
+            };
+            acc.insert(var.as_tensor(), sum);
+        }
+    }
+    Ok(acc)
+}
+
+/// FLOPs of one optimizer update over the parameters that have a gradient in `grads`.
+///
+/// Muon, per `[r, c]` matrix with `m = min(r, c)`, `n = max(r, c)`: each Newton–Schulz
+/// iteration `A = XXᵀ` (2m²n), `A²` (2m³), `X ← aX + (bA + cA²)X` (2m²n + 3m² + 2mn), times
+/// the 10 iterations of the hybrid schedule, plus ~10·mn for normalisation, momentum, Nesterov
+/// and the decayed update. AdamW: 10 per element. Both: 3 per element for the global gradient
+/// norm and the clip factor.
+fn optimizer_flops(sess: &trainer::Session, grads: &candle_core::backprop::GradStore) -> f64 {
+    use trainer::optim::{Group, HYBRID_NS};
+    let mut flops = 0f64;
+    for (name, var) in sess.model.vars() {
+        let Some(st) = sess.opt.params.get(name) else { continue };
+        if grads.get(var.as_tensor()).is_none() {
+            continue;
+        }
+        let numel = st.shape.iter().product::<usize>() as f64;
+        flops += match st.group {
+            Group::None => 0.0,
+            Group::Adamw => 13.0 * numel,
+            Group::Muon => {
+                let (m, n) = (st.shape[0].min(st.shape[1]) as f64, st.shape[0].max(st.shape[1]) as f64);
+                let iter = 4.0 * m * m * n + 2.0 * m * m * m + 3.0 * m * m + 2.0 * m * n;
+                HYBRID_NS.len() as f64 * iter + 13.0 * numel
+            }
+        };
+    }
+    flops
+}
+
+/// GFLOP/s of a plain `[n, n] × [n, n]` f32 matmul through candle (the model's matmul path):
+/// one warm-up, median of 5.
+fn gemm_peak_gflops(n: usize) -> Result<f64> {
+    let dev = Device::Cpu;
+    let a = Tensor::from_vec(uniform(n * n, 11), (n, n), &dev)?;
+    let b = Tensor::from_vec(uniform(n * n, 13), (n, n), &dev)?;
+    std::hint::black_box(a.matmul(&b)?);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(a.matmul(&b)?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
+}
+
+/// GFLOP/s of the same `[n, n] × [n, n]` product through `model::kernels::gemm` (the kernel
+/// of Muon's Newton–Schulz iterations): one warm-up, median of 5.
+fn kernel_gemm_gflops(n: usize) -> f64 {
+    use model::kernels::{gemm, Mat};
+    let (a, b) = (uniform(n * n, 11), uniform(n * n, 13));
+    let mut out = vec![0f32; n * n];
+    gemm(Mat::new(&a, n, n), Mat::new(&b, n, n), &mut out, false, true);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        gemm(Mat::new(&a, n, n), Mat::new(&b, n, n), &mut out, false, true);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&out);
+    2.0 * (n as f64).powi(3) / median(times) / 1e9
+}
+
+/// Peak resident set size of this process (`VmHWM` of /proc/self/status).
+fn peak_rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/status has no VmHWM line"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("/proc/self/status: unreadable VmHWM line `{line}`"))?;
+    Ok(kb * 1024)
+}
+
 /// Forward + backward + optimizer update of SFT and GRPO steps on `batch × seq` tokens.
+///
+/// SFT step, split: forward = `batch_loss` (model forward, logits, next-token CE, indexer loss
+/// under `qat`); backward = `backward()` plus gradient accumulation; optimizer =
+/// `Session::step` (gradient norm, clipping, update, weights written back). With `--accum N`
+/// a step is N micro-batches then one update. The split reported is that of the step whose
+/// total time is the median, so its parts add up to no more than `step_s`.
 pub fn train_step(a: &TrainStepArgs) -> Result<()> {
-    use model::train::TrainOptions;
     use trainer::sft::{batch_loss, Example};
     let w = super::model_cmd::bench_weights(a.preset.as_deref(), a.checkpoint.as_deref())?;
     let vocab = w.config.vocab_size;
     let (b, s) = (a.batch.max(1), a.seq.max(4));
-    let mut sess = trainer::Session::new(&w, TrainOptions::default(), trainer::optim::OptimConfig::default(), 0)?;
-    let seqs: Vec<Example> = (0..b)
-        .map(|i| {
-            let tokens = super::model_cmd::bench_tokens(s, vocab, i + 3);
-            Example { weights: vec![1.0; tokens.len()], tokens, docs: Vec::new() }
+    let accum = a.accum.max(1) as usize;
+    let gemm_peak = gemm_peak_gflops(1024)?;
+    let kernel_gemm = kernel_gemm_gflops(1024);
+    let mut sess = trainer::Session::new(&w, a.numerics.train_options(), trainer::optim::OptimConfig::default(), 0)?;
+    if a.optim == BenchOptim::Adamw {
+        for st in sess.opt.params.values_mut() {
+            if st.group == trainer::optim::Group::Muon {
+                st.group = trainer::optim::Group::Adamw;
+                st.v = vec![0.0; st.m.len()];
+            }
+        }
+    }
+    let indexer_coef = match a.numerics {
+        BenchNumerics::Dense => 0.0,
+        BenchNumerics::Qat => 1.0,
+    };
+    let micro: Vec<Vec<Example>> = (0..accum)
+        .map(|k| {
+            (0..b)
+                .map(|i| {
+                    let tokens = super::model_cmd::bench_tokens(s, vocab, k * b + i + 3);
+                    Example { weights: vec![1.0; tokens.len()], tokens, docs: Vec::new() }
+                })
+                .collect()
         })
         .collect();
-    let mut sft = Vec::new();
+    let seqs = &micro[0];
+    let mut steps: Vec<StepTimes> = Vec::new();
+    let mut opt_flops = 0.0;
     for _ in 0..a.reps.max(1) + 1 {
+        let start = Instant::now();
+        let (mut fwd, mut bwd) = (0.0, 0.0);
+        let mut grads = None;
+        for mb in &micro {
+            let t = Instant::now();
+            let (loss, _, _) = batch_loss(&sess, mb, indexer_coef)?;
+            let loss = if accum > 1 { (loss / accum as f64)? } else { loss };
+            fwd += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let g = loss.backward()?;
+            grads = Some(accumulate(&sess, grads, g)?);
+            bwd += t.elapsed().as_secs_f64();
+        }
+        let g = grads.ok_or_else(|| anyhow::anyhow!("no gradients"))?;
         let t = Instant::now();
-        let (loss, _, _) = batch_loss(&sess, &seqs, 1.0)?;
-        let g = loss.backward()?;
         sess.step(&g, 1.0)?;
-        sft.push(t.elapsed().as_secs_f64());
+        let optimizer = t.elapsed().as_secs_f64();
+        let total = start.elapsed().as_secs_f64();
+        opt_flops = optimizer_flops(&sess, &g);
+        steps.push(StepTimes { forward: fwd, backward: bwd, optimizer, total });
     }
-    sft.remove(0);
+    steps.remove(0);
+    steps.sort_by(|x, y| x.total.total_cmp(&y.total));
+    let split = steps[steps.len() / 2];
     // GRPO: half prompt, half response; clipped surrogate with importance ratios
     let half = s / 2;
     let cfg = trainer::losses::GrpoLossConfig::default();
@@ -397,14 +632,36 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
             eprintln!("{name:>14}: {:>8.1} ms over {n} calls", d.as_secs_f64() * 1e3);
         }
     }
-    let tokens = (b * s) as f64;
+    let tokens = (accum * b * s) as f64;
+    let sft_s = split.total;
     let o = json!({
-        "sft_tokens_per_s": tokens / median(sft.clone()),
-        "grpo_tokens_per_s": tokens / median(grpo.clone()),
-        "sft_step_s_median": median(sft),
+        "sft_tokens_per_s": tokens / sft_s,
+        "grpo_tokens_per_s": (b * s) as f64 / median(grpo.clone()),
+        "sft_step_s_median": sft_s,
         "grpo_step_s_median": median(grpo),
         "batch": b, "seq": s, "params": w.num_params(), "threads": rayon::current_num_threads(),
-        "note": "forward + backward + Muon/AdamW update, QAT (FP4 fake-quant experts), indexer loss on",
+        "candle_threads": candle_core::utils::get_num_threads(),
+        "forward_s": split.forward,
+        "backward_s": split.backward,
+        "optimizer_s": split.optimizer,
+        "step_s": sft_s,
+        "tokens_per_step": accum * b * s,
+        "step_tokens_per_s": tokens / sft_s,
+        "fwd_bwd_tokens_per_s": tokens / (split.forward + split.backward),
+        "optimizer_flops": opt_flops,
+        "optimizer_gflops": opt_flops / split.optimizer / 1e9,
+        "gemm_peak_gflops": gemm_peak,
+        "kernel_gemm_gflops": kernel_gemm,
+        "peak_rss_bytes": peak_rss_bytes()?,
+        "optim": a.optim.name(),
+        "numerics": a.numerics.name(),
+        "accum": accum,
+        "reps": a.reps.max(1),
+        "note": format!(
+            "SFT step = {accum} × (forward + backward of {b}×{s}) + one {} update; split of the median step; GRPO = one micro-batch; numerics {}; optimizer_flops: Muon counts 10 Newton–Schulz iterations of 4m²n + 2m³ per m×n matrix (m ≤ n), AdamW 13/param; gemm_peak_gflops: candle f32 matmul 1024³ (forward/backward path); kernel_gemm_gflops: model::kernels::gemm 1024³ (Newton–Schulz path)",
+            a.optim.name(),
+            a.numerics.name()
+        ),
     });
     if a.json {
         print_json(&o);
@@ -413,6 +670,19 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
             "SFT {:.0} tok/s, GRPO {:.0} tok/s ({b}×{s}, fwd+bwd+update)",
             o["sft_tokens_per_s"].as_f64().unwrap_or(0.0),
             o["grpo_tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "SFT step ({accum} × {b}×{s} tokens, {}, {}): forward {:.3} s, backward {:.3} s, optimizer {:.3} s ({:.2} GFLOP/s; f32 GEMM 1024³ {:.1} GFLOP/s candle, {:.1} kernels::gemm), total {:.3} s; peak RSS {:.1} MiB",
+            a.optim.name(),
+            a.numerics.name(),
+            split.forward,
+            split.backward,
+            split.optimizer,
+            opt_flops / split.optimizer / 1e9,
+            gemm_peak,
+            kernel_gemm,
+            sft_s,
+            o["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
     }
     Ok(())

@@ -43,11 +43,19 @@ pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
 }
 
 pub fn score(a: &ScoreArgs) -> Result<()> {
-    let records = datasets::prompts::read_records(&a.input)?;
+    let (columns, records) = datasets::prompts::read_table(&a.input)?;
+    let layout = datasets::layouts::detect_layout(&a.input, &columns)?;
     let mut rows = Vec::new();
     let mut by_domain: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
     for (i, rec) in records.iter().enumerate() {
-        let task = datasets::prompts::task_from_record(&a.input, i + 1, rec, i)?;
+        let task = match datasets::layouts::convert(layout, &a.input, i + 1, rec, i)? {
+            datasets::layouts::Converted::Task(t) => *t,
+            datasets::layouts::Converted::Skip(why) => {
+                *skipped.entry(why).or_default() += 1;
+                continue;
+            }
+        };
         let response = match rec.get("response") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
@@ -68,9 +76,12 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
         e.1 += 1;
         rows.push(json!({"index": i, "domain": task.domain, "reward": r.value, "detail": r.detail}));
     }
+    for (why, n) in &skipped {
+        eprintln!("{}: skipped {n} rows: {why}", a.input.display());
+    }
     let acc: BTreeMap<&String, f64> = by_domain.iter().map(|(k, (s, n))| (k, s / *n as f64)).collect();
     if a.json {
-        print_json(&json!({"rows": rows, "by_domain": acc}));
+        print_json(&score_json(rows, &acc, &skipped));
     } else {
         println!("{:<16} {:>6} {:>9}", "domain", "n", "accuracy");
         for (d, (s, n)) in &by_domain {
@@ -81,6 +92,16 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
         println!("{:<16} {:>6} {:>9.3}", "all", total, sum / total.max(1) as f64);
     }
     Ok(())
+}
+
+/// The `score --json` report: scored rows, mean reward per domain, and the rows skipped —
+/// `{"rows": n, "reasons": {reason: n}}` — as the text report prints them.
+fn score_json(rows: Vec<Value>, by_domain: &BTreeMap<&String, f64>, skipped: &BTreeMap<String, usize>) -> Value {
+    json!({
+        "rows": rows,
+        "by_domain": by_domain,
+        "skipped": {"rows": skipped.values().sum::<usize>(), "reasons": skipped},
+    })
 }
 
 /// Shard directories under `path` (a shard file, a shard directory or a run directory).
@@ -275,4 +296,25 @@ pub fn bench_store(n: usize, tokens: usize, json_out: bool) -> Result<()> {
         println!("wrote {n} trajectories × {tokens} tokens in {write_s:.2}s ({:.2e} tok/s), read in {read_s:.2}s ({:.2e} tok/s), {:.1} MB on disk", toks / write_s, toks / read_s, bytes as f64 / 1e6);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_json_reports_skipped_rows_with_reasons() {
+        let mut skipped = BTreeMap::new();
+        skipped.insert("no verifier for verl rows of ability `code`".to_string(), 2);
+        skipped.insert("no verifier for free-text completions".to_string(), 1);
+        let math = "math.gsm8k".to_string();
+        let acc: BTreeMap<&String, f64> = [(&math, 0.5)].into_iter().collect();
+        let v = score_json(vec![json!({"index": 0})], &acc, &skipped);
+        assert_eq!(v["skipped"]["rows"], 3);
+        assert_eq!(v["skipped"]["reasons"]["no verifier for verl rows of ability `code`"], 2);
+        assert_eq!(v["skipped"]["reasons"]["no verifier for free-text completions"], 1);
+        assert_eq!(v["by_domain"]["math.gsm8k"], 0.5);
+        let none = score_json(vec![], &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!((none["skipped"]["rows"].clone(), none["skipped"]["reasons"].clone()), (json!(0), json!({})));
+    }
 }

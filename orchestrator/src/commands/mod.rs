@@ -23,6 +23,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Trajectories(TrajCmd::Stats { path, json }) => data::traj_stats(&path, json),
         Command::Model(ModelCmd::Info(a)) => model_cmd::info(&a),
         Command::Model(ModelCmd::Forward(a)) => model_cmd::forward(&a),
+        Command::Model(ModelCmd::Init(a)) => model_cmd::init(&a),
         Command::Model(ModelCmd::Quantize { input, out, format, shard_mib }) => {
             model_cmd::quantize(&input, &out, &format, shard_mib)
         }

@@ -1,9 +1,11 @@
-//! `model info|forward|quantize` and `bench forward`.
+//! `model info|init|forward|quantize` and `bench forward`. `model info --checkpoint` also
+//! measures loading the checkpoint for rollout (time, peak resident memory).
 
-use crate::cli::{Baseline, BenchModelArgs, ConfigSource, ForwardArgs, InfoArgs};
-use crate::ui::print_json;
+use crate::cli::{Baseline, BenchModelArgs, ConfigSource, ForwardArgs, InfoArgs, InitSource, ModelInitArgs};
+use crate::ui::{print_json, Bars};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
+use datasets::progress::Progress;
 use model::checkpoint::{self, SaveFormat};
 use model::cost::{self, DecodeCost, V32Config};
 use model::train::{SeqInput, TrainModel, TrainOptions};
@@ -14,11 +16,186 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn load_config(src: &ConfigSource) -> Result<Config> {
-    match (&src.preset, &src.config) {
-        (Some(p), _) => Ok(Config::preset(p)?),
-        (_, Some(f)) => Ok(Config::from_file(f)?),
-        _ => bail!("give --preset or --config"),
+    match (&src.preset, &src.config, &src.checkpoint) {
+        (Some(p), _, _) => Ok(Config::preset(p)?),
+        (_, Some(f), _) => Ok(Config::from_file(f)?),
+        (_, _, Some(d)) => {
+            let f = if d.is_file() { d.with_file_name("config.json") } else { d.join("config.json") };
+            Config::from_file(&f).with_context(|| format!("--checkpoint {}: reading its config.json", d.display()))
+        }
+        _ => bail!("give --preset, --config or --checkpoint"),
     }
+}
+
+/// What loading a checkpoint for rollout cost: the mapped decode engine of
+/// [`Engine::from_checkpoint`] with the rollout options (QAT numerics, packed FP4 experts).
+struct LoadMeasure {
+    checkpoint: PathBuf,
+    /// Bytes of the safetensors files read.
+    file_bytes: u64,
+    files: usize,
+    load_s: f64,
+    /// Peak resident set of this process (`VmHWM`), which did nothing heavier before loading.
+    peak_rss_bytes: u64,
+    /// Resident set just before loading (the binary itself).
+    rss_before_load_bytes: u64,
+    /// `(routed experts, everything else)` bytes the engine holds.
+    weight_bytes: (usize, usize),
+    /// Then a prefill of [`PROBE_TOKENS`] tokens, which touches the weights a rollout uses
+    /// (mapped pages become resident only when read): its time and the peak resident set after it.
+    forward_s: f64,
+    peak_rss_after_forward_bytes: u64,
+}
+
+/// Tokens of the probe prefill after loading (64 tokens × top-k experts reach most experts).
+const PROBE_TOKENS: usize = 64;
+
+/// A `kB` field of `/proc/self/status` (`VmHWM`, `VmRSS`), in bytes.
+fn proc_status_bytes(key: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status (memory figures need Linux)")?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .with_context(|| format!("/proc/self/status has no `{key}` line"))?;
+    let kb: u64 = line
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("/proc/self/status: `{key}:{line}` is not a kB count"))?;
+    Ok(kb * 1024)
+}
+
+fn measure_load(dir: &Path) -> Result<LoadMeasure> {
+    let files = checkpoint::checkpoint_files(dir)?;
+    let mut file_bytes = 0u64;
+    for f in &files {
+        file_bytes += std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?.len();
+    }
+    let rss_before_load_bytes = proc_status_bytes("VmRSS")?;
+    let t = Instant::now();
+    let engine = Engine::from_checkpoint(dir, EngineOptions::default())
+        .with_context(|| format!("loading {} for rollout", dir.display()))?;
+    let load_s = t.elapsed().as_secs_f64();
+    let peak_rss_bytes = proc_status_bytes("VmHWM")?;
+    let vocab = engine.config.vocab_size;
+    let rows: Vec<Row> =
+        (0..PROBE_TOKENS).map(|i| Row { seq: 0, token: (i.wrapping_mul(2_654_435_761) % vocab) as u32 }).collect();
+    let t = Instant::now();
+    engine.forward(&mut [engine.new_state()], &rows, Want::LastLogits).context("probe prefill after loading")?;
+    let forward_s = t.elapsed().as_secs_f64();
+    let peak_rss_after_forward_bytes = proc_status_bytes("VmHWM")?;
+    Ok(LoadMeasure {
+        checkpoint: dir.to_path_buf(),
+        file_bytes,
+        files: files.len(),
+        load_s,
+        peak_rss_bytes,
+        rss_before_load_bytes,
+        weight_bytes: engine.weight_bytes(),
+        forward_s,
+        peak_rss_after_forward_bytes,
+    })
+}
+
+impl LoadMeasure {
+    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let v = json!({
+            "checkpoint": self.checkpoint.display().to_string(),
+            "file_bytes": self.file_bytes, "files": self.files, "load_s": self.load_s,
+            "peak_rss_bytes": self.peak_rss_bytes, "rss_before_load_bytes": self.rss_before_load_bytes,
+            "peak_rss_over_file_bytes": self.peak_rss_bytes as f64 / self.file_bytes.max(1) as f64,
+            "engine_weight_bytes": {"routed_experts": self.weight_bytes.0, "other": self.weight_bytes.1},
+            "probe_forward": {"tokens": PROBE_TOKENS, "seconds": self.forward_s,
+                "peak_rss_bytes": self.peak_rss_after_forward_bytes},
+            "load_note": "Engine::from_checkpoint with rollout options (QAT numerics, FP4 experts), then a prefill of \
+                probe_forward.tokens tokens; peak RSS is the process's VmHWM after each",
+        });
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn print(&self) {
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "checkpoint {}: {:.1} MB in {} file(s); loaded for rollout in {:.2} s, peak RSS {:.1} MB ({:.2}× the files; {:.1} MB before loading)",
+            self.checkpoint.display(),
+            mb(self.file_bytes),
+            self.files,
+            self.load_s,
+            mb(self.peak_rss_bytes),
+            self.peak_rss_bytes as f64 / self.file_bytes.max(1) as f64,
+            mb(self.rss_before_load_bytes)
+        );
+        println!(
+            "  then a {PROBE_TOKENS}-token prefill in {:.2} s: peak RSS {:.1} MB ({:.2}× the files)",
+            self.forward_s,
+            mb(self.peak_rss_after_forward_bytes),
+            self.peak_rss_after_forward_bytes as f64 / self.file_bytes.max(1) as f64
+        );
+    }
+}
+
+/// `model init`: a random checkpoint in the official layout, streamed to disk.
+pub fn init(a: &ModelInitArgs) -> Result<()> {
+    let (config, config_name) = match &a.source {
+        InitSource { preset: Some(p), .. } => (Config::preset(p)?, format!("preset {p}")),
+        InitSource { config: Some(f), .. } => {
+            (Config::from_file(f).with_context(|| format!("--config {}", f.display()))?, f.display().to_string())
+        }
+        _ => bail!("give --preset or --config"),
+    };
+    // The tokenizer is checked before anything is written.
+    if let Some(t) = &a.tokenizer {
+        let tok =
+            datasets::tokenizer::HfTokenizer::from_file(t).with_context(|| format!("--tokenizer {}", t.display()))?;
+        datasets::tokenizer::check_tokenizer_file_fits(&tok, config.vocab_size, t, &config_name)
+            .with_context(|| format!("--tokenizer {}", t.display()))?;
+    }
+    let max_shard =
+        usize::try_from(a.max_shard_bytes).context("--max-shard-bytes does not fit this machine's word size")?;
+    let plan = model::init::InitPlan::new(&config, a.seed, max_shard).context("planning the checkpoint")?;
+    let bars = Bars::new(a.json);
+    const MIB: u64 = 1 << 20;
+    bars.start("init MiB", plan.tensor_bytes().div_ceil(MIB));
+    let written = std::sync::atomic::AtomicU64::new(0);
+    let t = Instant::now();
+    let summary = plan
+        .write(&a.out, &|n| {
+            let before = written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            let mib = (before + n).div_ceil(MIB) - before.div_ceil(MIB);
+            if mib > 0 {
+                bars.advance(mib);
+            }
+        })
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    bars.finish();
+    let write_s = t.elapsed().as_secs_f64();
+    if let Some(tok) = &a.tokenizer {
+        datasets::tokenizer::carry_tokenizer_file(tok, &a.out)
+            .with_context(|| format!("copying the tokenizer {} into {}", tok.display(), a.out.display()))?;
+    }
+    let files: Vec<String> = plan.file_names().iter().map(|f| f.to_string()).collect();
+    if a.json {
+        print_json(&json!({
+            "out": a.out.display().to_string(), "seed": a.seed, "files": files, "file_bytes": summary.file_bytes,
+            "tensors": summary.tensors, "params": summary.params, "write_s": write_s,
+            "max_shard_bytes": a.max_shard_bytes, "tokenizer": a.tokenizer.is_some(),
+            "config": serde_json::from_str::<serde_json::Value>(&plan.config().to_json_pretty())?,
+        }));
+    } else {
+        println!(
+            "wrote a random checkpoint (seed {}, {} params, {} tensors, {:.1} MB in {} file(s)) to {} in {:.1} s",
+            a.seed,
+            fmt_count(summary.params),
+            summary.tensors,
+            summary.file_bytes as f64 / 1e6,
+            files.len(),
+            a.out.display(),
+            write_s
+        );
+    }
+    Ok(())
 }
 
 /// Name of the V3.2 baseline where a preset is expected (`model info --preset v3.2`).
@@ -31,14 +208,22 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         return info_v32(context, a.json);
     }
     let c = load_config(&a.source)?;
+    let load = a.source.checkpoint.as_deref().map(measure_load).transpose()?;
     let pc = c.param_counts();
     let cost = cost::v4_decode_cost(&c, context);
     let vs = a.vs.map(|Baseline::V32| V32Config::published().decode_cost(context));
     if a.json {
-        print_json(&info_json(&c, &pc, &cost, vs.as_ref(), context)?);
+        let mut v = info_json(&c, &pc, &cost, vs.as_ref(), context)?;
+        if let (Some(m), Some(obj)) = (&load, v.as_object_mut()) {
+            obj.extend(m.json());
+        }
+        print_json(&v);
         return Ok(());
     }
     print_params(&c, &pc);
+    if let Some(m) = &load {
+        m.print();
+    }
     let kv = c.kv_bytes_per_token(context, 2);
     let kv_total: f64 = kv.iter().map(|(_, _, b)| b).sum();
     println!("KV cache at {context} tokens of context (bf16 entries), bytes per token:");
@@ -185,9 +370,9 @@ fn parse_numerics(s: &str) -> Result<Numerics> {
 }
 
 pub fn forward(a: &ForwardArgs) -> Result<()> {
-    let w = checkpoint::load(&a.checkpoint).with_context(|| format!("loading {}", a.checkpoint.display()))?;
-    let engine =
-        Engine::new(&w, EngineOptions { numerics: parse_numerics(&a.numerics)?, fp4_experts: !a.f32_experts })?;
+    let options = EngineOptions { numerics: parse_numerics(&a.numerics)?, fp4_experts: !a.f32_experts };
+    let engine = Engine::from_checkpoint(&a.checkpoint, options)
+        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
     let text = std::fs::read_to_string(&a.tokens).with_context(|| format!("reading {}", a.tokens.display()))?;
     let seqs: Vec<Vec<u32>> = serde_json::from_str(&text)
         .with_context(|| format!("{}: expected a JSON list of token-id lists", a.tokens.display()))?;
@@ -291,6 +476,7 @@ pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>
     refuse_overwriting_input(input, out)?;
     let w = checkpoint::load(input).with_context(|| format!("loading {}", input.display()))?;
     checkpoint::save(&w, out, fmt, shard_mib.map(|m| m << 20)).with_context(|| format!("writing {}", out.display()))?;
+    super::train_cmd::carry_tokenizer(Some(input), out)?;
     let bytes: u64 =
         std::fs::read_dir(out)?.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
     eprintln!(

@@ -65,6 +65,21 @@ pub fn run(a: &RunArgs) -> Result<()> {
             cfg.model.base = p.to_string_lossy().into_owned();
         }
     }
+    if !resume {
+        // the same for the datasets (a glob need not exist as a path, so no canonicalize)
+        for p in [cfg.data.prompts.as_mut(), cfg.data.eval_prompts.as_mut()].into_iter().flatten() {
+            if let Ok(abs) = std::path::absolute(&*p) {
+                *p = abs;
+            }
+        }
+        for s in cfg.stages.iter_mut() {
+            if let pipeline::config::Stage::Sft(pipeline::config::SftStage { data: Some(p), .. }) = s {
+                if let Ok(abs) = std::path::absolute(&*p) {
+                    *p = abs;
+                }
+            }
+        }
+    }
     let opts = RunOptions { resume, json: a.json, queue: a.queue.clone(), stop_after_steps: a.stop_after_steps };
     let results = pipeline::run(cfg.clone(), &opts)?;
     if a.json {

@@ -8,7 +8,7 @@ use datasets::progress::NoProgress;
 use datasets::prompts::PromptSource;
 use datasets::store::{MetricsWriter, TrajectoryStore};
 use datasets::tasks::{self, Levels, Split};
-use datasets::ByteTokenizer;
+use datasets::tokenizer::{self as tokenizer, ByteTokenizer, Tokenizer};
 use model::checkpoint::{self, SaveFormat};
 use model::train::TrainOptions;
 use model::{Config, Engine, EngineOptions, ModelWeights};
@@ -25,7 +25,9 @@ use trainer::Session;
 /// Where the starting weights come from.
 #[derive(Args, Debug, Clone)]
 pub struct BaseArgs {
-    /// Start from this checkpoint directory.
+    /// Start from this checkpoint directory. Its `tokenizer.json` (Hugging Face format), if it
+    /// has one, is the tokenizer of the run and is copied into every checkpoint written;
+    /// without one (and for --preset) the built-in byte tokenizer is used.
     #[arg(long, conflicts_with = "preset")]
     pub base: Option<PathBuf>,
     /// Start from random weights of a preset (tiny, small).
@@ -66,7 +68,13 @@ impl OptimArgs {
 pub struct SftArgs {
     #[command(flatten)]
     pub base: BaseArgs,
-    /// Domains whose reference solutions are learned (`math.*,if.*`, `*`).
+    /// Train on your own conversations instead of the built-in suite: a Parquet/JSONL file,
+    /// a directory of shards or a glob (`data/train-*.parquet`) with `messages` (list of
+    /// {role, content}) or `prompt` + `completion`; loss on the assistant turns.
+    #[arg(long, alias = "prompts", conflicts_with_all = ["mix", "difficulty"])]
+    pub data: Option<PathBuf>,
+    /// Domains whose reference solutions are learned (`math.*,if.*`, `*`); with --data, the
+    /// records whose `domain` column matches (records without one are `user`).
     #[arg(long, default_value = "*")]
     pub domains: String,
     /// Mixture weights, `PATTERN=W,...` (e.g. `math.add=6,agent.*=3`): a matching domain
@@ -291,17 +299,59 @@ pub fn base_weights(b: &BaseArgs, seed: u64) -> Result<ModelWeights> {
     }
 }
 
-/// Final weights: F32 model at `out`, plus the FP4 rollout export under `out/rollout`.
-pub fn write_outputs(w: &ModelWeights, out: &Path) -> Result<()> {
-    checkpoint::save(w, out, SaveFormat::F32, None)?;
-    checkpoint::save(w, &out.join("rollout"), SaveFormat::Rollout, None)?;
+/// The tokenizer of a checkpoint (its `tokenizer.json`, else the byte tokenizer), checked to
+/// fit the `vocab_size` of its `config.json` before any weights are read.
+pub fn checkpoint_tokenizer(dir: &Path) -> Result<Box<dyn Tokenizer>> {
+    let cfg_path = tokenizer::checkpoint_folder(dir).join("config.json");
+    let cfg = Config::from_file(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+    Ok(tokenizer::checkpoint_tokenizer(dir, cfg.vocab_size)?)
+}
+
+/// The tokenizer of the starting weights and the folder outputs copy it from: the base
+/// checkpoint's, or the byte tokenizer of a preset (no folder).
+pub fn base_tokenizer(b: &BaseArgs) -> Result<(Box<dyn Tokenizer>, Option<PathBuf>)> {
+    match (&b.base, &b.preset) {
+        (Some(p), _) => Ok((checkpoint_tokenizer(p)?, Some(p.clone()))),
+        (None, Some(p)) => {
+            let tok: Box<dyn Tokenizer> = Box::new(ByteTokenizer);
+            tokenizer::check_vocab_fits(tok.as_ref(), Config::preset(p)?.vocab_size, None)?;
+            Ok((tok, None))
+        }
+        (None, None) => bail!("give --base CHECKPOINT or --preset NAME"),
+    }
+}
+
+/// Copy the tokenizer files of `from` (None: byte tokenizer) into the checkpoint folder `out`.
+pub fn carry_tokenizer(from: Option<&Path>, out: &Path) -> Result<()> {
+    tokenizer::carry_tokenizer_files(from, out)
+        .with_context(|| format!("copying the tokenizer into {}", out.display()))?;
     Ok(())
 }
 
-fn open_session(base: &BaseArgs, out: &Path, resume: bool, seed: u64, optim: OptimConfig) -> Result<Session> {
+/// Final weights: F32 model at `out`, plus the FP4 rollout export under `out/rollout`; both
+/// carry the tokenizer files of `tok_from`.
+pub fn write_outputs(w: &ModelWeights, out: &Path, tok_from: Option<&Path>) -> Result<()> {
+    checkpoint::save(w, out, SaveFormat::F32, None)?;
+    checkpoint::save(w, &out.join("rollout"), SaveFormat::Rollout, None)?;
+    carry_tokenizer(tok_from, out)?;
+    carry_tokenizer(tok_from, &out.join("rollout"))?;
+    Ok(())
+}
+
+/// Start a session from `base`, or with `resume` continue the latest checkpoint under
+/// `out/train`, which must have been trained with the run's tokenizer `tok` (of `tok_from`).
+fn open_session(
+    base: &BaseArgs,
+    out: &Path,
+    resume: bool,
+    seed: u64,
+    optim: OptimConfig,
+    (tok, tok_from): (&dyn Tokenizer, Option<&Path>),
+) -> Result<Session> {
     let root = out.join("train");
     if resume {
         if let Some(latest) = Session::latest(&root) {
+            tokenizer::check_resume_tokenizer(&latest, tok, tok_from)?;
             eprintln!("resuming from {}", latest.display());
             return Ok(Session::load(&latest, TrainOptions::default(), optim)?);
         }
@@ -312,7 +362,9 @@ fn open_session(base: &BaseArgs, out: &Path, resume: bool, seed: u64, optim: Opt
 
 pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
     let modes = parse_modes(&a.modes)?;
-    tasks::match_domains(&a.domains)?;
+    if a.data.is_none() {
+        tasks::match_domains(&a.domains)?;
+    }
     let work = match &a.work {
         Some(w) => w.clone(),
         None if pretrain => {
@@ -329,8 +381,18 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
     let started = std::time::Instant::now();
     // bad data arguments fail before a model is loaded
     let mix = parse_mix(&a.mix)?;
-    trainer::sft::Mixture::new(&a.domains, &mix)?;
-    let mut s = open_session(&a.base, &work, a.resume, a.seed, a.optim.config())?;
+    match &a.data {
+        Some(d) => {
+            let n = datasets::sft_data::load_sft_dataset(d).with_context(|| format!("--data {}", d.display()))?.len();
+            eprintln!("SFT data: {n} conversations from {}", d.display());
+        }
+        None => {
+            trainer::sft::Mixture::new(&a.domains, &mix)?;
+        }
+    }
+    let (tok, tok_from) = base_tokenizer(&a.base)?;
+    let mut s = open_session(&a.base, &work, a.resume, a.seed, a.optim.config(), (tok.as_ref(), tok_from.as_deref()))?;
+    s.tokenizer_from = tok_from.clone();
     eprintln!("optimizer: {}", s.opt.describe());
     let stage = if pretrain { "pretrain" } else { "sft" };
     let cfg = SftConfig {
@@ -346,17 +408,21 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         stage: stage.into(),
         warmup: (a.steps / 20).max(1),
+        data: a.data.clone(),
         ..Default::default()
     };
     let mut metrics = MetricsWriter::new(&work.join("metrics"), stage)?;
     metrics.min_interval = std::time::Duration::from_secs(5);
     let bars = Bars::new(a.json);
-    let rep = run_sft(&mut s, &cfg, &ByteTokenizer, &mut metrics, &bars, Some(&work.join("train")))?;
+    let rep = run_sft(&mut s, &cfg, tok.as_ref(), &mut metrics, &bars, Some(&work.join("train")))?;
     s.save(&work.join("train"))?;
     let w = s.weights()?;
     match format.as_str() {
-        "official" => checkpoint::save(&w, &a.out, SaveFormat::Official, None)?,
-        _ => write_outputs(&w, &a.out)?,
+        "official" => {
+            checkpoint::save(&w, &a.out, SaveFormat::Official, None)?;
+            carry_tokenizer(tok_from.as_deref(), &a.out)?;
+        }
+        _ => write_outputs(&w, &a.out, tok_from.as_deref())?,
     }
     let out = json!({
         "stage": stage, "steps": rep.steps, "first_loss": rep.first_loss, "final_loss": rep.final_loss,
@@ -483,19 +549,35 @@ pub fn reference_model(cfg: &GrpoConfig, start: &ModelWeights) -> Result<Option<
 pub fn grpo(a: &GrpoArgs) -> Result<()> {
     let cfg = grpo_config(a)?;
     tasks::match_domains(&a.domain)?;
-    let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config())?;
+    let (tok, tok_from) = base_tokenizer(&a.base)?;
+    let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config(), (tok.as_ref(), tok_from.as_deref()))?;
+    s.tokenizer_from = tok_from.clone();
     // the frozen reference is the base the run started from (also on --resume)
-    let reference = if needs_reference(&cfg) { reference_model(&cfg, &base_weights(&a.base, a.seed)?)? } else { None };
+    let reference = match (&a.base.base, needs_reference(&cfg)) {
+        (_, false) => None,
+        // a base checkpoint is frozen as stored (memory-mapped), not widened to f32
+        (Some(dir), true) => Some(
+            trainer::reference::FrozenReference::from_checkpoint(dir)
+                .context("building the frozen KL reference model")?,
+        ),
+        (None, true) => reference_model(&cfg, &base_weights(&a.base, a.seed)?)?,
+    };
     let source = PromptSource::Builtin {
         domains: a.domain.clone(),
         split: Split::Train,
         seed: a.seed,
         difficulty: a.difficulty.into(),
     };
+    // every rollout fits the model's context (else it fails mid-run on every delivery)
+    let budgets: Vec<(Mode, usize)> = cfg.modes.iter().map(|&m| (m, cfg.shaping.for_mode(m).max_len)).collect();
+    let draws = cfg.steps * cfg.prompts_per_step as u64 * (1 + cfg.max_refill_rounds as u64);
+    let lower = "the mode's default; leave the mode out of --modes";
+    crate::pipeline::validate::source_fits(tok.as_ref(), s.model.config.max_seq_len, &source, draws, &budgets, lower)
+        .map_err(|m| anyhow::anyhow!("grpo {}: {m}", a.domain))?;
     let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
     let bars = Bars::new(a.json);
     let mut rollouts = LocalRollouts {
-        tok: &ByteTokenizer,
+        tok: tok.as_ref(),
         store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(datasets::safe_component(&cfg.stage)))?),
         opts: Default::default(),
         progress: &NoProgress,
@@ -512,7 +594,7 @@ pub fn grpo(a: &GrpoArgs) -> Result<()> {
         Some(&a.out.join("train")),
     )?;
     s.save(&a.out.join("train"))?;
-    write_outputs(&s.weights()?, &a.out)?;
+    write_outputs(&s.weights()?, &a.out, tok_from.as_deref())?;
     let out = json!({"steps": rep.steps, "reward_first": rep.mean_reward_first, "reward_last": rep.mean_reward_last, "sampled_tokens": rep.sampled_tokens, "seconds": rep.seconds, "out": a.out});
     if a.json {
         print_json(&out);
@@ -534,15 +616,19 @@ pub fn grpo(a: &GrpoArgs) -> Result<()> {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let mode: Mode = a.mode.parse().map_err(anyhow::Error::msg)?;
     let split: Split = a.split.parse().map_err(anyhow::Error::msg)?;
-    let w = checkpoint::load(&a.checkpoint).with_context(|| format!("loading {}", a.checkpoint.display()))?;
-    let engine = Engine::new(&w, EngineOptions::default())?;
+    let tok = checkpoint_tokenizer(&a.checkpoint)?;
+    let engine = Engine::from_checkpoint(&a.checkpoint, EngineOptions::default())
+        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
     let mut ts = Vec::new();
     for d in tasks::match_domains(&a.domains)? {
         ts.extend(tasks::sample_with(d.domain, split, a.seed, a.n, &a.difficulty.into())?);
     }
     let max_tokens = a.max_tokens.unwrap_or_else(|| rewards::shaping::LengthShaping::default().for_mode(mode).max_len);
+    let context = engine.config.max_seq_len;
+    crate::pipeline::validate::prompts_fit(tok.as_ref(), context, &ts, &[(mode, max_tokens)], "--max-tokens")
+        .map_err(|m| anyhow::anyhow!("eval {}: {m}", a.checkpoint.display()))?;
     let bars = Bars::new(a.json);
-    let rep = rollout::evaluate(&engine, &ByteTokenizer, &ts, mode, max_tokens, a.show, &bars)?;
+    let rep = rollout::evaluate(&engine, tok.as_ref(), &ts, mode, max_tokens, a.show, &bars)?;
     if a.json {
         print_json(&serde_json::to_value(&rep)?);
     } else {
@@ -657,6 +743,7 @@ pub fn covered_domains(reg: &teachers::Registry) -> String {
 
 pub fn opd(a: &OpdArgs) -> Result<()> {
     let reg = teachers::Registry::load(&a.teachers)?;
+    let tok = checkpoint_tokenizer(&a.student)?;
     let student = checkpoint::load(&a.student).with_context(|| format!("loading student {}", a.student.display()))?;
     reg.validate_against(Some(&a.student), &student.config)?;
     let source = match (&a.prompts, &a.domains) {
@@ -691,13 +778,25 @@ pub fn opd(a: &OpdArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         ..Default::default()
     };
+    let budgets: Vec<(Mode, usize)> = cfg
+        .mode_mix
+        .iter()
+        .filter(|(_, w)| *w > 0.0)
+        .filter_map(|(m, _)| cfg.max_tokens.iter().find(|(b, _)| b == m).copied())
+        .collect();
+    let lower = "the mode's default; give the mode no share in --mode-mix";
+    let (context, draws) = (student.config.max_seq_len, cfg.steps * cfg.prompts_per_step as u64);
+    crate::pipeline::validate::source_fits(tok.as_ref(), context, &source, draws, &budgets, lower)
+        .map_err(|m| anyhow::anyhow!("opd: {m}"))?;
     let base = BaseArgs { base: Some(a.student.clone()), preset: None };
-    let mut s = open_session(&base, &a.out, a.resume, a.seed, a.optim.config())?;
+    let run_tok = (tok.as_ref(), Some(a.student.as_path()));
+    let mut s = open_session(&base, &a.out, a.resume, a.seed, a.optim.config(), run_tok)?;
+    s.tokenizer_from = Some(a.student.clone());
     let bars = Bars::new(a.json);
     eprintln!("distilling {} teachers ({} resident at a time) onto {}", reg.len(), a.resident, a.student.display());
     let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
     let mut rollouts = LocalRollouts {
-        tok: &ByteTokenizer,
+        tok: tok.as_ref(),
         store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(datasets::safe_component(&cfg.stage)))?),
         opts: Default::default(),
         progress: &NoProgress,
@@ -721,7 +820,7 @@ pub fn opd(a: &OpdArgs) -> Result<()> {
         Some(&a.out.join("train")),
     )?;
     s.save(&a.out.join("train"))?;
-    write_outputs(&s.weights()?, &a.out)?;
+    write_outputs(&s.weights()?, &a.out, Some(a.student.as_path()))?;
     let out = json!({"steps": rep.steps, "kl_first": rep.kl_first, "kl_last": rep.kl_last, "sampled_tokens": rep.sampled_tokens, "teacher_loads": local.pool.loads, "seconds": rep.seconds, "out": a.out});
     if a.json {
         print_json(&out);

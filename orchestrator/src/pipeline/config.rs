@@ -40,7 +40,8 @@ pub struct RunSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// A checkpoint directory, or `preset:NAME` for random weights (tests).
+    /// A checkpoint directory, or `preset:NAME` for random weights (tests). The directory's
+    /// `tokenizer.json`, if any, is the tokenizer of every stage (else the byte tokenizer).
     pub base: String,
 }
 
@@ -144,7 +145,12 @@ impl Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftStage {
+    /// Built-in suite domains; with `data`, the records whose `domain` column matches.
     pub domains: String,
+    /// The user's SFT conversations (a Parquet/JSONL file, a directory of shards or a glob;
+    /// `messages` or `prompt` + `completion`) instead of the built-in suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<std::path::PathBuf>,
     pub steps: u64,
     pub batch: usize,
     pub max_len: usize,
@@ -156,6 +162,7 @@ impl Default for SftStage {
     fn default() -> Self {
         SftStage {
             domains: "*".into(),
+            data: None,
             steps: 40,
             batch: 8,
             // fits every built-in Non-think / Think High example (test below)
@@ -350,6 +357,11 @@ impl PipelineConfig {
         }
         if let Some(p) = c.data.eval_prompts.as_mut() {
             fix(p);
+        }
+        for s in c.stages.iter_mut() {
+            if let Stage::Sft(SftStage { data: Some(p), .. }) = s {
+                fix(p);
+            }
         }
         Ok(c)
     }

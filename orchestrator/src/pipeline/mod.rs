@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! runs/<name>/pipeline.toml            the resolved config (credentials redacted)
+//! runs/<name>/tokenizer.json           the base's tokenizer (+ tokenizer_config.json), if it has one
 //! runs/<name>/state.json               completed stages and their outputs
 //! runs/<name>/checkpoints/<stage>/     step checkpoints (model, optimizer, RNG, data cursor)
 //! runs/<name>/models/<stage>/          stage results (F32 + rollout/ FP4 export)
@@ -19,6 +20,11 @@
 //! dataset's `domain` such as `openai/gsm8k` or `../x` never reaches outside its parent;
 //! the names themselves stay as written in `state.json`, `results.json` and reports.
 //!
+//! The tokenizer of every stage, worker and evaluation is the base checkpoint's (its
+//! `tokenizer.json`, else the byte tokenizer; a preset has none). It is copied into the run
+//! directory first, and every model the run writes (stage results, step checkpoints, policy
+//! versions) carries it, so a worker reads it from the policy it loads.
+//!
 //! Training stages checkpoint after every optimizer step, so `--resume` after a crash at
 //! any point neither repeats nor loses a step; trajectories are idempotent by `traj_id`.
 
@@ -34,9 +40,10 @@ use anyhow::{bail, Context, Result};
 use config::{Optim, PipelineConfig, Stage};
 use datasets::chat::Mode;
 use datasets::prompts::PromptSource;
+use datasets::safe_component;
 use datasets::store::MetricsWriter;
 use datasets::tasks::{self, fnv1a, Split};
-use datasets::{safe_component, ByteTokenizer};
+use datasets::tokenizer::{self as tokenizer, ByteTokenizer, Tokenizer};
 use model::checkpoint::{self, SaveFormat};
 use model::train::TrainOptions;
 use model::{Config, ModelWeights};
@@ -44,6 +51,7 @@ use remote::{QueueRollouts, QueueTeachers, Remote};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trainer::optim::OptimConfig;
 use trainer::Session;
@@ -100,6 +108,8 @@ struct Ctx {
     stop_after: Option<u64>,
     /// `cfg.data`'s difficulty of built-in prompts, resolved.
     difficulty: tasks::Difficulty,
+    /// The base's tokenizer (its files are in `dir`).
+    tok: Arc<dyn Tokenizer>,
 }
 
 impl Ctx {
@@ -143,11 +153,15 @@ impl Ctx {
             muon_weight_decay: optim.weight_decay,
             ..Default::default()
         };
-        if let Some(latest) = Session::latest(&root) {
-            tracing::info!(stage = key, "resuming from {}", latest.display());
-            return Ok(Session::load(&latest, TrainOptions::default(), oc)?);
-        }
-        Ok(Session::new(start, TrainOptions::default(), oc, self.seed(key))?)
+        let mut s = match Session::latest(&root) {
+            Some(latest) => {
+                tracing::info!(stage = key, "resuming from {}", latest.display());
+                Session::load(&latest, TrainOptions::default(), oc)?
+            }
+            None => Session::new(start, TrainOptions::default(), oc, self.seed(key))?,
+        };
+        s.tokenizer_from = Some(self.dir.clone());
+        Ok(s)
     }
 
     /// `checkpoints/<stage>` or, for a key `kind/name` (`grpo/<domain>`), `checkpoints/<kind>/<name>`;
@@ -170,6 +184,8 @@ impl Ctx {
         }
         checkpoint::save(w, &tmp, SaveFormat::F32, None)?;
         checkpoint::save(w, &tmp.join("rollout"), SaveFormat::Rollout, None)?;
+        crate::commands::train_cmd::carry_tokenizer(Some(self.dir.as_path()), &tmp)?;
+        crate::commands::train_cmd::carry_tokenizer(Some(self.dir.as_path()), &tmp.join("rollout"))?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
@@ -244,6 +260,29 @@ pub fn load_base(spec: &str, seed: u64) -> Result<ModelWeights> {
     checkpoint::load(Path::new(spec)).with_context(|| format!("loading the base model {spec}"))
 }
 
+/// The tokenizer of the base and its checkpoint folder: `preset:NAME` has the byte
+/// tokenizer (no folder), a checkpoint its own (checked against its `vocab_size`).
+pub fn base_tokenizer(spec: &str) -> Result<(Box<dyn Tokenizer>, Option<PathBuf>)> {
+    if let Some(p) = spec.strip_prefix("preset:") {
+        let tok: Box<dyn Tokenizer> = Box::new(ByteTokenizer);
+        tokenizer::check_vocab_fits(tok.as_ref(), Config::preset(p)?.vocab_size, None)?;
+        return Ok((tok, None));
+    }
+    let dir = PathBuf::from(spec);
+    let tok = crate::commands::train_cmd::checkpoint_tokenizer(&dir)
+        .with_context(|| format!("the tokenizer of the base model {spec}"))?;
+    Ok((tok, Some(dir)))
+}
+
+/// Put the base's tokenizer files into the run directory (the source every model of the run
+/// copies them from). A resumed run must have been started with the same tokenizer.
+fn install_tokenizer(dir: &Path, tok: &dyn Tokenizer, from: Option<&Path>, resume: bool) -> Result<()> {
+    if resume {
+        tokenizer::check_resume_tokenizer(dir, tok, from)?;
+    }
+    crate::commands::train_cmd::carry_tokenizer(from, dir)
+}
+
 /// Run (or resume) a pipeline; returns the results written to `results.json`. The whole
 /// pipeline is validated, its files read and its base loaded before anything is written.
 pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> {
@@ -254,6 +293,7 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
     validate::preflight(&cfg)?;
     let dir = cfg.run_dir();
     let state = read_state(&dir, opts.resume)?;
+    let (tok, tok_from) = base_tokenizer(&cfg.model.base)?;
     let base = load_base(&cfg.model.base, cfg.run.seed)?;
     let queue_url = opts.queue.clone().unwrap_or_else(|| cfg.run.queue.clone());
     let qcfg = QueueConfig {
@@ -264,6 +304,7 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
     // an unreachable queue fails before the run directory is written
     let q = queue::open(&queue_url, &cfg.run.name, qcfg)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    install_tokenizer(&dir, tok.as_ref(), tok_from.as_deref(), opts.resume)?;
     checkpoint::write_atomic(&dir.join("pipeline.toml"), cfg.to_toml_redacted()?.as_bytes())?;
     q.set("run:status", "running")?;
     tracing::info!(run = %dir.display(), queue = %q.describe(), "pipeline started");
@@ -293,6 +334,7 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
         steps_this_process: 0,
         stop_after: opts.stop_after_steps,
         difficulty: cfg.data.difficulty()?,
+        tok: Arc::from(tok),
     };
     let outcome = run_stages(&mut ctx, base);
     if let Some(l) = local {
@@ -360,6 +402,8 @@ pub struct RunView<'a> {
     pub state: &'a RunState,
     pub bars: &'a Bars,
     pub wall_s: f64,
+    /// The run's tokenizer.
+    pub tok: &'a dyn Tokenizer,
 }
 
 fn ctx_view(ctx: &Ctx) -> RunView<'_> {
@@ -369,6 +413,7 @@ fn ctx_view(ctx: &Ctx) -> RunView<'_> {
         state: &ctx.state,
         bars: &ctx.bars,
         wall_s: ctx.state.wall_s + ctx.started.elapsed().as_secs_f64(),
+        tok: ctx.tok.as_ref(),
     }
 }
 
@@ -383,7 +428,8 @@ fn stage_sft(ctx: &mut Ctx, s: &config::SftStage, start: &ModelWeights) -> Resul
     if let Some(w) = load_done(ctx, "sft")? {
         return Ok(w);
     }
-    let w = run_sft_steps(ctx, "sft", start, &s.domains, s.steps, s.batch, s.max_len, &s.modes, &s.optim)?;
+    let data = s.data.as_deref();
+    let w = run_sft_steps(ctx, "sft", start, &s.domains, s.steps, s.batch, s.max_len, &s.modes, &s.optim, data)?;
     let dir = ctx.write_model("sft", &w)?;
     ctx.complete("sft", Some(dir), serde_json::json!({"steps": s.steps}))?;
     Ok(w)
@@ -399,9 +445,11 @@ fn run_sft_steps(
     max_len: usize,
     modes: &[Mode],
     optim: &Optim,
+    data: Option<&std::path::Path>,
 ) -> Result<ModelWeights> {
     let mut s = ctx.session(key, start, optim)?;
     let cfg = trainer::sft::SftConfig {
+        data: data.map(std::path::Path::to_path_buf),
         steps,
         batch,
         max_len,
@@ -420,7 +468,7 @@ fn run_sft_steps(
         Some(l) if before + l < steps => trainer::sft::SftConfig { stop_at: Some(before + l), ..cfg },
         _ => cfg,
     };
-    trainer::sft::run_sft(&mut s, &cfg, &ByteTokenizer, &mut m, &ctx.bars, Some(&ctx.ckpt_root(key)))?;
+    trainer::sft::run_sft(&mut s, &cfg, ctx.tok.as_ref(), &mut m, &ctx.bars, Some(&ctx.ckpt_root(key)))?;
     s.save(&ctx.ckpt_root(key))?;
     ctx.count_steps(s.counters.step - before)?;
     Ok(s.weights()?)
@@ -518,6 +566,7 @@ fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Res
                                 EXPERT_SFT_MAX_LEN,
                                 &g.modes,
                                 &g.optim,
+                                None,
                             )?;
                             let d = ctx.write_model(&sk, &w)?;
                             ctx.complete(&sk, Some(d), serde_json::json!({}))?;
@@ -560,7 +609,8 @@ fn stage_opd(
     if let Some(w) = load_done(ctx, "opd")? {
         return Ok(w);
     }
-    reg.validate_against(None, &start.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // the student's tokenizer is the run's (its files are in the run directory)
+    reg.validate_against(Some(ctx.dir.as_path()), &start.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut mix: Vec<(Mode, f32)> = Vec::new();
     for (m, w) in &o.mode_mix {
         mix.push((m.parse().map_err(anyhow::Error::msg)?, *w));
@@ -651,6 +701,7 @@ fn stage_think_max(ctx: &mut Ctx, t: &config::ThinkMaxStage, start: &ModelWeight
                     THINK_MAX_SFT_MAX_LEN,
                     &[Mode::ThinkMax],
                     &t.optim,
+                    None,
                 )?;
                 let d = ctx.write_model("think_max-sft", &w)?;
                 ctx.complete("think_max-sft", Some(d), serde_json::json!({}))?;

@@ -156,6 +156,8 @@ impl QueueRollouts {
                 std::fs::remove_dir_all(&tmp).ok();
             }
             checkpoint::save(policy, &tmp, SaveFormat::Rollout, None)?;
+            // the run's tokenizer goes with the policy (workers read it from there)
+            crate::commands::train_cmd::carry_tokenizer(Some(self.remote.run_dir.as_path()), &tmp)?;
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).ok();
             }

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use datasets::chat::Mode;
 use datasets::progress::Progress;
 use datasets::tasks::{self, Split};
-use datasets::{ByteTokenizer, Task};
+use datasets::tokenizer::{ByteTokenizer, Tokenizer};
+use datasets::Task;
 use model::{Engine, EngineOptions, ModelWeights};
 use rewards::shaping::LengthShaping;
 use rollout::eval::EvalReport;
@@ -67,15 +68,49 @@ impl EvalSettings {
     }
 }
 
-fn evaluate(w: &ModelWeights, ts: &[Task], s: EvalSettings, progress: &dyn Progress) -> Result<EvalReport> {
-    let engine = Engine::new(w, EngineOptions::default())?;
-    Ok(rollout::evaluate(&engine, &ByteTokenizer, ts, s.mode, s.max_tokens, 2, progress)?)
+fn evaluate(
+    engine: &Engine,
+    tok: &dyn Tokenizer,
+    ts: &[Task],
+    s: EvalSettings,
+    progress: &dyn Progress,
+) -> Result<EvalReport> {
+    Ok(rollout::evaluate(engine, tok, ts, s.mode, s.max_tokens, 2, progress)?)
+}
+
+/// The engine of a checkpoint that is only evaluated: memory-mapped, weights in their
+/// stored formats.
+fn frozen_engine(dir: &std::path::Path) -> Result<Engine> {
+    Engine::from_checkpoint(dir, EngineOptions::default()).with_context(|| format!("loading {}", dir.display()))
+}
+
+/// The score of a model whose checkpoint has no `tokenizer.json` (byte tokenizer); see
+/// [`scores_with`].
+pub fn scores(w: &ModelWeights, ts: &[Task], progress: &dyn Progress) -> Result<BTreeMap<String, f64>> {
+    scores_with(w, &ByteTokenizer, ts, progress)
 }
 
 /// A model's score on `ts` by domain: greedy accuracy, mean over `MODES` (the table's columns).
-pub fn scores(w: &ModelWeights, ts: &[Task], progress: &dyn Progress) -> Result<BTreeMap<String, f64>> {
-    let reports: Vec<EvalReport> =
-        MODES.iter().map(|&m| evaluate(w, ts, EvalSettings::default_for(m), progress)).collect::<Result<_>>()?;
+pub fn scores_with(
+    w: &ModelWeights,
+    tok: &dyn Tokenizer,
+    ts: &[Task],
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, f64>> {
+    scores_of(&Engine::new(w, EngineOptions::default())?, tok, ts, progress)
+}
+
+/// [`scores_with`] for an engine already built.
+pub fn scores_of(
+    engine: &Engine,
+    tok: &dyn Tokenizer,
+    ts: &[Task],
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, f64>> {
+    let reports: Vec<EvalReport> = MODES
+        .iter()
+        .map(|&m| evaluate(engine, tok, ts, EvalSettings::default_for(m), progress))
+        .collect::<Result<_>>()?;
     Ok(score(&reports))
 }
 
@@ -107,18 +142,18 @@ pub fn stage_eval(
 ) -> Result<Value> {
     let started = std::time::Instant::now();
     let ts = eval_tasks(v.cfg, e.n)?;
-    let load = |key: &str| -> Result<Option<ModelWeights>> {
+    let load = |key: &str| -> Result<Option<Engine>> {
         match v.state.completed.get(key).and_then(|o| o.model.clone()) {
-            Some(p) => Ok(Some(model::checkpoint::load(&v.dir.join(&p)).with_context(|| format!("loading {key}"))?)),
+            Some(p) => Ok(Some(frozen_engine(&v.dir.join(&p)).with_context(|| format!("loading {key}"))?)),
             None => Ok(None),
         }
     };
-    let bars = v.bars;
-    let run_modes = |w: &ModelWeights, ts: &[Task]| -> Result<Vec<EvalReport>> {
-        MODES.iter().map(|&m| evaluate(w, ts, EvalSettings::default_for(m), bars)).collect()
+    let (bars, tok) = (v.bars, v.tok);
+    let run_modes = |w: &Engine, ts: &[Task]| -> Result<Vec<EvalReport>> {
+        MODES.iter().map(|&m| evaluate(w, tok, ts, EvalSettings::default_for(m), bars)).collect()
     };
     tracing::info!("evaluating the base");
-    let base_r = run_modes(base, &ts)?;
+    let base_r = run_modes(&Engine::new(base, EngineOptions::default())?, &ts)?;
     let sft_r = match load("sft")? {
         Some(w) => Some(run_modes(&w, &ts)?),
         None => None,
@@ -136,8 +171,8 @@ pub fn stage_eval(
                 continue;
             }
             tracing::info!(teacher = %t.id, "evaluating an expert");
-            let w = model::checkpoint::load(&t.checkpoint)?;
-            for (d, a) in scores(&w, &mine, bars)? {
+            let e = frozen_engine(&t.checkpoint)?;
+            for (d, a) in scores_of(&e, tok, &mine, bars)? {
                 teacher_score.insert(d, a);
             }
         }
@@ -148,7 +183,7 @@ pub fn stage_eval(
     };
     let think_max_r = match load("think_max")? {
         // at the response budget of the think_max stage, not the default Think Max budget
-        Some(w) => Some(evaluate(&w, &ts, EvalSettings::think_max(v.cfg), bars)?),
+        Some(w) => Some(evaluate(&w, tok, &ts, EvalSettings::think_max(v.cfg), bars)?),
         None => None,
     };
     let base_s = score(&base_r);

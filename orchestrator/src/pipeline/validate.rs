@@ -6,7 +6,20 @@
 //! * [`check`] holds every rule that needs no file: ranges, the strings the structs keep as
 //!   text (variant, estimator, mode_mix), the order of stages, built-in domain patterns;
 //! * [`preflight`] reads what the run will read: the base checkpoint's config, the user
-//!   datasets (their domains) and a teachers.toml, and checks lengths against the model.
+//!   datasets (their domains) and a teachers.toml, and checks lengths against the model;
+//! * [`prompts_fit`] (also used by the `grpo`, `opd` and `eval` verbs) checks that every
+//!   rollout a stage starts fits the model's context: a rollout holds the prompt (the chat
+//!   template of its mode, `Task::prompt_text`, encoded with the run's tokenizer) and up to
+//!   `budget` response tokens, and the trainer forwards both, so for every mode the stage
+//!   samples in, `longest prompt + budget ≤ context` (`max_seq_len`, read from
+//!   `max_seq_len`/`max_position_embeddings` of config.json). Otherwise the engine fails
+//!   mid-run ("sequence exceeds max_seq_len") on every delivery of the job. Bounded work: at
+//!   most [`CONTEXT_CHECK_MAX_DRAWS`] draws of the built-in suite (per expert or stage) or
+//!   [`CONTEXT_CHECK_MAX_FILE_DRAWS`] of a user dataset. Exact without encoding every prompt:
+//!   where the tokenizer gives at most one token per byte
+//!   ([`Tokenizer::at_most_one_token_per_byte`]: the byte tokenizer, byte-level BPE), a prompt
+//!   with `bytes + budget ≤ context` fits, so only the others are encoded; with any other
+//!   tokenizer every prompt is encoded. The eval stage checks exactly its eval prompts.
 //!
 //! `pipeline::run` calls [`check`] and [`preflight`] before it writes anything.
 
@@ -16,7 +29,10 @@ use super::config::{
 };
 use crate::commands::train_cmd;
 use datasets::chat::Mode;
-use datasets::tasks::{self, Difficulty, Levels};
+use datasets::prompts::PromptSource;
+use datasets::tasks::{self, Difficulty, Levels, Split};
+use datasets::tokenizer::Tokenizer;
+use datasets::Task;
 use model::Config;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -305,7 +321,8 @@ fn check_data(d: &DataSection) -> Checked {
     for (field, path) in [("prompts", &d.prompts), ("eval_prompts", &d.eval_prompts)] {
         let Some(p) = path else { continue };
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if !["parquet", "jsonl", "json", "ndjson"].contains(&ext) {
+        // no extension: a directory of shards (preflight reads it)
+        if !["parquet", "jsonl", "json", "ndjson", ""].contains(&ext) {
             return Err(FieldError::new(field, format!("{}: use a .parquet or .jsonl dataset", p.display())));
         }
     }
@@ -351,8 +368,11 @@ fn check_stage_list(stages: &[Stage]) -> Checked {
 }
 
 fn check_sft(s: &SftStage) -> Checked {
-    // SFT learns the built-in suite's reference solutions, whatever the prompt data
-    builtin_domains("domains", &s.domains)?;
+    // SFT learns the built-in suite's reference solutions, whatever the prompt data — or
+    // the stage's own `data` (read by preflight)
+    if s.data.is_none() {
+        builtin_domains("domains", &s.domains)?;
+    }
     at_least("batch", s.batch, 1)?;
     at_least("max_len", s.max_len, 8)?;
     modes("modes", &s.modes)?;
@@ -538,6 +558,8 @@ fn non_negative<T: Into<f64> + Copy + fmt::Display>(field: &str, v: T) -> Checke
 /// What the run will read, read before it starts.
 struct Inputs {
     model: Config,
+    /// The base's checkpoint folder (None: a preset), whose tokenizer teachers must share.
+    base_dir: Option<std::path::PathBuf>,
     /// Domains of `data.prompts` (None: the built-in suite).
     train: Option<Vec<String>>,
     /// Domains of `data.eval_prompts` (None: the built-in suite).
@@ -546,27 +568,34 @@ struct Inputs {
 }
 
 /// The rules that read files: the base checkpoint's config, the user datasets and their
-/// domains, a teachers.toml, lengths against the model. Reads only small files (configs,
+/// domains, a teachers.toml, lengths against the model, and every stage's prompts plus its
+/// response budgets against the model's context ([`prompts_fit`]). Reads only small files (configs,
 /// datasets); writes nothing.
 pub fn preflight(c: &PipelineConfig) -> Checked {
     let model = base_config(&c.model.base).map_err(|m| FieldError::new("model.base", m))?;
+    // the base's tokenizer (tokenizer.json, else bytes) loads and fits its vocab_size
+    let (tok, _) = super::base_tokenizer(&c.model.base).map_err(|e| FieldError::new("model.base", format!("{e:#}")))?;
     let domains_of = |field: &str, p: &Option<std::path::PathBuf>| {
         p.as_deref().map(dataset_domains).transpose().map_err(|m| FieldError::new(field, m))
     };
     let inputs = Inputs {
         model,
+        base_dir: (!c.model.base.starts_with("preset:"))
+            .then(|| datasets::tokenizer::checkpoint_folder(Path::new(&c.model.base))),
         train: domains_of("data.prompts", &c.data.prompts)?,
         eval: domains_of("data.eval_prompts", &c.data.eval_prompts)?,
         think_max: c.stages.iter().any(|s| matches!(s, Stage::ThinkMax(_))),
     };
     for (i, s) in c.stages.iter().enumerate() {
         let r = match s {
-            Stage::Sft(x) => fits("max_len", x.max_len, &inputs.model),
+            Stage::Sft(x) => fits("max_len", x.max_len, &inputs.model).and_then(|_| preflight_sft_data(x)),
             Stage::Grpo(x) => preflight_grpo(x, &inputs),
             Stage::Opd(x) => preflight_opd(x, &inputs),
             Stage::ThinkMax(x) => preflight_think_max(x, &inputs),
             Stage::Eval(x) => preflight_eval(x, &inputs),
         };
+        // then its prompts plus their budgets against the context
+        let r = r.and_then(|_| stage_context(c, s, &inputs, tok.as_ref()));
         r.map_err(|e| e.in_stage(&stage_label(i, s)))?;
     }
     Ok(())
@@ -590,9 +619,7 @@ fn base_config(spec: &str) -> Result<Config, String> {
 
 /// The sorted domains of a user dataset (reading it checks every record).
 fn dataset_domains(path: &Path) -> Result<Vec<String>, String> {
-    if !path.exists() {
-        return Err(format!("{}: no such file", path.display()));
-    }
+    // a file, a directory of shards or a glob: the loader says which is missing
     let mut d: Vec<String> =
         datasets::prompts::load_dataset(path).map_err(|e| e.to_string())?.into_iter().map(|t| t.domain).collect();
     d.sort();
@@ -613,6 +640,16 @@ fn fits(field: &str, len: usize, model: &Config) -> Checked {
         return Ok(());
     }
     Err(FieldError::new(field, format!("{len} is longer than the model's max_seq_len {}", model.max_seq_len)))
+}
+
+/// An SFT stage's `data` reads (every row is checked) and its `domains` select some of it.
+fn preflight_sft_data(s: &SftStage) -> Checked {
+    let Some(path) = &s.data else { return Ok(()) };
+    let records = datasets::sft_data::load_sft_dataset(path).map_err(|e| FieldError::new("data", e.to_string()))?;
+    let mut domains: Vec<String> = records.into_iter().map(|r| r.domain).collect();
+    domains.sort();
+    domains.dedup();
+    user_domains("domains", &s.domains, &domains, &path.display().to_string())
 }
 
 fn preflight_grpo(g: &GrpoStage, x: &Inputs) -> Checked {
@@ -648,7 +685,7 @@ fn preflight_opd(o: &OpdStage, x: &Inputs) -> Checked {
         return Err(at(format!("{}: no such teachers.toml", path.display())));
     }
     let reg = teachers::Registry::load(path).map_err(|e| at(e.to_string()))?;
-    reg.validate_against(None, &x.model).map_err(|e| at(e.to_string()))?;
+    reg.validate_against(x.base_dir.as_deref(), &x.model).map_err(|e| at(e.to_string()))?;
     let builtin: Vec<String>;
     let train = match &x.train {
         Some(t) => t,
@@ -685,6 +722,180 @@ fn preflight_eval(e: &EvalStage, x: &Inputs) -> Checked {
         Some(eval) if x.think_max => user_domains("harder", &e.harder, eval, "data.eval_prompts"),
         _ => Ok(()),
     }
+}
+
+// ---------------------------------------------------------------- prompts against the context
+
+/// Draws of the built-in suite a context check makes at most (per expert or stage): the
+/// run's first draws, which are the prompts it uses when it has no more than this (later
+/// draws are more problems of the same generators).
+pub const CONTEXT_CHECK_MAX_DRAWS: u64 = 512;
+
+/// Draws of a user dataset a context check makes at most: every record of files up to this
+/// size (they are cycled through), read once.
+pub const CONTEXT_CHECK_MAX_FILE_DRAWS: u64 = 1 << 16;
+
+/// Whether every prompt of `tasks` in each `(mode, budget)`, encoded as a rollout encodes
+/// it, leaves room for `budget` response tokens in `context` positions (module header).
+/// The error names the mode, the budget, the longest prompt (tokens, id), the context, how
+/// many prompts do not fit, and what to change (`lower`: how to lower the budget).
+pub fn prompts_fit(
+    tok: &dyn Tokenizer,
+    context: usize,
+    tasks: &[Task],
+    budgets: &[(Mode, usize)],
+    lower: &str,
+) -> Result<(), String> {
+    // tokens ≤ bytes: a prompt with room for its bytes has room for its tokens
+    let bounded = tok.at_most_one_token_per_byte();
+    for &(mode, budget) in budgets {
+        let texts: Vec<(String, &str)> = tasks.iter().map(|t| (t.prompt_text(mode), t.prompt_id.as_str())).collect();
+        // (index, tokens) of every prompt that may not fit; the others surely do
+        let lengths: Vec<(usize, usize)> = texts
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, _))| !bounded || t.len() + budget > context)
+            .map(|(i, (t, _))| (i, tok.encode(t).len()))
+            .collect();
+        let Some(&(i, longest)) = lengths.iter().max_by_key(|&&(i, n)| (n, std::cmp::Reverse(i))) else {
+            continue;
+        };
+        if longest + budget <= context {
+            continue;
+        }
+        let over = lengths.iter().filter(|&&(_, n)| n + budget > context).count();
+        let alone = if longest >= context { "; the longest prompt alone fills the context" } else { "" };
+        return Err(format!(
+            "{}: the response budget of {budget} tokens plus the longest prompt ({longest} tokens, `{}`) \
+             need {} positions, more than the model's context of {context} (max_seq_len / \
+             max_position_embeddings in config.json); {over} of {} prompts do not fit{alone}. \
+             Lower the budget ({lower}) or raise the model's context",
+            mode.as_str(),
+            texts[i].1,
+            longest + budget,
+            texts.len()
+        ));
+    }
+    Ok(())
+}
+
+/// [`prompts_fit`] over the first `draws` prompts of `source` (at most
+/// [`CONTEXT_CHECK_MAX_DRAWS`] built-in, [`CONTEXT_CHECK_MAX_FILE_DRAWS`] of a file): what a
+/// run that starts at draw 0 samples.
+pub fn source_fits(
+    tok: &dyn Tokenizer,
+    context: usize,
+    source: &PromptSource,
+    draws: u64,
+    budgets: &[(Mode, usize)],
+    lower: &str,
+) -> Result<(), String> {
+    let cap = match source {
+        PromptSource::Builtin { .. } => CONTEXT_CHECK_MAX_DRAWS,
+        _ => CONTEXT_CHECK_MAX_FILE_DRAWS,
+    };
+    let n = draws.min(cap) as usize;
+    let tasks = source.take(n, 0).map_err(|e| e.to_string())?;
+    prompts_fit(tok, context, &tasks, budgets, lower)
+}
+
+/// The training prompts of `pattern`, as `pipeline::Ctx::source` draws them.
+fn train_source(c: &PipelineConfig, pattern: &str) -> Result<PromptSource, String> {
+    Ok(match &c.data.prompts {
+        Some(p) if pattern == "*" => PromptSource::File(p.clone()),
+        Some(p) => PromptSource::FileDomains(p.clone(), pattern.to_string()),
+        None => PromptSource::Builtin {
+            domains: pattern.to_string(),
+            split: Split::Train,
+            seed: c.run.seed,
+            difficulty: c.data.difficulty().map_err(|e| e.to_string())?,
+        },
+    })
+}
+
+/// The budget of each mode by default (the length shaping's `max_len`; what GRPO, OPD and
+/// evaluation use).
+fn default_budgets(modes: impl IntoIterator<Item = Mode>) -> Vec<(Mode, usize)> {
+    let shaping = rewards::shaping::LengthShaping::default();
+    modes.into_iter().map(|m| (m, shaping.for_mode(m).max_len)).collect()
+}
+
+/// The rollouts of one stage against the model's context; the error names the field whose
+/// budget it is.
+fn stage_context(c: &PipelineConfig, s: &Stage, x: &Inputs, tok: &dyn Tokenizer) -> Checked {
+    let context = x.model.max_seq_len;
+    let fit = |field: &str, pattern: &str, draws: u64, budgets: &[(Mode, usize)], lower: &str| -> Checked {
+        let source = train_source(c, pattern).map_err(|m| FieldError::new(field, m))?;
+        source_fits(tok, context, &source, draws, budgets, lower).map_err(|m| FieldError::new(field, m))
+    };
+    match s {
+        Stage::Sft(_) => Ok(()),
+        Stage::Grpo(g) => {
+            let budgets = default_budgets(g.modes.iter().copied());
+            let draws = g.steps * g.prompts as u64 * (1 + g.refill_rounds as u64);
+            let lower = "the mode's default; leave the mode out of `modes`";
+            for e in &g.experts {
+                match (e.as_str(), &x.train) {
+                    // one expert per built-in domain, each drawing its own prompts
+                    ("each", None) => {
+                        for d in tasks::domains() {
+                            fit("modes", d.domain, draws, &budgets, lower)?;
+                        }
+                    }
+                    ("each", Some(_)) => fit("modes", "*", draws, &budgets, lower)?,
+                    (e, _) => fit("modes", e, draws, &budgets, lower)?,
+                }
+            }
+            Ok(())
+        }
+        Stage::Opd(o) => {
+            let modes = o.mode_mix.iter().filter(|(_, w)| **w > 0.0).filter_map(|(m, _)| m.parse::<Mode>().ok());
+            let budgets = default_budgets(modes);
+            let pattern = opd_domains(c, o, x).map_err(|m| FieldError::new("teachers", m))?;
+            let lower = "the mode's default; give the mode no share in `mode_mix`";
+            fit("mode_mix", &pattern, o.steps * o.prompts as u64, &budgets, lower)
+        }
+        Stage::ThinkMax(t) => {
+            let draws = t.steps * t.prompts as u64 * (1 + GrpoStage::default().refill_rounds as u64);
+            fit("max_tokens", &t.domains, draws, &[(Mode::ThinkMax, t.max_tokens)], "max_tokens")
+        }
+        Stage::Eval(e) => {
+            // the mode is the field: no eval key holds these budgets
+            let ts = super::results::eval_tasks(c, e.n).map_err(|e| FieldError::new("", format!("{e:#}")))?;
+            let mut budgets = default_budgets([Mode::NonThink, Mode::ThinkHigh]);
+            let think_max = super::results::EvalSettings::think_max(c);
+            if x.think_max {
+                budgets.push((think_max.mode, think_max.max_tokens));
+            }
+            let lower = "Non-think and Think High evaluate at their modes' defaults, Think Max at the \
+                         think_max stage's `max_tokens`";
+            prompts_fit(tok, context, &ts, &budgets, lower).map_err(|m| FieldError::new("", m))
+        }
+    }
+}
+
+/// The training domains OPD samples: those with a teacher (`all`: the grpo stage's experts).
+fn opd_domains(c: &PipelineConfig, o: &OpdStage, x: &Inputs) -> Result<String, String> {
+    if o.teachers == "all" {
+        let experts = c.stages.iter().find_map(|s| match s {
+            Stage::Grpo(g) => Some(&g.experts),
+            _ => None,
+        });
+        return Ok(match experts {
+            Some(e) if !e.iter().any(|e| e == "each") => e.join(","),
+            _ => "*".into(),
+        });
+    }
+    let reg = teachers::Registry::load(Path::new(&o.teachers)).map_err(|e| e.to_string())?;
+    let builtin: Vec<String>;
+    let train = match &x.train {
+        Some(t) => t,
+        None => {
+            builtin = tasks::domains().iter().map(|d| d.domain.to_string()).collect();
+            &builtin
+        }
+    };
+    Ok(train.iter().filter(|d| !reg.weights_for(d).is_empty()).cloned().collect::<Vec<_>>().join(","))
 }
 
 #[cfg(test)]
@@ -737,6 +948,67 @@ mod tests {
             let c = parse(&format!("{HEAD}[[stage]]\nkind='grpo'\nvariant='{v}'")).unwrap();
             check(&c).unwrap();
         }
+    }
+
+    /// `longest prompt + budget ≤ context` exactly: at the bound it fits, one position less
+    /// names the mode, the budget, the longest prompt and the context.
+    #[test]
+    fn prompts_fit_the_context_up_to_the_last_position() {
+        let tok = datasets::tokenizer::ByteTokenizer;
+        let d = Difficulty::uniform(None);
+        let ts = tasks::sample_with("math.add", Split::Train, 3, 20, &d).unwrap();
+        let longest = ts.iter().map(|t| tok.encode(&t.prompt_text(Mode::NonThink)).len()).max().unwrap();
+        assert!(longest > 10, "{longest}");
+        let budgets = [(Mode::NonThink, 224)];
+        prompts_fit(&tok, longest + 224, &ts, &budgets, "x").unwrap();
+        let e = prompts_fit(&tok, longest + 223, &ts, &budgets, "max_tokens").unwrap_err();
+        assert!(e.starts_with("non_think: the response budget of 224 tokens"), "{e}");
+        assert!(e.contains(&format!("longest prompt ({longest} tokens")), "{e}");
+        assert!(e.contains(&format!("context of {}", longest + 223)), "{e}");
+        assert!(e.contains("Lower the budget (max_tokens) or raise the model's context"), "{e}");
+        // a prompt that alone fills the context is said so
+        let e = prompts_fit(&tok, longest, &ts, &budgets, "x").unwrap_err();
+        assert!(e.contains("of 20 prompts do not fit; the longest prompt alone fills the context"), "{e}");
+        // only the modes given are checked; Think Max's system prefix is longer
+        let tm = ts.iter().map(|t| tok.encode(&t.prompt_text(Mode::ThinkMax)).len()).max().unwrap();
+        assert!(tm > longest, "{tm} vs {longest}");
+        let e = prompts_fit(&tok, tm + 447, &ts, &[(Mode::NonThink, 224), (Mode::ThinkMax, 448)], "x").unwrap_err();
+        assert!(e.starts_with("think_max: the response budget of 448"), "{e}");
+    }
+
+    /// Byte-level BPE: a prompt short in bytes can be long in tokens (characters the merges
+    /// never saw take one token per byte). Among more than 4096 prompts it is still found,
+    /// because every prompt whose bytes could overflow is encoded.
+    #[test]
+    fn a_prompt_long_in_tokens_but_short_in_bytes_is_caught() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tokenizers/bpe-400/tokenizer.json");
+        let tok = datasets::tokenizer::HfTokenizer::from_file(&path).unwrap();
+        assert!(tok.at_most_one_token_per_byte());
+        let d = Difficulty::uniform(None);
+        let base = tasks::sample_with("math.add", Split::Train, 3, 1, &d).unwrap().remove(0);
+        let with = |id: &str, content: String| {
+            let mut t = base.clone();
+            t.prompt_id = id.to_string();
+            t.messages.last_mut().unwrap().content = content;
+            t
+        };
+        let mut ts: Vec<Task> = (0..4096).map(|i| with(&format!("good-{i}"), "What is 17 + 25? ".repeat(20))).collect();
+        let rare: String = (0..100).filter_map(|i| char::from_u32(0x4e00 + 37 * i)).collect();
+        ts.push(with("bad", rare));
+        let mode = Mode::NonThink;
+        let bytes = |t: &Task| t.prompt_text(mode).len();
+        let tokens = |t: &Task| tok.encode(&t.prompt_text(mode)).len();
+        let (good_bytes, good_tokens) = (bytes(&ts[0]), tokens(&ts[0]));
+        let (bad_bytes, bad_tokens) = (bytes(&ts[4096]), tokens(&ts[4096]));
+        assert!(
+            bad_bytes < good_bytes && bad_tokens > good_tokens,
+            "{bad_bytes}/{good_bytes} {bad_tokens}/{good_tokens}"
+        );
+        let budget = 224;
+        let e = prompts_fit(&tok, good_tokens + budget, &ts, &[(mode, budget)], "x").unwrap_err();
+        assert!(e.contains(&format!("longest prompt ({bad_tokens} tokens, `bad`)")), "{e}");
+        assert!(e.contains("1 of 4097 prompts do not fit"), "{e}");
+        prompts_fit(&tok, bad_tokens + budget, &ts, &[(mode, budget)], "x").unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::remote::{RewardMsg, RolloutMsg, TeacherMsg, REWARD, ROLLOUT, TEACHER}
 use crate::queue::{Delivery, Lease, Queue};
 use anyhow::{anyhow, Context, Result};
 use datasets::store::{read_all, KeyIndex, ReadFilter, TeacherStateStore, TrajectoryStore};
-use datasets::ByteTokenizer;
+use datasets::tokenizer::Tokenizer;
 use model::{Engine, EngineOptions};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -55,10 +55,12 @@ pub struct WorkerReport {
     pub items: usize,
 }
 
-/// Cached engine of the policy directory last used (reloaded when the policy moves).
+/// Cached engine and tokenizer of the policy directory last used (reloaded when the policy
+/// moves). A policy directory carries the run's tokenizer files (none: byte tokenizer).
 struct PolicyCache {
     dir: PathBuf,
     engine: Arc<Engine>,
+    tok: Arc<dyn Tokenizer>,
 }
 
 pub fn run_worker(
@@ -151,20 +153,22 @@ fn rollout_job(
         }
     }
     let dir = in_run(run_dir, &msg.policy_dir)?;
-    let engine = match cache {
-        Some(c) if c.dir == dir => c.engine.clone(),
+    let (engine, tok) = match cache {
+        Some(c) if c.dir == dir => (c.engine.clone(), c.tok.clone()),
         _ => {
-            let w = model::checkpoint::load(&dir).with_context(|| format!("loading policy {}", dir.display()))?;
-            let e = Arc::new(Engine::new(&w, EngineOptions::default())?);
-            *cache = Some(PolicyCache { dir: dir.clone(), engine: e.clone() });
-            tracing::info!(policy = %dir.display(), "policy loaded");
-            e
+            let tok: Arc<dyn Tokenizer> = Arc::from(crate::commands::train_cmd::checkpoint_tokenizer(&dir)?);
+            let e = Engine::from_checkpoint(&dir, EngineOptions::default())
+                .with_context(|| format!("loading policy {}", dir.display()))?;
+            let e = Arc::new(e);
+            *cache = Some(PolicyCache { dir: dir.clone(), engine: e.clone(), tok: tok.clone() });
+            tracing::info!(policy = %dir.display(), tokenizer = %tok.fingerprint(), "policy loaded");
+            (e, tok)
         }
     };
     let mut job = job.clone();
     job.score = !msg.remote_scoring;
     let (trajs, _) =
-        rollout::run_job(&engine, &ByteTokenizer, &job, &Default::default(), &datasets::progress::NoProgress)?;
+        rollout::run_job(&engine, tok.as_ref(), &job, &Default::default(), &datasets::progress::NoProgress)?;
     let n = trajs.len();
     if msg.remote_scoring {
         let items = job.tasks.iter().zip(&job.modes).flat_map(|(t, &m)| {
