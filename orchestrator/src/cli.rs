@@ -22,11 +22,19 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Read the Redis password from this file (first line), not from the --queue URL, which
-    /// other users see in the process list; also V4POST_REDIS_PASSWORD(_FILE).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// other users see in the process list. V4POST_REDIS_PASSWORD (the password itself, which
+    /// has no flag so that it never shows in the process list) comes first; an empty value
+    /// means no file.
+    #[arg(long, global = true, value_name = "FILE", env = "V4POST_REDIS_PASSWORD_FILE", value_parser = password_file())]
     pub redis_password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parser of `--redis-password-file`: any path, the empty one included (an empty
+/// V4POST_REDIS_PASSWORD_FILE means no file, as it always has).
+fn password_file() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +74,30 @@ pub enum Command {
     /// Multi-teacher on-policy distillation: the student samples, minimises the full-vocabulary
     /// reverse KL to each sample's teacher (teachers from a TOML registry).
     Opd(crate::commands::train_cmd::OpdArgs),
+    /// Print a shell completion script to stdout, e.g.
+    /// `v4post completions bash > ~/.local/share/bash-completion/completions/v4post`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `v4post completions` writes a script for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(s: CompletionShell) -> Self {
+        match s {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,8 +122,8 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// train or eval (disjoint by construction).
-    #[arg(long, default_value = "train")]
-    pub split: String,
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: crate::choices::SplitArg,
     /// 1 (easy) .. 5 (hard), or a range like 1-2 whose levels alternate over the prompts;
     /// default: the domain's own.
     #[arg(long)]
@@ -159,8 +191,8 @@ pub enum ModelCmd {
         #[arg(long)]
         out: PathBuf,
         /// official (FP8 + FP4), rollout (f32 + FP4 experts) or f32.
-        #[arg(long, default_value = "official")]
-        format: String,
+        #[arg(long, value_enum, default_value = "official")]
+        format: crate::choices::QuantizeFormat,
         /// Split into shards of at most this many MiB (with an index file); default 4096.
         #[arg(long)]
         shard_mib: Option<usize>,
@@ -253,8 +285,8 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub decode_from: Option<usize>,
     /// qat (KV FP8 + indexer FP4, default), dense (no fake-quant) or act-fp8 (plus FP8 activations).
-    #[arg(long, default_value = "qat")]
-    pub numerics: String,
+    #[arg(long, value_enum, default_value = "qat")]
+    pub numerics: crate::choices::NumericsArg,
     /// Run routed experts in f32 instead of packed FP4.
     #[arg(long)]
     pub f32_experts: bool,

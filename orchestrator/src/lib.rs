@@ -1,6 +1,7 @@
 //! The `v4post` orchestrator: CLI, queues, workers and staged pipelines.
 
 pub mod alloc;
+pub mod choices;
 pub mod cli;
 pub mod commands;
 pub mod pipeline;

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     orchestrator::ui::quiet_broken_stdout_pipe();
     let cli = Cli::parse();
     orchestrator::ui::init_logging(cli.verbose, cli.quiet);
-    if let Some(f) = cli.redis_password_file.clone() {
+    // an empty V4POST_REDIS_PASSWORD_FILE means no file, as the queue's own fallback reads it
+    if let Some(f) = cli.redis_password_file.clone().filter(|f| !f.as_os_str().is_empty()) {
         orchestrator::queue::set_password_file(f);
     }
     match orchestrator::commands::dispatch(cli.command) {

@@ -30,7 +30,7 @@ pub fn tasks_list(json_out: bool) -> Result<()> {
 }
 
 pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
-    let split: Split = a.split.parse().map_err(anyhow::Error::msg)?;
+    let split = Split::from(a.split);
     if tasks::domain_info(&a.domain).is_none() {
         bail!("unknown domain `{}` (see `v4post tasks list`)", a.domain);
     }

@@ -25,7 +25,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Model(ModelCmd::Forward(a)) => model_cmd::forward(&a),
         Command::Model(ModelCmd::Init(a)) => model_cmd::init(&a),
         Command::Model(ModelCmd::Quantize { input, out, format, shard_mib }) => {
-            model_cmd::quantize(&input, &out, &format, shard_mib)
+            model_cmd::quantize(&input, &out, format.as_str(), shard_mib)
         }
         Command::Bench(BenchCmd::Store { n, tokens, json }) => data::bench_store(n, tokens, json),
         Command::Bench(BenchCmd::Forward(a)) => model_cmd::bench_forward(&a),
@@ -38,5 +38,16 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Bench(BenchCmd::Rollout(a)) => bench_cmd::rollout(&a),
         Command::Bench(BenchCmd::TrainStep(a)) => bench_cmd::train_step(&a),
         Command::Bench(BenchCmd::Queue(a)) => bench_cmd::queue(&a),
+        Command::Completions { shell } => completions(shell),
     }
+}
+
+/// Writes the completion script of `shell` for the whole `v4post` command tree to stdout.
+fn completions(shell: crate::cli::CompletionShell) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(clap_complete::Shell::from(shell), &mut cmd, "v4post", &mut out);
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }

@@ -370,7 +370,7 @@ fn parse_numerics(s: &str) -> Result<Numerics> {
 }
 
 pub fn forward(a: &ForwardArgs) -> Result<()> {
-    let options = EngineOptions { numerics: parse_numerics(&a.numerics)?, fp4_experts: !a.f32_experts };
+    let options = EngineOptions { numerics: parse_numerics(a.numerics.as_str())?, fp4_experts: !a.f32_experts };
     let engine = Engine::from_checkpoint(&a.checkpoint, options)
         .with_context(|| format!("loading {}", a.checkpoint.display()))?;
     let text = std::fs::read_to_string(&a.tokens).with_context(|| format!("reading {}", a.tokens.display()))?;

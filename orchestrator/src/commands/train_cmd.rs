@@ -98,8 +98,8 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
     /// Reasoning modes of the examples.
-    #[arg(long, value_delimiter = ',', default_value = "non_think,think_high,think_max")]
-    pub modes: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "non_think,think_high,think_max")]
+    pub modes: Vec<crate::choices::ModeArg>,
     /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
     /// levels alternate over the prompts (default: each domain's own).
     #[arg(long)]
@@ -117,8 +117,8 @@ pub struct SftArgs {
     pub work: Option<PathBuf>,
     /// Final weights: `f32` (plus a rollout/ FP4 export; sft's default) or `official` (FP8
     /// weights + FP4 experts, the layout V4 ships; pretrain's default).
-    #[arg(long)]
-    pub format: Option<String>,
+    #[arg(long, value_enum)]
+    pub format: Option<crate::choices::TrainFormat>,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[arg(long)]
@@ -143,8 +143,8 @@ pub struct GrpoArgs {
     pub group: usize,
     /// Preset of loss and sampling choices: v32 (DeepSeek-V3.2: clip-higher, token-mean,
     /// k3-IS KL, off-policy masking, Keep Routing/Sampling Mask), grpo, dapo, dr-grpo.
-    #[arg(long, default_value = "v32")]
-    pub variant: String,
+    #[arg(long, value_enum, default_value = "v32")]
+    pub variant: crate::choices::GrpoVariant,
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
@@ -158,8 +158,8 @@ pub struct GrpoArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 32)]
     pub minibatch: usize,
-    #[arg(long, value_delimiter = ',', default_value = "think_high")]
-    pub modes: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "think_high")]
+    pub modes: Vec<crate::choices::ModeArg>,
     /// Routing in the training forward: keep (sampler's ids), free, or anticipatory:DT
     /// (legacy spelling of `--routing free --anticipatory spike --anticipatory-dt DT`).
     #[arg(long, default_value = "keep")]
@@ -244,13 +244,13 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[arg(long, default_value = "*")]
     pub domains: String,
-    #[arg(long, default_value = "eval")]
-    pub split: String,
+    #[arg(long, value_enum, default_value = "eval")]
+    pub split: crate::choices::SplitArg,
     /// Prompts per domain.
     #[arg(long, default_value_t = 32)]
     pub n: usize,
-    #[arg(long, default_value = "think_high")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value = "think_high")]
+    pub mode: crate::choices::ModeArg,
     #[arg(long)]
     pub max_tokens: Option<usize>,
     /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
@@ -361,7 +361,7 @@ fn open_session(
 }
 
 pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
-    let modes = parse_modes(&a.modes)?;
+    let modes = a.modes.iter().map(|&m| Mode::from(m)).collect::<Vec<_>>();
     if a.data.is_none() {
         tasks::match_domains(&a.domains)?;
     }
@@ -374,7 +374,8 @@ pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
         }
         None => a.out.clone(),
     };
-    let format = a.format.clone().unwrap_or_else(|| if pretrain { "official".into() } else { "f32".into() });
+    let default_format = if pretrain { "official" } else { "f32" };
+    let format: String = a.format.map_or(default_format, |f| f.as_str()).to_string();
     if !["f32", "official"].contains(&format.as_str()) {
         bail!("--format must be f32 or official");
     }
@@ -496,7 +497,7 @@ pub fn variant_config(variant: &str) -> Result<GrpoConfig> {
 }
 
 pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
-    let mut c = variant_config(&a.variant)?;
+    let mut c = variant_config(a.variant.as_str())?;
     let mut loss = c.loss;
     if let Some(b) = a.beta {
         loss.beta = b;
@@ -513,7 +514,7 @@ pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
     c.top_k = a.top_k;
     c.epochs = a.epochs;
     c.minibatch = a.minibatch;
-    c.modes = parse_modes(&a.modes)?;
+    c.modes = a.modes.iter().map(|&m| Mode::from(m)).collect::<Vec<_>>();
     c.routing = match a.routing.as_str() {
         "keep" => RoutingMode::Keep,
         "free" => RoutingMode::Free,
@@ -614,8 +615,8 @@ pub fn grpo(a: &GrpoArgs) -> Result<()> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let mode: Mode = a.mode.parse().map_err(anyhow::Error::msg)?;
-    let split: Split = a.split.parse().map_err(anyhow::Error::msg)?;
+    let mode = Mode::from(a.mode);
+    let split = Split::from(a.split);
     let tok = checkpoint_tokenizer(&a.checkpoint)?;
     let engine = Engine::from_checkpoint(&a.checkpoint, EngineOptions::default())
         .with_context(|| format!("loading {}", a.checkpoint.display()))?;
@@ -672,8 +673,8 @@ pub struct OpdArgs {
     #[arg(long, default_value = "non_think=0.3,think_high=0.7")]
     pub mode_mix: String,
     /// full (exact reverse KL over the vocabulary, V4) or sampled (single-token estimator).
-    #[arg(long, default_value = "full")]
-    pub estimator: String,
+    #[arg(long, value_enum, default_value = "full")]
+    pub estimator: crate::choices::EstimatorArg,
     /// Temperature of the KL.
     #[arg(long, default_value_t = 1.0)]
     pub kl_temperature: f32,
@@ -771,7 +772,7 @@ pub fn opd(a: &OpdArgs) -> Result<()> {
         temperature: a.temperature,
         kl_temperature: a.kl_temperature,
         mode_mix: parse_mode_mix(&a.mode_mix)?,
-        estimator: parse_estimator(&a.estimator)?,
+        estimator: parse_estimator(a.estimator.as_str())?,
         minibatch: a.minibatch,
         chunk_rows: a.chunk_rows,
         chunk_vocab: a.chunk_vocab,
