@@ -132,6 +132,9 @@ pub struct SampleArgs {
     /// pyarrow, pandas and HF `datasets` read) or .jsonl.
     #[arg(long)]
     pub out: PathBuf,
+    /// One JSON object on stdout: prompts, domain, split, seed, out.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +199,9 @@ pub enum ModelCmd {
         /// Split into shards of at most this many MiB (with an index file); default 4096.
         #[arg(long)]
         shard_mib: Option<usize>,
+        /// One JSON object on stdout: format, params, bytes, out.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -290,6 +296,9 @@ pub struct ForwardArgs {
     /// Run routed experts in f32 instead of packed FP4.
     #[arg(long)]
     pub f32_experts: bool,
+    /// One JSON object on stdout: sequences, out.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -415,4 +424,8 @@ pub struct ReportArgs {
     /// Also write TensorBoard scalar event files here (one subdirectory per run).
     #[arg(long)]
     pub tensorboard: Option<PathBuf>,
+    /// One JSON object on stdout: report (the HTML path or null), tensorboard (a list of
+    /// {run, path, scalars}).
+    #[arg(long)]
+    pub json: bool,
 }

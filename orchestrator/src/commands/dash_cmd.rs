@@ -57,14 +57,23 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     if let Some(out) = &a.out {
         let title = format!("v4post report — {}", runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
         model::checkpoint::write_atomic(out, dashboard::report::render(&runs, &title).as_bytes())?;
-        eprintln!("report: {}", out.display());
+        if !a.json {
+            eprintln!("report: {}", out.display());
+        }
     }
+    let mut written = Vec::new();
     if let Some(dir) = &a.tensorboard {
         for r in &runs {
             let rows: Vec<_> = r.all_rows().collect();
             let p = dashboard::tensorboard::write_events(dir, &r.name, &rows)?;
-            eprintln!("tensorboard: {} ({} scalars)", p.display(), rows.len());
+            if !a.json {
+                eprintln!("tensorboard: {} ({} scalars)", p.display(), rows.len());
+            }
+            written.push(serde_json::json!({"run": r.name, "path": p, "scalars": rows.len()}));
         }
+    }
+    if a.json {
+        crate::ui::print_json(&serde_json::json!({"report": a.out, "tensorboard": written}));
     }
     Ok(())
 }

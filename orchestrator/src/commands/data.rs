@@ -38,7 +38,13 @@ pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
     let difficulty: tasks::Difficulty = a.difficulty.into();
     let ts = tasks::sample_iter(&a.domain, split, a.seed, a.n as u64, &difficulty);
     let n = datasets::prompts::write_tasks_iter(&a.out, ts).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {n} {} prompts of {} to {}", split.as_str(), a.domain, a.out.display());
+    if a.json {
+        print_json(&serde_json::json!({
+            "prompts": n, "domain": a.domain, "split": split.as_str(), "seed": a.seed, "out": a.out,
+        }));
+    } else {
+        eprintln!("wrote {n} {} prompts of {} to {}", split.as_str(), a.domain, a.out.display());
+    }
     Ok(())
 }
 

@@ -24,8 +24,8 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Model(ModelCmd::Info(a)) => model_cmd::info(&a),
         Command::Model(ModelCmd::Forward(a)) => model_cmd::forward(&a),
         Command::Model(ModelCmd::Init(a)) => model_cmd::init(&a),
-        Command::Model(ModelCmd::Quantize { input, out, format, shard_mib }) => {
-            model_cmd::quantize(&input, &out, format.as_str(), shard_mib)
+        Command::Model(ModelCmd::Quantize { input, out, format, shard_mib, json }) => {
+            model_cmd::quantize(&input, &out, format.as_str(), shard_mib, json)
         }
         Command::Bench(BenchCmd::Store { n, tokens, json }) => data::bench_store(n, tokens, json),
         Command::Bench(BenchCmd::Forward(a)) => model_cmd::bench_forward(&a),

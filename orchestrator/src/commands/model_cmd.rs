@@ -425,7 +425,11 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     checkpoint::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote logits of {} sequences to {}", seqs.len(), a.out.display());
+    if a.json {
+        print_json(&json!({"sequences": seqs.len(), "out": a.out}));
+    } else {
+        eprintln!("wrote logits of {} sequences to {}", seqs.len(), a.out.display());
+    }
     Ok(())
 }
 
@@ -471,7 +475,7 @@ fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>) -> Result<()> {
+pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>, as_json: bool) -> Result<()> {
     let fmt: SaveFormat = format.parse()?;
     refuse_overwriting_input(input, out)?;
     let w = checkpoint::load(input).with_context(|| format!("loading {}", input.display()))?;
@@ -479,12 +483,16 @@ pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>
     super::train_cmd::carry_tokenizer(Some(input), out)?;
     let bytes: u64 =
         std::fs::read_dir(out)?.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
-    eprintln!(
-        "wrote {format} checkpoint ({} params, {:.2} MB) to {}",
-        w.num_params(),
-        bytes as f64 / 1e6,
-        out.display()
-    );
+    if as_json {
+        print_json(&json!({"format": format, "params": w.num_params(), "bytes": bytes, "out": out}));
+    } else {
+        eprintln!(
+            "wrote {format} checkpoint ({} params, {:.2} MB) to {}",
+            w.num_params(),
+            bytes as f64 / 1e6,
+            out.display()
+        );
+    }
     Ok(())
 }
 
