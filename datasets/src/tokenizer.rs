@@ -471,19 +471,27 @@ pub fn carry_tokenizer_files(from: Option<&Path>, to: &Path) -> Result<usize> {
     let src = from.map(checkpoint_folder);
     let mut copied = 0;
     for name in TOKENIZER_FILES {
-        let dst = to.join(name);
-        match src.as_ref().map(|s| s.join(name)).filter(|p| p.exists()) {
-            Some(p) if same_file(&p, &dst) => copied += 1,
-            Some(p) => {
-                std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
-                std::fs::copy(&p, &dst).map_err(|e| DataError::io(&dst, e))?;
-                copied += 1;
-            }
-            None if dst.exists() => std::fs::remove_file(&dst).map_err(|e| DataError::io(&dst, e))?,
-            None => {}
-        }
+        let from = src.as_ref().map(|s| s.join(name)).filter(|p| p.exists());
+        copied += usize::from(copy_or_remove(from.as_deref(), to, name)?);
     }
     Ok(copied)
+}
+
+/// `to/name` becomes a copy of `src` (nothing to do when it is that file already), or is removed
+/// when there is no `src`, so an output never keeps a stale tokenizer file. True when `to/name`
+/// holds `src` afterwards.
+fn copy_or_remove(src: Option<&Path>, to: &Path, name: &str) -> Result<bool> {
+    let dst = to.join(name);
+    match src {
+        Some(p) if same_file(p, &dst) => Ok(true),
+        Some(p) => {
+            std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
+            std::fs::copy(p, &dst).map_err(|e| DataError::io(&dst, e))?;
+            Ok(true)
+        }
+        None if dst.exists() => std::fs::remove_file(&dst).map(|_| false).map_err(|e| DataError::io(&dst, e)),
+        None => Ok(false),
+    }
 }
 
 /// [`carry_tokenizer_files`] for a tokenizer given as a file: `tokenizer` is copied to
@@ -491,20 +499,8 @@ pub fn carry_tokenizer_files(from: Option<&Path>, to: &Path) -> Result<usize> {
 /// when present (a stale one in `to` is removed otherwise). Returns how many files were copied.
 pub fn carry_tokenizer_file(tokenizer: &Path, to: &Path) -> Result<usize> {
     let config = tokenizer.parent().map(|d| d.join(TOKENIZER_FILES[1])).filter(|p| p.exists());
-    let mut copied = 0;
-    for (src, name) in [(Some(tokenizer.to_path_buf()), TOKENIZER_FILES[0]), (config, TOKENIZER_FILES[1])] {
-        let dst = to.join(name);
-        match src {
-            Some(p) if same_file(&p, &dst) => copied += 1,
-            Some(p) => {
-                std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
-                std::fs::copy(&p, &dst).map_err(|e| DataError::io(&dst, e))?;
-                copied += 1;
-            }
-            None if dst.exists() => std::fs::remove_file(&dst).map_err(|e| DataError::io(&dst, e))?,
-            None => {}
-        }
-    }
+    let copied = usize::from(copy_or_remove(Some(tokenizer), to, TOKENIZER_FILES[0])?)
+        + usize::from(copy_or_remove(config.as_deref(), to, TOKENIZER_FILES[1])?);
     Ok(copied)
 }
 

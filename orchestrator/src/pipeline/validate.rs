@@ -567,6 +567,14 @@ struct Inputs {
     think_max: bool,
 }
 
+/// The domains the run trains on: those of `data.prompts`, else every built-in domain.
+fn training_domains(x: &Inputs) -> std::borrow::Cow<'_, [String]> {
+    match &x.train {
+        Some(t) => std::borrow::Cow::Borrowed(t.as_slice()),
+        None => std::borrow::Cow::Owned(tasks::domains().iter().map(|d| d.domain.to_string()).collect()),
+    }
+}
+
 /// The rules that read files: the base checkpoint's config, the user datasets and their
 /// domains, a teachers.toml, lengths against the model, and every stage's prompts plus its
 /// response budgets against the model's context ([`prompts_fit`]). Reads only small files (configs,
@@ -686,14 +694,7 @@ fn preflight_opd(o: &OpdStage, x: &Inputs) -> Checked {
     }
     let reg = teachers::Registry::load(path).map_err(|e| at(e.to_string()))?;
     reg.validate_against(x.base_dir.as_deref(), &x.model).map_err(|e| at(e.to_string()))?;
-    let builtin: Vec<String>;
-    let train = match &x.train {
-        Some(t) => t,
-        None => {
-            builtin = tasks::domains().iter().map(|d| d.domain.to_string()).collect();
-            &builtin
-        }
-    };
+    let train = training_domains(x);
     if train.iter().all(|d| reg.weights_for(d).is_empty()) {
         return Err(at(format!("no training domain has a teacher in {}", path.display())));
     }
@@ -887,14 +888,7 @@ fn opd_domains(c: &PipelineConfig, o: &OpdStage, x: &Inputs) -> Result<String, S
         });
     }
     let reg = teachers::Registry::load(Path::new(&o.teachers)).map_err(|e| e.to_string())?;
-    let builtin: Vec<String>;
-    let train = match &x.train {
-        Some(t) => t,
-        None => {
-            builtin = tasks::domains().iter().map(|d| d.domain.to_string()).collect();
-            &builtin
-        }
-    };
+    let train = training_domains(x);
     Ok(train.iter().filter(|d| !reg.weights_for(d).is_empty()).cloned().collect::<Vec<_>>().join(","))
 }
 
