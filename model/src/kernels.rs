@@ -153,17 +153,31 @@ pub fn exp_approx(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Element types [`gemm`] multiplies (f32 for the engine and training, f64 for gradient checks).
+pub trait GemmScalar: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+impl GemmScalar for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl GemmScalar for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
 /// One operand of [`gemm`]: a row-major `[rows, cols]` buffer, used as is or transposed.
 #[derive(Clone, Copy)]
-pub struct Mat<'a> {
-    pub data: &'a [f32],
+pub struct Mat<'a, T = f32> {
+    pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
     pub transposed: bool,
 }
 
-impl<'a> Mat<'a> {
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+impl<'a, T> Mat<'a, T> {
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
         Mat { data, rows, cols, transposed: false }
     }
     pub fn t(self) -> Self {
@@ -190,7 +204,7 @@ impl<'a> Mat<'a> {
 /// `out[m, n] (+)= a[m, k] · b[k, n]` with either operand optionally transposed (row-major
 /// `out`); `accumulate` adds to `out` instead of overwriting it; `parallel` lets `gemm`
 /// use the rayon pool (leave it off when already inside a parallel loop).
-pub fn gemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool, parallel: bool) {
+pub fn gemm<T: GemmScalar>(a: Mat<T>, b: Mat<T>, out: &mut [T], accumulate: bool, parallel: bool) {
     let (m, k) = a.dims();
     let (k2, n) = b.dims();
     assert_eq!(k, k2, "gemm: inner dimensions {k} and {k2} differ");
@@ -203,7 +217,7 @@ pub fn gemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool, parallel: bool) {
     }
     if k == 0 {
         if !accumulate {
-            out[..m * n].fill(0.0);
+            out[..m * n].fill(T::ZERO);
         }
         return;
     }
@@ -230,8 +244,8 @@ pub fn gemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool, parallel: bool) {
             b.data.as_ptr(),
             bcs,
             brs,
-            if accumulate { 1.0f32 } else { 0.0f32 },
-            1.0f32,
+            if accumulate { T::ONE } else { T::ZERO },
+            T::ONE,
             false,
             false,
             false,

@@ -8,7 +8,21 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOC: orchestrator::alloc::Counting = orchestrator::alloc::Counting;
 
+/// candle's pool for elementwise ops spins ~25,000 iterations after every op waiting for
+/// the next one, which takes a core from the rayon pool that runs the model's kernels and
+/// GEMMs (measured: ~10 % of a `bench train-step` profile on 2 cores). Unless the user sets
+/// `CANDLE_NUM_THREADS`, candle's elementwise ops run on the calling thread (matmuls still
+/// use every thread).
+fn candle_elementwise_on_caller() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // first thing in main: no other thread exists yet to read the environment
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    orchestrator::alloc::keep_freed_memory();
+    candle_elementwise_on_caller();
     orchestrator::ui::quiet_broken_stdout_pipe();
     let cli = Cli::parse();
     orchestrator::ui::init_logging(cli.verbose, cli.quiet);

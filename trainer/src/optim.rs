@@ -245,11 +245,18 @@ impl Optimizer {
     ) -> Result<StepStats> {
         self.step += 1;
         let t = self.step as i32;
-        let sq: f64 = grads
+        // Σ g² in f64, 64 Ki-value chunks summed in parallel (then in chunk order)
+        let trained: Vec<&Vec<f32>> = grads
             .iter()
             .filter(|(n, _)| self.params.get(*n).is_some_and(|p| p.group != Group::None))
-            .flat_map(|(_, g)| g.iter().map(|v| (*v as f64).powi(2)))
-            .sum();
+            .map(|(_, g)| g)
+            .collect();
+        let partial: Vec<f64> = trained
+            .par_iter()
+            .flat_map_iter(|g| g.chunks(1 << 16))
+            .map(|c| c.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
+            .collect();
+        let sq: f64 = partial.iter().sum();
         let norm = sq.sqrt() as f32;
         if !norm.is_finite() {
             return Err(TrainError::NonFinite("gradient norm".into()));
@@ -277,20 +284,24 @@ impl Optimizer {
             Group::None => {}
             Group::Adamw => {
                 let lr = c.adamw_lr * lr_scale;
-                let (b1c, b2c) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-                for i in 0..w.len() {
-                    let gi = g[i] * clip;
-                    st.m[i] = c.beta1 * st.m[i] + (1.0 - c.beta1) * gi;
-                    st.v[i] = c.beta2 * st.v[i] + (1.0 - c.beta2) * gi * gi;
-                    let upd = (st.m[i] / b1c) / ((st.v[i] / b2c).sqrt() + c.eps);
-                    w[i] -= lr * (upd + c.adamw_weight_decay * w[i]);
+                let (b1, b2, eps, wd) = (c.beta1, c.beta2, c.eps, c.adamw_weight_decay);
+                let (b1c, b2c) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+                // zipped slices and local constants, so the loop vectorises
+                let mv = st.m.iter_mut().zip(st.v.iter_mut());
+                for ((wi, &gi), (mi, vi)) in w.iter_mut().zip(g.iter()).zip(mv) {
+                    let gi = gi * clip;
+                    *mi = b1 * *mi + (1.0 - b1) * gi;
+                    *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                    let upd = (*mi / b1c) / ((*vi / b2c).sqrt() + eps);
+                    *wi -= lr * (upd + wd * *wi);
                 }
             }
             Group::Muon => {
                 let lr = c.muon_lr * lr_scale;
                 let (rows, cols) = (st.shape[0], st.shape[1]);
-                for i in 0..w.len() {
-                    st.m[i] = c.momentum * st.m[i] + g[i] * clip;
+                let mu = c.momentum;
+                for (mi, &gi) in st.m.iter_mut().zip(g.iter()) {
+                    *mi = mu * *mi + gi * clip;
                 }
                 let u: Vec<f32> = if c.nesterov {
                     st.m.iter().zip(g.iter()).map(|(m, gi)| c.momentum * m + gi * clip).collect()
@@ -300,8 +311,8 @@ impl Optimizer {
                 let o = newton_schulz(&u, rows, cols, &HYBRID_NS);
                 let scale = (rows.max(cols) as f32).sqrt() * c.update_rms;
                 let decay = 1.0 - lr * c.muon_weight_decay;
-                for i in 0..w.len() {
-                    w[i] = w[i] * decay - lr * scale * o[i];
+                for (wi, &oi) in w.iter_mut().zip(o.iter()) {
+                    *wi = *wi * decay - lr * scale * oi;
                 }
             }
         });

@@ -46,8 +46,13 @@ pub trait Real:
     fn zero() -> Self;
     fn from_f32(v: f32) -> Self;
     fn exp(self) -> Self;
+    /// `Σ a_i b_i` (f32: the engine's SIMD kernel, so both sides sum alike).
+    fn dot(a: &[Self], b: &[Self]) -> Self;
 }
 impl Real for f32 {
+    fn dot(a: &[Self], b: &[Self]) -> Self {
+        crate::kernels::dot(a, b)
+    }
     fn zero() -> Self {
         0.0
     }
@@ -59,6 +64,9 @@ impl Real for f32 {
     }
 }
 impl Real for f64 {
+    fn dot(a: &[Self], b: &[Self]) -> Self {
+        a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
+    }
     fn zero() -> Self {
         0.0
     }
@@ -71,11 +79,7 @@ impl Real for f64 {
 }
 
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let mut s = T::zero();
-    for (x, y) in a.iter().zip(b) {
-        s = s + *x * *y;
-    }
-    s
+    T::dot(a, b)
 }
 
 impl SparseAttention {
@@ -172,8 +176,8 @@ impl SparseAttention {
                                 *x = *x + ds * *v;
                             }
                             let dk = &mut dkv[k * hd..(k + 1) * hd];
-                            for i in 0..hd {
-                                dk[i] = dk[i] + ds * qh[i] + pj * go[i];
+                            for ((x, &qv), &gv) in dk.iter_mut().zip(qh).zip(go) {
+                                *x = *x + ds * qv + pj * gv;
                             }
                         }
                     }

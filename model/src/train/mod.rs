@@ -19,6 +19,7 @@
 pub mod attention;
 pub mod docs;
 pub mod fused;
+pub mod moe;
 pub mod ops;
 pub mod prof;
 
@@ -702,60 +703,44 @@ impl TrainModel {
         let gathered = logits.gather(&sel_t, 1)?;
         let sc = (ops::softplus(&gathered)? + 1e-30)?.sqrt()?;
         let wts = (sc.broadcast_div(&sc.sum_keepdim(1)?)? * cfg.route_scale as f64)?.flatten_all()?; // [N·k]
-        let mut y = Tensor::zeros((n, cfg.dim), self.dtype, &self.device)?;
-        let mut rows_of: Vec<Vec<(u32, u32)>> = vec![Vec::new(); ne];
-        for i in 0..n {
-            for j in 0..k {
-                rows_of[sel[i * k + j] as usize].push((i as u32, (i * k + j) as u32));
-            }
-        }
-        for (e, rows) in rows_of.iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let m = rows.len();
-            let ri = Tensor::from_vec(rows.iter().map(|r| r.0).collect::<Vec<_>>(), m, &self.device)?;
-            let fi = Tensor::from_vec(rows.iter().map(|r| r.1).collect::<Vec<_>>(), m, &self.device)?;
-            let xe = x.index_select(&ri, 0)?;
-            let we = wts.index_select(&fi, 0)?.unsqueeze(1)?;
-            let ye = self.expert(&xe, &format!("{f}experts.{e}."), Some(&we), self.options.qat_experts)?;
-            y = y.index_add(&ri, &ye, 0)?;
-        }
+        let limit = cfg.swiglu_limit;
+        let names: Vec<String> = (0..ne).map(|e| format!("{f}experts.{e}.")).collect();
+        let w = self.expert_stack(&names, self.options.qat_experts)?;
+        let mut y = moe::experts(x, &wts, &w, moe::Experts::new(k, limit, Arc::new(sel)))?;
         if cfg.n_shared_experts > 0 {
-            y = (y + self.expert(x, &format!("{f}shared_experts."), None, false)?)?;
+            let w = self.expert_stack(&[format!("{f}shared_experts.")], false)?;
+            let ones = Tensor::ones(n, self.dtype, &self.device)?;
+            y = (y + moe::experts(x, &ones, &w, moe::Experts::new(1, limit, Arc::new(vec![0; n])))?)?;
         }
         Ok(y)
     }
 
-    fn expert(&self, x: &Tensor, p: &str, route_w: Option<&Tensor>, qat: bool) -> Result<Tensor> {
-        let w = |n: &str| -> Result<Tensor> {
-            let name = format!("{p}{n}.weight");
-            let t = self.var(&name)?;
-            if !qat {
-                return Ok(t.clone());
-            }
-            // Weights change only at optimizer steps: quantise once per step, not per forward.
-            if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(&name).cloned()) {
-                return Ok(c);
-            }
-            let q = fake_quant(t, FakeQuant::Fp4)?;
-            if let Ok(mut c) = self.fq_cache.lock() {
-                c.insert(name, q.clone());
-            }
-            Ok(q)
-        };
-        let limit = self.config.swiglu_limit as f64;
-        let mut g = x.matmul(&w("w1")?.t()?)?;
-        let mut u = x.matmul(&w("w3")?.t()?)?;
-        if limit > 0.0 {
-            u = u.clamp(-limit, limit)?;
-            g = g.minimum(limit)?;
+    /// Weights of the SwiGLU experts under the prefixes `names`, stacked for [`moe::experts`]
+    /// (`[E, 3·I·D]`); FP4 fake-quantised (QAT) when `qat`.
+    fn expert_stack(&self, names: &[String], qat: bool) -> Result<Tensor> {
+        let mut mats = Vec::with_capacity(names.len());
+        for p in names {
+            let m = |n: &str| self.expert_weight(&format!("{p}{n}.weight"), qat);
+            mats.push([m("w1")?, m("w3")?, m("w2")?]);
         }
-        let mut hdn = (g.silu()? * u)?;
-        if let Some(rw) = route_w {
-            hdn = hdn.broadcast_mul(rw)?;
+        Ok(moe::stack_expert_weights(&mats)?)
+    }
+
+    /// One expert matrix, FP4 fake-quantised when `qat` (once per parameter update: cached
+    /// until [`invalidate_cache`](Self::invalidate_cache)).
+    fn expert_weight(&self, name: &str, qat: bool) -> Result<Tensor> {
+        let t = self.var(name)?;
+        if !qat {
+            return Ok(t.clone());
         }
-        Ok(hdn.matmul(&w("w2")?.t()?)?)
+        if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(c);
+        }
+        let q = fake_quant(t, FakeQuant::Fp4)?;
+        if let Ok(mut c) = self.fq_cache.lock() {
+            c.insert(name.to_string(), q.clone());
+        }
+        Ok(q)
     }
 }
 
