@@ -46,7 +46,8 @@ pub fn e4m3_from_f32(v: f32) -> u8 {
     let e = field - 127; // floor(log2 a) for normal a
     let quantum_exp = if e < -6 { -9 } else { e - 3 };
     let quantum = 2f32.powi(quantum_exp);
-    let units = (a / quantum).round_ties_even(); // exact division by a power of two
+    // exact division by a power of two; the quotient is below 16
+    let units = super::round_half_even_small(a / quantum);
     let r = units * quantum;
     if r == 0.0 {
         return sign;

@@ -91,6 +91,17 @@ pub fn quantize_block(x: &[f32], rule: ScaleRule) -> (u8, Vec<u8>) {
 /// In-place FP4 fake quantisation in blocks of 32 (reference `fp4_act_quant(..., inplace=True)`),
 /// DeepSeek scale rule. Also the QAT weight simulation, applied along each weight row.
 pub fn fake_quant(x: &mut [f32]) {
+    use rayon::prelude::*;
+    // 32-blocks are independent: large inputs (every expert matrix under QAT) in parallel,
+    // split at multiples of the block so the blocks are the same as serially
+    if x.len() >= 1 << 16 {
+        x.par_chunks_mut(BLOCK * 1024).for_each(fake_quant_blocks);
+    } else {
+        fake_quant_blocks(x);
+    }
+}
+
+fn fake_quant_blocks(x: &mut [f32]) {
     for chunk in x.chunks_mut(BLOCK) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let s = e8m0_to_f32(scale_byte(amax, ScaleRule::DeepSeekCeil));
@@ -114,7 +125,7 @@ pub fn e2m1_round_fast(v: f32) -> f32 {
     } else {
         2.0
     };
-    ((a / step).round_ties_even() * step).min(E2M1_MAX).copysign(v)
+    (super::round_half_even_small(a / step) * step).min(E2M1_MAX).copysign(v)
 }
 
 /// Pack codes two per byte, element `2k` in the low nibble.

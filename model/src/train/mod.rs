@@ -19,6 +19,8 @@
 pub mod attention;
 pub mod docs;
 pub mod fused;
+pub mod hc;
+pub mod linear;
 pub mod moe;
 pub mod ops;
 pub mod prof;
@@ -283,17 +285,17 @@ impl TrainModel {
         let positions = pk.positions.clone();
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}.");
-            let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_attn")))?;
+            let (x, split) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_attn")))?;
             let x = self.norm(&x, Some(&format!("{p}attn_norm.weight")))?;
             let table = RopeCtx { freqs: freqs[usize::from(cfg.ratio(l) > 0)].clone(), positions: positions.clone() };
             let y = prof::time("attention", || {
                 self.attention(l, &x, b, s, &lengths, batch, &pk, &table, &freqs[1], &mut decisions, &mut aux)
             })?;
-            h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
-            let (x, post, comb) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_ffn")))?;
+            h = prof::time("hc_post", || hc::hc_expand(&h, &y, &split))?;
+            let (x, split) = prof::time("hc_pre", || self.hc_pre(&h, &format!("{p}hc_ffn")))?;
             let x = self.norm(&x, Some(&format!("{p}ffn_norm.weight")))?;
             let y = prof::time("moe", || self.moe(l, &x, &ids, b, s, &lengths, batch, &mut decisions))?;
-            h = prof::time("hc_post", || hc_post(&h, &y, &post, &comb))?;
+            h = prof::time("hc_post", || hc::hc_expand(&h, &y, &split))?;
             if let Ok(mut t) = self.trace.lock() {
                 if let Some(v) = t.as_mut() {
                     v.push(h.detach());
@@ -301,13 +303,11 @@ impl TrainModel {
             }
         }
         // hc_head + final norm
-        let flat = h.reshape((n, hc * d))?;
-        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?.sqrt()?.recip()?;
-        let mixes = flat.matmul(&self.var("hc_head_fn")?.t()?)?.broadcast_mul(&rs)?;
+        let mixes = hc::hc_mix(&h.reshape((n, hc * d))?, self.var("hc_head_fn")?, cfg.norm_eps)?;
         let pre =
             (sigmoid(&mixes.broadcast_mul(self.var("hc_head_scale")?)?.broadcast_add(self.var("hc_head_base")?)?)?
                 + cfg.hc_eps as f64)?;
-        let x = pre.unsqueeze(2)?.broadcast_mul(&h)?.sum(1)?;
+        let x = hc::hc_collapse(&h, &pre)?;
         let hidden = self.norm(&x, Some("norm.weight"))?.reshape((b, s, d))?;
         let indexer_loss =
             if aux.is_empty() { None } else { Some((Tensor::stack(&aux, 0)?.sum_all()? / aux.len() as f64)?) };
@@ -335,24 +335,15 @@ impl TrainModel {
 
     /// Logits `[.., V]` of head inputs.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.var("head.weight")?;
-        let dims = hidden.dims().to_vec();
-        let d = *dims.last().unwrap_or(&0);
-        let flat = hidden.reshape(((), d))?;
-        let mut out_dims = dims.clone();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.config.vocab_size;
-        }
-        Ok(flat.matmul(&head.t()?)?.reshape(out_dims)?)
+        self.linear(hidden, "head.weight")
     }
 
-    /// mHC `hc_pre` over `h [N, hc, D]` → (`x [N, D]`, `post [N, hc]`, `comb [N, hc, hc]`).
-    fn hc_pre(&self, h: &Tensor, site: &str) -> Result<(Tensor, Tensor, Tensor)> {
+    /// mHC `hc_pre` over `h [N, hc, D]` → (`x [N, D]`, the split `[N, (2+hc)·hc]` =
+    /// `pre | post | comb`, which [`hc::hc_expand`] reads after the block).
+    fn hc_pre(&self, h: &Tensor, site: &str) -> Result<(Tensor, Tensor)> {
         let cfg = &self.config;
         let (n, hc, d) = h.dims3()?;
-        let flat = h.reshape((n, hc * d))?;
-        let rs = (flat.sqr()?.mean_keepdim(1)? + cfg.norm_eps as f64)?.sqrt()?.recip()?;
-        let mixes = flat.matmul(&self.var(&format!("{site}_fn"))?.t()?)?.broadcast_mul(&rs)?;
+        let mixes = hc::hc_mix(&h.reshape((n, hc * d))?, self.var(&format!("{site}_fn"))?, cfg.norm_eps)?;
         let split = fused::hc_split(
             &mixes,
             self.var(&format!("{site}_scale"))?,
@@ -361,24 +352,13 @@ impl TrainModel {
             cfg.hc_sinkhorn_iters,
             cfg.hc_eps,
         )?;
-        let pre = split.narrow(1, 0, hc)?;
-        let post = split.narrow(1, hc, hc)?;
-        let comb = split.narrow(1, 2 * hc, hc * hc)?.reshape((n, hc, hc))?;
-        let x = pre.unsqueeze(2)?.broadcast_mul(h)?.sum(1)?;
-        Ok((x, post, comb))
+        let x = hc::hc_collapse(h, &split)?;
+        Ok((x, split))
     }
 
     /// `x · Wᵀ` over the last dim of `x` (any rank).
     fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let w = self.var(name)?;
-        let dims = x.dims().to_vec();
-        let k = *dims.last().unwrap_or(&0);
-        let y = x.reshape(((), k))?.matmul(&w.t()?)?;
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = w.dim(0)?;
-        }
-        Ok(y.reshape(out)?)
+        Ok(linear::linear(x, self.var(name)?)?)
     }
 
     /// Compressed entries `[B, n_e, d]` of one compressor over token rows `x [N, D]`
@@ -498,10 +478,15 @@ impl TrainModel {
             match kind {
                 LayerKind::Csa => {
                     // dense main scores over entries (detached): the indexer's training target
-                    let sc = (q.detach().reshape((b, s * h, hd))?.matmul(&e.detach().transpose(1, 2)?)? * scale)?
-                        .reshape((b, s, h, ne))?;
+                    // the indexer loss's target: dense main scores over the entries (detached)
+                    let sc = if self.options.indexer_loss {
+                        let sc = q.detach().reshape((b, s * h, hd))?.matmul(&e.detach().transpose(1, 2)?)?;
+                        Some((sc * scale)?.reshape((b, s, h, ne))?)
+                    } else {
+                        None
+                    };
                     selected = prof::time("indexer", || {
-                        self.indexer(l, x, &qr, b, s, lengths, batch, pk, table, rope_yarn, &sc, decisions, aux)
+                        self.indexer(l, x, &qr, b, s, lengths, batch, pk, table, rope_yarn, sc.as_ref(), decisions, aux)
                     })?;
                 }
                 _ => {
@@ -527,7 +512,8 @@ impl TrainModel {
             selected: std::sync::Arc::new(selected),
             key_start: pk.key_start.clone(),
         };
-        let o = attention::sparse_attention(&q, &kvc, self.var(&format!("{a}attn_sink"))?, op)?; // [B, S, H, hd]
+        let sink = self.var(&format!("{a}attn_sink"))?;
+        let o = prof::time("sparse_attn", || attention::sparse_attention(&q, &kvc, sink, op))?; // [B, S, H, hd]
         let o = fused::rope(&o, &table.freqs, &table.positions, h, true)?;
         let o = o.reshape((b * s, h * hd))?;
         // grouped low-rank output projection
@@ -541,7 +527,7 @@ impl TrainModel {
 
     /// Lightning Indexer of CSA layer `l`: per query row `b·S + t` the selected entries (row
     /// numbering), chosen among the visible entries of the query's own document.
-    /// Adds the auxiliary KL loss to `aux` when enabled.
+    /// Adds the auxiliary KL loss (towards `main_scores`, given when it is enabled) to `aux`.
     #[allow(clippy::too_many_arguments)]
     fn indexer(
         &self,
@@ -555,7 +541,7 @@ impl TrainModel {
         pk: &Packing,
         table: &RopeCtx,
         rope_yarn: &Arc<Vec<f32>>,
-        main_scores: &Tensor,
+        main_scores: Option<&Tensor>,
         decisions: &mut [Decisions],
         aux: &mut Vec<Tensor>,
     ) -> Result<Vec<Vec<u32>>> {
@@ -608,7 +594,7 @@ impl TrainModel {
                 }
             }
         }
-        if self.options.indexer_loss {
+        if let Some(main_scores) = main_scores {
             // Target: main attention (detached) over visible entries, summed over heads, L1-normalised.
             let mut vis = vec![NEG as f32; b * s * ne];
             let mut rows = vec![0f32; b * s];
@@ -705,8 +691,8 @@ impl TrainModel {
         let wts = (sc.broadcast_div(&sc.sum_keepdim(1)?)? * cfg.route_scale as f64)?.flatten_all()?; // [N·k]
         let limit = cfg.swiglu_limit;
         let names: Vec<String> = (0..ne).map(|e| format!("{f}experts.{e}.")).collect();
-        let w = self.expert_stack(&names, self.options.qat_experts)?;
-        let mut y = moe::experts(x, &wts, &w, moe::Experts::new(k, limit, Arc::new(sel)))?;
+        let w = prof::time("expert_stack", || self.expert_stack(&names, self.options.qat_experts))?;
+        let mut y = prof::time("experts", || moe::experts(x, &wts, &w, moe::Experts::new(k, limit, Arc::new(sel))))?;
         if cfg.n_shared_experts > 0 {
             let w = self.expert_stack(&[format!("{f}shared_experts.")], false)?;
             let ones = Tensor::ones(n, self.dtype, &self.device)?;
@@ -716,37 +702,30 @@ impl TrainModel {
     }
 
     /// Weights of the SwiGLU experts under the prefixes `names`, stacked for [`moe::experts`]
-    /// (`[E, 3·I·D]`); FP4 fake-quantised (QAT) when `qat`.
+    /// (`[E, 3·I·D]`). With `qat` the stack is FP4 fake-quantised (weight rows are whole
+    /// 32-blocks, so this equals quantising each matrix) and kept until
+    /// [`invalidate_cache`](Self::invalidate_cache): weights change only at optimizer steps,
+    /// so the micro-batches of one step share one quantisation and one stack.
     fn expert_stack(&self, names: &[String], qat: bool) -> Result<Tensor> {
+        let key = format!("stack:{}", names.first().map_or("", |n| n.as_str()));
+        if qat {
+            if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+                return Ok(c);
+            }
+        }
         let mut mats = Vec::with_capacity(names.len());
         for p in names {
-            let m = |n: &str| self.expert_weight(&format!("{p}{n}.weight"), qat);
+            let m = |n: &str| self.var(&format!("{p}{n}.weight")).cloned();
             mats.push([m("w1")?, m("w3")?, m("w2")?]);
         }
-        Ok(moe::stack_expert_weights(&mats)?)
-    }
-
-    /// One expert matrix, FP4 fake-quantised when `qat` (once per parameter update: cached
-    /// until [`invalidate_cache`](Self::invalidate_cache)).
-    fn expert_weight(&self, name: &str, qat: bool) -> Result<Tensor> {
-        let t = self.var(name)?;
+        let stack = moe::stack_expert_weights(&mats)?;
         if !qat {
-            return Ok(t.clone());
+            return Ok(stack);
         }
-        if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(name).cloned()) {
-            return Ok(c);
-        }
-        let q = fake_quant(t, FakeQuant::Fp4)?;
+        let q = fake_quant(&stack, FakeQuant::Fp4)?;
         if let Ok(mut c) = self.fq_cache.lock() {
-            c.insert(name.to_string(), q.clone());
+            c.insert(key, q.clone());
         }
         Ok(q)
     }
-}
-
-/// `y_j = post_j · f + Σ_i comb[i, j] · h_i` over `h [N, hc, D]`.
-fn hc_post(h: &Tensor, f: &Tensor, post: &Tensor, comb: &Tensor) -> Result<Tensor> {
-    let a = post.unsqueeze(2)?.broadcast_mul(&f.unsqueeze(1)?)?;
-    let b = comb.transpose(1, 2)?.contiguous()?.matmul(h)?;
-    Ok((a + b)?)
 }
