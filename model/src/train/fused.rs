@@ -22,6 +22,23 @@ fn slice<'a, T>(v: &'a [T], l: &Layout, name: &str) -> candle_core::Result<&'a [
     }
 }
 
+/// Run `f` on the values of `t` in row-major order: borrowed straight from candle's CPU
+/// storage when `t` is contiguous (no copy — backward passes read large weights this way),
+/// else from a contiguous copy.
+pub(crate) fn with_values<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            return f(&cpu.as_slice::<T>()?[a..b]);
+        }
+    }
+    let v: Vec<T> = t.flatten_all()?.to_vec1()?;
+    f(&v)
+}
+
 /// Extended float ops the fused kernels need.
 pub trait Float: Real + std::ops::Neg<Output = Self> {
     fn sqrt(self) -> Self;

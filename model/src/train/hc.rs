@@ -18,7 +18,7 @@
 //! `post · f` term added last), so logits match the golden references as before; gradients
 //! are checked against finite differences here and in `tests/grad_check.rs`.
 
-use super::fused::Float;
+use super::fused::{with_values, Float};
 use crate::kernels::{gemm, GemmScalar, Mat};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -43,11 +43,6 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, op: &str) -> candle_core::Result<&'
         Some((a, b)) => Ok(&v[a..b]),
         None => bail!("{op}: inputs must be contiguous"),
     }
-}
-
-/// The flat values of a tensor (copied out of candle for a backward pass).
-fn values<T: candle_core::WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.flatten_all()?.to_vec1()
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -154,8 +149,11 @@ impl CustomOp2 for HcMix {
         let m = w.dim(0)?;
         macro_rules! run {
             ($t:ty) => {{
-                let (df, dw) =
-                    self.backward::<$t>(&values(flat)?, &values(w)?, &values(res)?, &values(grad)?, (n, k, m));
+                let (df, dw) = with_values::<$t, _>(flat, |fv| {
+                    with_values(w, |wv| {
+                        with_values(res, |rv| with_values(grad, |gv| Ok(self.backward(fv, wv, rv, gv, (n, k, m)))))
+                    })
+                })?;
                 (Tensor::from_vec(df, flat.dims(), flat.device())?, Tensor::from_vec(dw, w.dims(), w.device())?)
             }};
         }
@@ -257,7 +255,9 @@ impl CustomOp2 for HcCollapse {
         let dims = stream_dims(h.layout(), a.layout())?;
         macro_rules! run {
             ($t:ty) => {{
-                let (dh, da) = Self::backward::<$t>(&values(h)?, &values(a)?, &values(grad)?, dims);
+                let (dh, da) = with_values::<$t, _>(h, |hv| {
+                    with_values(a, |av| with_values(grad, |gv| Ok(Self::backward(hv, av, gv, dims))))
+                })?;
                 (Tensor::from_vec(dh, h.dims(), h.device())?, Tensor::from_vec(da, a.dims(), a.device())?)
             }};
         }
@@ -390,7 +390,11 @@ impl CustomOp3 for HcExpand {
         let dims = stream_dims(h.layout(), s.layout())?;
         macro_rules! run {
             ($t:ty) => {{
-                let (dh, df, ds) = Self::backward::<$t>(&values(h)?, &values(f)?, &values(s)?, &values(grad)?, dims);
+                let (dh, df, ds) = with_values::<$t, _>(h, |hv| {
+                    with_values(f, |fv| {
+                        with_values(s, |sv| with_values(grad, |gv| Ok(Self::backward(hv, fv, sv, gv, dims))))
+                    })
+                })?;
                 (
                     Tensor::from_vec(dh, h.dims(), h.device())?,
                     Tensor::from_vec(df, f.dims(), f.device())?,

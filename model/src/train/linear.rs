@@ -7,6 +7,7 @@
 //! through a strided (transposing) elementwise add — for every projection of every layer.
 //! Checked against that graph in value and gradients (tests below).
 
+use super::fused::with_values;
 use super::hc::HcScalar;
 use crate::kernels::{gemm, Mat};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -73,10 +74,9 @@ impl CustomOp2 for Linear {
         let d = dims(x.layout(), w.layout())?;
         macro_rules! run {
             ($t:ty) => {{
-                let xv: Vec<$t> = x.flatten_all()?.to_vec1()?;
-                let wv: Vec<$t> = w.flatten_all()?.to_vec1()?;
-                let gv: Vec<$t> = grad.flatten_all()?.to_vec1()?;
-                let (dx, dw) = backward(&xv, &wv, &gv, d);
+                let (dx, dw) = with_values::<$t, _>(x, |xv| {
+                    with_values(w, |wv| with_values(grad, |gv| Ok(backward(xv, wv, gv, d))))
+                })?;
                 (Tensor::from_vec(dx, x.dims(), x.device())?, Tensor::from_vec(dw, w.dims(), w.device())?)
             }};
         }

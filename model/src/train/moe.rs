@@ -29,7 +29,7 @@
 //! one) runs its GEMMs on the whole pool. Checked against the per-expert candle graph and
 //! finite differences (tests below, `tests/grad_check.rs`).
 
-use super::fused::Float;
+use super::fused::{with_values, Float};
 use crate::kernels::{gemm, GemmScalar, Mat};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -401,12 +401,12 @@ impl CustomOp3 for Experts {
         let Some(saved) = saved.as_ref() else { bail!("experts: backward before forward") };
         macro_rules! run {
             ($t:ty) => {{
-                let xv: Vec<$t> = x.flatten_all()?.to_vec1()?;
-                let av: Vec<$t> = wts.flatten_all()?.to_vec1()?;
-                let bv: Vec<$t> = w.flatten_all()?.to_vec1()?;
-                let gv: Vec<$t> = grad.contiguous()?.flatten_all()?.to_vec1()?;
                 let Some(gu) = <$t>::saved(saved) else { bail!("experts: saved state of another dtype") };
-                let (dx, da, db) = self.backward(&xv, &av, &bv, &gv, gu, dims);
+                let (dx, da, db) = with_values::<$t, _>(x, |xv| {
+                    with_values(wts, |av| {
+                        with_values(w, |bv| with_values(grad, |gv| Ok(self.backward(xv, av, bv, gv, gu, dims))))
+                    })
+                })?;
                 (
                     Tensor::from_vec(dx, x.dims(), dev)?,
                     Tensor::from_vec(da, wts.dims(), dev)?,
