@@ -303,7 +303,7 @@ impl TrainModel {
             }
         }
         // hc_head + final norm
-        let mixes = hc::hc_mix(&h.reshape((n, hc * d))?, self.var("hc_head_fn")?, cfg.norm_eps)?;
+        let mixes = self.hc_mixes(&h, "hc_head_fn")?;
         let pre =
             (sigmoid(&mixes.broadcast_mul(self.var("hc_head_scale")?)?.broadcast_add(self.var("hc_head_base")?)?)?
                 + cfg.hc_eps as f64)?;
@@ -338,12 +338,21 @@ impl TrainModel {
         self.linear(hidden, "head.weight")
     }
 
+    /// RMS-scaled mixes `rs ⊙ (flat · Wᵀ)` of the streams `h [N, hc, D]` with the weight
+    /// `name` (`rs = (mean(flat²) + ε)^{−½}` per row).
+    fn hc_mixes(&self, h: &Tensor, name: &str) -> Result<Tensor> {
+        let (n, hc, d) = h.dims3()?;
+        let flat = h.reshape((n, hc * d))?;
+        let rs = (flat.sqr()?.mean_keepdim(1)? + self.config.norm_eps as f64)?.sqrt()?.recip()?;
+        Ok(flat.matmul(&self.var(name)?.t()?)?.broadcast_mul(&rs)?)
+    }
+
     /// mHC `hc_pre` over `h [N, hc, D]` → (`x [N, D]`, the split `[N, (2+hc)·hc]` =
     /// `pre | post | comb`, which [`hc::hc_expand`] reads after the block).
     fn hc_pre(&self, h: &Tensor, site: &str) -> Result<(Tensor, Tensor)> {
         let cfg = &self.config;
-        let (n, hc, d) = h.dims3()?;
-        let mixes = hc::hc_mix(&h.reshape((n, hc * d))?, self.var(&format!("{site}_fn"))?, cfg.norm_eps)?;
+        let hc = h.dim(1)?;
+        let mixes = self.hc_mixes(h, &format!("{site}_fn"))?;
         let split = fused::hc_split(
             &mixes,
             self.var(&format!("{site}_scale"))?,
