@@ -291,6 +291,9 @@ pub struct GrpoReport {
     pub sampled_tokens: u64,
     pub mean_reward_first: f64,
     pub mean_reward_last: f64,
+    /// Mean raw reward of every step's samples, in step order (first and last above are its
+    /// ends).
+    pub step_rewards: Vec<f64>,
     pub seconds: f64,
 }
 
@@ -405,6 +408,7 @@ pub fn run_grpo(
             report.mean_reward_first = reward_mean;
         }
         report.mean_reward_last = reward_mean;
+        report.step_rewards.push(reward_mean);
         let rollout_s = t0.elapsed().as_secs_f64();
         // ---- advantages from length-shaped rewards
         let mut rows_data: Vec<(Trajectory, f32)> = Vec::new();
