@@ -18,8 +18,11 @@ pub const THINK_MAX_PREFIX: &str = "Reasoning Effort: Absolute maximum with no s
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    #[serde(alias = "chat")]
     NonThink,
+    #[serde(alias = "thinking", alias = "high")]
     ThinkHigh,
+    #[serde(alias = "max")]
     ThinkMax,
 }
 

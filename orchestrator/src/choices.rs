@@ -11,37 +11,39 @@ use clap::ValueEnum;
 use datasets::chat::Mode;
 use datasets::tasks::Split;
 use model::checkpoint::SaveFormat;
+use model::Config;
+use trainer::grpo::GrpoVariant;
+use trainer::kl::Estimator;
 
-/// `grpo --variant`: preset of loss and sampling choices (see `train_cmd::variant_config`).
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrpoVariant {
-    /// DeepSeek-V3.2: clip-higher, token-mean, k3-IS KL, off-policy masking, Keep Routing.
-    #[value(name = "v32")]
-    V32,
-    /// Original GRPO: symmetric clip, k3 KL (β 0.04), sequence-mean of token means.
-    #[value(name = "grpo")]
-    Grpo,
-    /// DAPO: no KL, token-mean aggregation, dynamic sampling.
-    #[value(name = "dapo")]
-    Dapo,
-    /// Dr. GRPO: no KL, no std normalisation, sequence-mean of token sums.
-    #[value(name = "dr-grpo")]
-    DrGrpo,
+/// `grpo --variant`: the trainer's list of GRPO presets ([`GrpoVariant::ALL`]) as clap
+/// possible values, so `--help` and completions list them and a new variant needs no CLI change.
+pub fn grpo_variant_parser() -> impl clap::builder::TypedValueParser<Value = GrpoVariant> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = GrpoVariant::ALL.map(|v| PossibleValue::new(v.name()).help(v.summary()));
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<GrpoVariant>())
 }
 
-impl GrpoVariant {
-    /// The name `train_cmd::variant_config` (and pipeline files) take.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GrpoVariant::V32 => "v32",
-            GrpoVariant::Grpo => "grpo",
-            GrpoVariant::Dapo => "dapo",
-            GrpoVariant::DrGrpo => "dr-grpo",
-        }
-    }
+/// A choice the library parses (`FromStr`) whose spellings are `names`: clap lists them in
+/// `--help` and completions and refuses others with the list (`--anticipatory`, `--spike-signal`).
+pub fn from_str_choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
 
-/// `--mode` / `--modes`: reasoning mode ([`Mode`]).
+/// `--preset`: the model presets ([`Config::PRESETS`]).
+pub fn preset_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Config::PRESETS)
+}
+
+/// `model info --preset`: the presets and DeepSeek-V3.2's published config (`v3.2`).
+pub fn info_preset_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Config::PRESETS.iter().copied().chain(["v3.2"]))
+}
+
+/// `--modes`: reasoning mode ([`Mode`]).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     /// Chat without thinking.
@@ -83,7 +85,7 @@ impl From<SplitArg> for Split {
     }
 }
 
-/// `opd --estimator`: the KL estimator (see `train_cmd::parse_estimator`).
+/// `opd --estimator`: the KL estimator ([`Estimator`]).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EstimatorArg {
     /// Exact reverse KL over the whole vocabulary (V4).
@@ -94,12 +96,11 @@ pub enum EstimatorArg {
     Sampled,
 }
 
-impl EstimatorArg {
-    /// The name `train_cmd::parse_estimator` (and pipeline files) take.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EstimatorArg::Full => "full",
-            EstimatorArg::Sampled => "sampled",
+impl From<EstimatorArg> for Estimator {
+    fn from(e: EstimatorArg) -> Estimator {
+        match e {
+            EstimatorArg::Full => Estimator::FullVocab,
+            EstimatorArg::Sampled => Estimator::Sampled,
         }
     }
 }
@@ -187,6 +188,7 @@ impl TrainFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::builder::TypedValueParser;
 
     /// Every spelling the library parsers accept is accepted here and maps to the same value.
     #[test]
@@ -204,20 +206,19 @@ mod tests {
             assert_eq!(SaveFormat::from(f), s.parse::<SaveFormat>().unwrap(), "{s}");
             assert_eq!(f.as_str(), s);
         }
-        for s in ["v32", "grpo", "dapo", "dr-grpo"] {
-            assert_eq!(GrpoVariant::from_str(s, false).unwrap().as_str(), s);
+        for v in GrpoVariant::ALL {
+            let parsed =
+                grpo_variant_parser().parse_ref(&clap::Command::new("t"), None, std::ffi::OsStr::new(v.name()));
+            assert_eq!(parsed.unwrap(), v);
         }
-        assert_eq!(EstimatorArg::from_str("full_vocab", false).unwrap(), EstimatorArg::Full);
+        assert!(grpo_variant_parser()
+            .parse_ref(&clap::Command::new("t"), None, std::ffi::OsStr::new("grpoo"))
+            .is_err());
+        for s in ["full", "full_vocab", "sampled"] {
+            let e = EstimatorArg::from_str(s, false).unwrap();
+            assert_eq!(Estimator::from(e), s.parse::<Estimator>().unwrap(), "{s}");
+        }
         assert_eq!(NumericsArg::from_str("act_fp8", false).unwrap(), NumericsArg::ActFp8);
         assert!(ModeArg::from_str("Think_Max", false).is_err(), "case-sensitive as before");
-        let names: Vec<&str> = GrpoVariant::value_variants().iter().map(|v| v.as_str()).collect();
-        assert_eq!(names.len(), crate::commands::train_cmd::GRPO_VARIANTS.len());
-        for v in GrpoVariant::value_variants() {
-            assert!(crate::commands::train_cmd::GRPO_VARIANTS.contains(&v.as_str()));
-            crate::commands::train_cmd::variant_config(v.as_str()).unwrap();
-        }
-        for v in EstimatorArg::value_variants() {
-            crate::commands::train_cmd::parse_estimator(v.as_str()).unwrap();
-        }
     }
 }

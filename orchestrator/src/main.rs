@@ -24,13 +24,17 @@ fn main() -> ExitCode {
     orchestrator::alloc::keep_freed_memory();
     candle_elementwise_on_caller();
     orchestrator::ui::quiet_broken_stdout_pipe();
-    let cli = Cli::parse();
+    let (args, renamed) = orchestrator::deprecated::rewrite(std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
     orchestrator::ui::init_logging(cli.verbose, cli.quiet);
+    for w in renamed {
+        eprintln!("warning: {w}");
+    }
     // an empty V4POST_REDIS_PASSWORD_FILE means no file, as the queue's own fallback reads it
     if let Some(f) = cli.redis_password_file.clone().filter(|f| !f.as_os_str().is_empty()) {
         orchestrator::queue::set_password_file(f);
     }
-    match orchestrator::commands::dispatch(cli.command) {
+    match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`v4post ... | head`) is not a failure.

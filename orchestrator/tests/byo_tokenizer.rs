@@ -56,9 +56,9 @@ fn carries_bpe(dir: &Path) {
     }
 }
 
-/// The step checkpoint directories under `train` (8-digit names).
-fn step_dirs(train: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(train)
+/// The step checkpoint directories under `root` (8-digit names).
+fn step_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 8 && n.parse::<u64>().is_ok()))
@@ -76,11 +76,11 @@ fn grpo_samples_with_the_checkpoint_tokenizer() {
         "grpo",
         "--base",
         ck.to_str().unwrap(),
-        "--domain",
+        "--domains",
         "math.add",
         "--steps",
         "1",
-        "--prompts",
+        "--prompts-per-step",
         "2",
         "--group",
         "2",
@@ -111,12 +111,11 @@ fn grpo_samples_with_the_checkpoint_tokenizer() {
         assert!(t.prompt_tokens.len() * 2 < text.len(), "{} BPE ids for {} bytes", t.prompt_tokens.len(), text.len());
         assert_eq!(t.response_text, bpe.decode(&t.response_tokens), "responses are BPE-decoded");
     }
-    // the expert, its FP4 export and its step checkpoints carry the tokenizer
+    // the expert, its FP4 export and the stage's result in the run directory carry the tokenizer
     carries_bpe(&out);
     carries_bpe(&out.join("rollout"));
-    let steps = step_dirs(&out.join("train"));
-    assert!(!steps.is_empty());
-    steps.iter().for_each(|d| carries_bpe(d));
+    carries_bpe(&out.join("models/grpo-math.add"));
+    carries_bpe(&out.join("models/grpo-math.add/rollout"));
 
     // the expert is a checkpoint with a tokenizer: `eval` loads and uses it
     let e = v4post(&[
@@ -127,7 +126,7 @@ fn grpo_samples_with_the_checkpoint_tokenizer() {
         "math.add",
         "--n",
         "2",
-        "--mode",
+        "--modes",
         "non_think",
         "--max-tokens",
         "8",
@@ -170,7 +169,32 @@ fn sft_outputs_carry_the_tokenizer() {
     assert_eq!(with_bpe["steps"], 1);
     carries_bpe(&tmp.path().join("sft-bpe"));
     carries_bpe(&tmp.path().join("sft-bpe/rollout"));
-    step_dirs(&tmp.path().join("sft-bpe/train")).iter().for_each(|d| carries_bpe(d));
+    carries_bpe(&tmp.path().join("sft-bpe/models/sft"));
+    // step checkpoints carry it too (kept while a stage runs; here stopped after one of two)
+    let stopped = tmp.path().join("sft-stop");
+    let o = v4post(&[
+        "sft",
+        "--base",
+        ck.to_str().unwrap(),
+        "--domains",
+        "math.add",
+        "--steps",
+        "2",
+        "--stop-after-steps",
+        "1",
+        "--batch",
+        "2",
+        "--max-len",
+        "256",
+        "--modes",
+        "non_think",
+        "--out",
+        stopped.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"), "{}", String::from_utf8_lossy(&o.stderr));
+    let steps = step_dirs(&stopped.join("checkpoints/sft"));
+    assert_eq!(steps.len(), 1);
+    steps.iter().for_each(|d| carries_bpe(d));
     // --resume continues the checkpoint's tokenizer: a base with another one is refused,
     // naming both; the same base resumes
     let resume = |base: &Path| {
@@ -194,7 +218,7 @@ fn sft_outputs_carry_the_tokenizer() {
         ])
     };
     let e = err(&resume(&plain));
-    assert!(e.contains("--resume") && e.contains("sft-bpe/train"), "{e}");
+    assert!(e.contains("--resume") && e.contains("sft-bpe"), "{e}");
     assert!(e.contains("(fingerprint hf-") && e.contains("built-in byte tokenizer (v4post-byte-320"), "{e}");
     ok(&resume(&ck));
     // the same run without a tokenizer.json trains on bytes and writes none
@@ -249,7 +273,7 @@ fn teachers_must_share_the_students_tokenizer() {
     std::fs::write(&reg, toml).unwrap();
     let e = err(&v4post(&[
         "opd",
-        "--student",
+        "--base",
         student.to_str().unwrap(),
         "--teachers",
         reg.to_str().unwrap(),
@@ -262,7 +286,7 @@ fn teachers_must_share_the_students_tokenizer() {
     assert!(e.contains(&student.join("tokenizer.json").display().to_string()), "{e}");
 }
 
-/// `--student` given as a file inside its checkpoint folder: the tokenizer compared is the
+/// `--base` (the student) given as a file inside its checkpoint folder: the tokenizer compared is the
 /// folder's (the one the run uses), so a byte teacher is refused and a teacher with the same
 /// tokenizer.json is accepted and the run trains.
 #[test]
@@ -275,7 +299,7 @@ fn a_student_given_as_a_file_is_compared_by_its_folders_tokenizer() {
         std::fs::write(&reg, toml).unwrap();
         v4post(&[
             "opd",
-            "--student",
+            "--base",
             student.to_str().unwrap(),
             "--teachers",
             reg.to_str().unwrap(),
@@ -287,7 +311,7 @@ fn a_student_given_as_a_file_is_compared_by_its_folders_tokenizer() {
             "non_think=1",
             "--steps",
             "1",
-            "--batch",
+            "--prompts-per-step",
             "1",
         ])
     };

@@ -28,7 +28,7 @@ fn tasks_sample_json() {
     let v = json_of(&v4post(&[
         "tasks",
         "sample",
-        "--domain",
+        "--domains",
         "math.add",
         "--n",
         "4",
@@ -48,12 +48,15 @@ fn tasks_sample_json() {
     let lines = std::fs::read_to_string(&out).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
     assert_eq!(lines, 4);
 
-    // without --json: nothing on stdout, the human line on stderr
+    // without --json: nothing on stdout, the human line on stderr; the old `--domain`
+    // spelling still works, with a deprecation warning
     let out2 = tmp.path().join("q.jsonl");
     let o = v4post(&["tasks", "sample", "--domain", "math.add", "--n", "2", "--out", s(&out2)]);
     assert!(o.status.success());
     assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("wrote 2 train prompts of math.add"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("wrote 2 train prompts of math.add"), "{err}");
+    assert!(err.contains("warning: `tasks sample --domain` is deprecated; use `--domains`"), "{err}");
 }
 
 #[test]
@@ -73,7 +76,8 @@ fn model_forward_json() {
 fn model_quantize_json() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q");
-    let v = json_of(&v4post(&["model", "quantize", "--in", TINY, "--out", s(&out), "--format", "f32", "--json"]));
+    let v =
+        json_of(&v4post(&["model", "quantize", "--checkpoint", TINY, "--out", s(&out), "--format", "f32", "--json"]));
     assert_eq!(v["format"], "f32", "{v}");
     assert_eq!(v["out"], s(&out), "{v}");
     assert!(v["params"].as_u64().unwrap() > 0, "{v}");

@@ -68,7 +68,7 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 fn quantize(input: &Path, out: &Path) -> Output {
     v4post()
-        .args(["model", "quantize", "--in"])
+        .args(["model", "quantize", "--checkpoint"])
         .arg(input)
         .arg("--out")
         .arg(out)

@@ -109,7 +109,7 @@ harder = "math.add"
     let worker = |kind: &str| {
         v4post(
             dir,
-            &["worker", kind, "--queue", &url, "--run", "dist", "--runs-dir", "runs", "--visibility-timeout", "2"],
+            &["worker", kind, "--queue", &url, "--name", "dist", "--runs-dir", "runs", "--visibility-timeout", "2"],
         )
     };
     let mut victim = worker("rollout");

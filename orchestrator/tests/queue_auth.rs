@@ -107,7 +107,7 @@ fn wrong_or_missing_passwords_fail_at_once_and_a_password_file_works() {
     // the binary: --redis-password-file is a global flag
     std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_v4post"))
-        .args(["worker", "reward", "--queue", &format!("redis:/bob:hunter2@127.0.0.1:{port}"), "--run", "x"])
+        .args(["worker", "reward", "--queue", &format!("redis:/bob:hunter2@127.0.0.1:{port}"), "--name", "x"])
         .args(["--runs-dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
@@ -116,7 +116,7 @@ fn wrong_or_missing_passwords_fail_at_once_and_a_password_file_works() {
     std::fs::create_dir_all(dir.join("pw-run")).unwrap();
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_v4post"))
-        .args(["worker", "reward", "--queue", &base, "--run", "pw-run", "--max-jobs", "1"])
+        .args(["worker", "reward", "--queue", &base, "--name", "pw-run", "--max-jobs", "1"])
         .args(["--runs-dir", dir.to_str().unwrap(), "--redis-password-file", "/nonexistent/pw"])
         .output()
         .unwrap();

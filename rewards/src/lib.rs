@@ -217,41 +217,82 @@ pub fn score_with(verifier: &Value, answer: &str, response: &str, mode: Mode) ->
     r.unwrap_or_else(|_| Reward::zero("verifier error"))
 }
 
-fn score_inner(verifier: &Value, answer: &str, response: &str, mode: Mode) -> Reward {
-    let kind = verifier.get("kind").and_then(Value::as_str).unwrap_or("math");
-    if kind == "agent" {
-        let (value, detail) = agent::verify(verifier, answer, response, mode);
-        return Reward { value, detail };
+/// What a verifier family reads of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// The reply's final content (after the reasoning, trimmed).
+    Content,
+    /// The whole response as generated (an agent episode with its tool results).
+    Episode,
+}
+
+/// One verifier family: its `kind` (the `verifier.kind` of a task), what it reads, and its
+/// scoring function `(verifier kwargs, gold answer, text, mode) -> Reward`.
+pub struct Verifier {
+    pub kind: &'static str,
+    pub reads: Reads,
+    pub score: fn(&Value, &str, &str, Mode) -> Reward,
+}
+
+/// The verifier families. A new family is its module plus one row here (and its name in
+/// `datasets::layouts::VERIFIER_KINDS`, which prompt files are checked against; a test keeps
+/// the two lists equal).
+pub const VERIFIERS: &[Verifier] = &[
+    Verifier { kind: "math", reads: Reads::Content, score: score_math },
+    Verifier { kind: "code", reads: Reads::Content, score: |v, _, text, _| verify_code(v, text) },
+    Verifier { kind: "python", reads: Reads::Content, score: |v, _, text, _| verify_python(v, text) },
+    Verifier { kind: "agent", reads: Reads::Episode, score: score_agent },
+    Verifier { kind: "if", reads: Reads::Content, score: |v, _, text, _| score_instructions(v, text) },
+    Verifier { kind: "exact", reads: Reads::Content, score: score_exact },
+];
+
+/// The family of `kind`.
+pub fn verifier(kind: &str) -> Option<&'static Verifier> {
+    VERIFIERS.iter().find(|v| v.kind == kind)
+}
+
+fn score_math(_: &Value, answer: &str, content: &str, _: Mode) -> Reward {
+    let (value, detail) = verify_math_content(content, answer);
+    Reward { value, detail }
+}
+
+fn score_agent(verifier: &Value, answer: &str, episode: &str, mode: Mode) -> Reward {
+    let (value, detail) = agent::verify(verifier, answer, episode, mode);
+    Reward { value, detail }
+}
+
+fn score_instructions(verifier: &Value, content: &str) -> Reward {
+    match instruct::check_all(verifier.get("checks").unwrap_or(&Value::Null), content) {
+        Ok(res) => {
+            let loose = verifier.get("loose").and_then(Value::as_bool).unwrap_or(false);
+            let ok = if loose { res.loose_all() } else { res.strict_all() };
+            Reward {
+                value: if ok { 1.0 } else { 0.0 },
+                detail: json!({"correct": ok, "strict": res.strict, "loose": res.loose}),
+            }
+        }
+        Err(e) => Reward::zero(format!("bad checks: {e}")),
+    }
+}
+
+fn score_exact(_: &Value, answer: &str, content: &str, _: Mode) -> Reward {
+    let ok = normalize_text(content) == normalize_text(answer);
+    Reward { value: if ok { 1.0 } else { 0.0 }, detail: json!({"correct": ok}) }
+}
+
+fn score_inner(verifier_kwargs: &Value, answer: &str, response: &str, mode: Mode) -> Reward {
+    let kind = verifier_kwargs.get("kind").and_then(Value::as_str).unwrap_or("math");
+    let Some(v) = verifier(kind) else {
+        return Reward::zero(format!("unknown verifier kind `{kind}`"));
+    };
+    if v.reads == Reads::Episode {
+        return (v.score)(verifier_kwargs, answer, response, mode);
     }
     let reply = parse_reply(response, mode);
     if mode.thinking() && reply.errors.iter().any(|e| e.contains("reasoning")) && reply.content.is_empty() {
         return Reward::zero("no final answer (truncated inside the reasoning)");
     }
-    let content = reply.content.trim();
-    let mut r = match kind {
-        "math" => {
-            let (value, detail) = verify_math_content(content, answer);
-            Reward { value, detail }
-        }
-        "code" => verify_code(verifier, content),
-        "python" => verify_python(verifier, content),
-        "if" => match instruct::check_all(verifier.get("checks").unwrap_or(&Value::Null), content) {
-            Ok(res) => {
-                let loose = verifier.get("loose").and_then(Value::as_bool).unwrap_or(false);
-                let ok = if loose { res.loose_all() } else { res.strict_all() };
-                Reward {
-                    value: if ok { 1.0 } else { 0.0 },
-                    detail: json!({"correct": ok, "strict": res.strict, "loose": res.loose}),
-                }
-            }
-            Err(e) => Reward::zero(format!("bad checks: {e}")),
-        },
-        "exact" => {
-            let ok = normalize_text(content) == normalize_text(answer);
-            Reward { value: if ok { 1.0 } else { 0.0 }, detail: json!({"correct": ok}) }
-        }
-        other => Reward::zero(format!("unknown verifier kind `{other}`")),
-    };
+    let mut r = (v.score)(verifier_kwargs, answer, reply.content.trim(), mode);
     if let Some(o) = r.detail.as_object_mut() {
         o.insert("finished".into(), json!(reply.finished));
     }
@@ -262,6 +303,17 @@ fn score_inner(verifier: &Value, answer: &str, response: &str, mode: Mode) -> Re
 mod tests {
     use super::*;
     use datasets::tasks::{domains, sample, Split};
+
+    /// Prompt files are checked against the datasets crate's list of kinds; every kind there
+    /// has a family here and every family is listed there.
+    #[test]
+    fn the_registry_and_the_dataset_kinds_agree() {
+        let kinds: Vec<&str> = VERIFIERS.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, datasets::layouts::VERIFIER_KINDS.to_vec());
+        assert!(verifier("nope").is_none());
+        let r = score_with(&json!({"kind": "nope"}), "1", "\\boxed{1}", Mode::NonThink);
+        assert_eq!((r.value, r.detail["reason"].as_str()), (0.0, Some("unknown verifier kind `nope`")));
+    }
 
     #[test]
     fn every_reference_solution_scores_one_in_every_mode() {

@@ -84,6 +84,11 @@ pub enum Trigger {
     Always,
 }
 
+impl Trigger {
+    /// The spellings `FromStr` takes (pipeline files and `--anticipatory`).
+    pub const NAMES: [&'static str; 3] = ["off", "spike", "always"];
+}
+
 impl FromStr for Trigger {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -105,6 +110,11 @@ pub enum SpikeSignal {
     Loss,
     /// The step's mean gradient norm (before clipping).
     GradNorm,
+}
+
+impl SpikeSignal {
+    /// The spellings `FromStr` takes (pipeline files and `--spike-signal`).
+    pub const NAMES: [&'static str; 2] = ["loss", "grad_norm"];
 }
 
 impl FromStr for SpikeSignal {

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 /// Which estimator of the reverse KL is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum Estimator {
     /// Exact per-token KL over the whole vocabulary (what V4 uses).
     #[default]
@@ -40,6 +40,34 @@ pub enum Estimator {
     /// The sampled-token estimator `ℓ_s(x) − ℓ_t(x)` as a policy-gradient advantage
     /// (Tinker); unbiased for the same gradient, higher variance. For comparison.
     Sampled,
+}
+
+impl TryFrom<String> for Estimator {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Estimator> for String {
+    fn from(e: Estimator) -> String {
+        match e {
+            Estimator::FullVocab => "full_vocab".into(),
+            Estimator::Sampled => "sampled".into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Estimator {
+    type Err = String;
+    /// `full` (or `full_vocab`) and `sampled`, as pipeline files and the CLI write them.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "full" | "full_vocab" => Ok(Estimator::FullVocab),
+            "sampled" => Ok(Estimator::Sampled),
+            o => Err(format!("unknown estimator {o:?} (full, sampled)")),
+        }
+    }
 }
 
 /// Tile sizes of the fused computation.

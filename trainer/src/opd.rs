@@ -8,22 +8,22 @@
 //! full-vocabulary reverse KL of [`crate::kl`]. Each teacher's head is loaded once per step
 //! (whatever the number of minibatches) and dropped after the last minibatch that uses it.
 
+pub use crate::backends::{LocalTeachers, TeacherStates};
 use crate::error::{Result, TrainError};
 use crate::grpo::{recorded_routes, Rollouts};
 use crate::kl::{fused_reverse_kl, Chunks, Estimator, FusedReverseKl};
 use crate::optim::lr_schedule;
 use crate::session::Session;
+use crate::step::{backward_and_step, last_step, TrainIo};
 use candle_core::Tensor;
 use datasets::chat::Mode;
-use datasets::progress::Progress;
 use datasets::prompts::PromptSource;
-use datasets::store::{MetricsWriter, TeacherState, TeacherStateStore, Trajectory};
+use datasets::store::{TeacherState, Trajectory};
 use datasets::tasks::fnv1a;
 use model::train::SeqInput;
 use rollout::{RolloutJob, SamplingParams};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use teachers::{teacher_states, Registry, TeacherPool};
@@ -116,68 +116,6 @@ pub fn sample_weights(registry: &Registry, trajs: &[Trajectory]) -> Result<Vec<V
         .collect()
 }
 
-/// Where teacher states come from.
-pub trait TeacherStates {
-    /// Head inputs of teacher `idx` for `trajs` (all with weight on it), keyed by `traj_id`.
-    fn states(
-        &mut self,
-        idx: usize,
-        trajs: &[&Trajectory],
-        stage: &str,
-        step: u64,
-    ) -> Result<HashMap<String, TeacherState>>;
-    /// Load the teacher's head `[vocab, dim]`; returns it and `dim`. OPD asks at most once
-    /// per teacher per step and keeps it for the step.
-    fn head(&mut self, idx: usize) -> Result<(Arc<Vec<f32>>, usize)>;
-    /// Teacher id of registry index `idx`.
-    fn id(&self, idx: usize) -> String;
-}
-
-/// In-process teachers: forward them here (one resident at a time), optionally storing the
-/// states in a teacher-state store (reused when already there, e.g. after a resume).
-pub struct LocalTeachers {
-    pub pool: TeacherPool,
-    pub store: Option<TeacherStateStore>,
-}
-
-impl TeacherStates for LocalTeachers {
-    fn states(
-        &mut self,
-        idx: usize,
-        trajs: &[&Trajectory],
-        stage: &str,
-        step: u64,
-    ) -> Result<HashMap<String, TeacherState>> {
-        let id = self.id(idx);
-        let mut have: HashMap<String, TeacherState> = HashMap::new();
-        if let Some(st) = &self.store {
-            let want: std::collections::HashSet<String> = trajs.iter().map(|t| t.traj_id.clone()).collect();
-            have = st.read(&id, Some(&want))?;
-        }
-        let missing: Vec<&Trajectory> = trajs.iter().copied().filter(|t| !have.contains_key(&t.traj_id)).collect();
-        if !missing.is_empty() {
-            let teacher = self.pool.get(idx).map_err(|e| TrainError::Input(e.to_string()))?;
-            let fresh =
-                teacher_states(&teacher, &missing, stage, step).map_err(|e| TrainError::Input(e.to_string()))?;
-            if let Some(st) = &self.store {
-                st.write(&fresh)?;
-            }
-            have.extend(fresh.into_iter().map(|s| (s.traj_id.clone(), s)));
-        }
-        Ok(have)
-    }
-
-    /// Only `head.weight`, read from the checkpoint: the resident teacher is left alone.
-    fn head(&mut self, idx: usize) -> Result<(Arc<Vec<f32>>, usize)> {
-        let h = self.pool.head(idx).map_err(|e| TrainError::Input(e.to_string()))?;
-        Ok((h.weight, h.dim))
-    }
-
-    fn id(&self, idx: usize) -> String {
-        self.pool.registry.teachers.get(idx).map(|t| t.id.clone()).unwrap_or_default()
-    }
-}
-
 /// Outcome of an OPD run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OpdReport {
@@ -252,7 +190,9 @@ impl StepHeads {
     }
 }
 
-/// Run OPD from the session's step to `cfg.steps`.
+/// Run OPD from the session's current step to `cfg.steps` (or `cfg.stop_at`): per step,
+/// [`sample_students`], [`collect_teacher_states`], [`update_student`] (targets: each token's
+/// teacher mixture) and [`log_step`], then the shared end of step.
 pub fn run_opd(
     session: &mut Session,
     cfg: &OpdConfig,
@@ -260,198 +200,259 @@ pub fn run_opd(
     rollouts: &mut dyn Rollouts,
     teachers: &mut dyn TeacherStates,
     registry: &Registry,
-    run: &str,
-    metrics: &mut MetricsWriter,
-    progress: &dyn Progress,
-    ckpt_root: Option<&Path>,
+    io: &mut TrainIo,
 ) -> Result<OpdReport> {
+    check_config(cfg)?;
+    let mut report = OpdReport { kl_first: f64::NAN, ..Default::default() };
+    let start = Instant::now();
+    io.begin(&cfg.stage, cfg.steps, session);
+    while session.counters.step < last_step(cfg.steps, cfg.stop_at) {
+        let t0 = Instant::now();
+        let trajs = sample_students(session, cfg, source, rollouts, registry, io)?;
+        let sampled: u64 = trajs.iter().map(|t| t.generated_tokens() as u64).sum();
+        report.sampled_tokens += sampled;
+        session.counters.sampled_tokens += sampled;
+        let rollout_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let weights = sample_weights(registry, &trajs)?;
+        let states = collect_teacher_states(session.counters.step, cfg, &trajs, &weights, teachers, registry, io)?;
+        let teacher_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let upd = update_student(session, cfg, &trajs, &weights, &states, teachers)?;
+        session.counters.step += 1;
+        let train_s = t2.elapsed().as_secs_f64();
+        let kl = upd.all.kl / upd.all.tokens.max(1e-9);
+        if report.kl_first.is_nan() {
+            report.kl_first = kl;
+        }
+        report.kl_last = kl;
+        let timing = StepTiming { rollout_s, teacher_s, train_s, sampled, queue_depth: rollouts.queue_depth() };
+        log_step(io, session, cfg, &trajs, &upd, &*teachers, &timing);
+        let summary =
+            format!("step {}: reverse KL {kl:.4} over {} tokens", session.counters.step, upd.all.tokens as u64);
+        io.end_step(session, cfg.checkpoint_every, &summary)?;
+    }
+    io.finish()?;
+    report.steps = session.counters.step;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn check_config(cfg: &OpdConfig) -> Result<()> {
     if cfg.prompts_per_step == 0 || cfg.group_size == 0 || cfg.minibatch == 0 || cfg.mode_mix.is_empty() {
         return Err(TrainError::Input("OPD needs prompts_per_step, group_size, minibatch ≥ 1 and a mode mix".into()));
     }
     if cfg.kl_temperature.is_nan() || cfg.kl_temperature <= 0.0 {
         return Err(TrainError::Input(format!("KL temperature must be positive, got {}", cfg.kl_temperature)));
     }
-    let vocab = session.model.config.vocab_size;
-    let chunks = Chunks { rows: cfg.chunk_rows.max(1), vocab: cfg.chunk_vocab.max(1) };
-    let mut report = OpdReport { kl_first: f64::NAN, ..Default::default() };
-    let start = Instant::now();
+    Ok(())
+}
+
+/// Sample: the student samples its own responses to `prompts_per_step` prompts, each in a
+/// mode of the mix and tagged with its domain's teacher.
+fn sample_students(
+    session: &mut Session,
+    cfg: &OpdConfig,
+    source: &PromptSource,
+    rollouts: &mut dyn Rollouts,
+    registry: &Registry,
+    io: &TrainIo,
+) -> Result<Vec<Trajectory>> {
+    let step = session.counters.step;
+    let policy = session.weights()?;
+    let tasks = source.take(cfg.prompts_per_step, session.counters.cursor)?;
+    session.counters.cursor += tasks.len() as u64;
+    let modes: Vec<Mode> =
+        tasks.iter().map(|t| mode_from_mix(&cfg.mode_mix, session.counters.seed, &t.prompt_id)).collect();
+    let teacher_of: Vec<Option<String>> = tasks
+        .iter()
+        .map(|t| {
+            let w = registry.weights_for(&t.domain);
+            w.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| registry.teachers[*i].id.clone())
+        })
+        .collect();
+    if let Some(t) = tasks.iter().zip(&teacher_of).find(|(_, w)| w.is_none()) {
+        return Err(TrainError::Input(format!("no teacher for domain `{}`", t.0.domain)));
+    }
+    // the job's per-mode budgets (`max_tokens`) override `params.max_tokens`
     let params = SamplingParams { temperature: cfg.temperature, top_p: 1.0, top_k: 0, max_tokens: 128, stop: vec![] };
-    progress.start(&cfg.stage, cfg.steps);
-    progress.advance(session.counters.step);
-    while session.counters.step < cfg.stop_at.map_or(cfg.steps, |l| l.min(cfg.steps)) {
-        let step = session.counters.step;
-        let t0 = Instant::now();
-        let policy = session.weights()?;
-        // ---- the student samples its own responses
-        let tasks = source.take(cfg.prompts_per_step, session.counters.cursor)?;
-        session.counters.cursor += tasks.len() as u64;
-        let modes: Vec<Mode> =
-            tasks.iter().map(|t| mode_from_mix(&cfg.mode_mix, session.counters.seed, &t.prompt_id)).collect();
-        let teacher_of: Vec<Option<String>> = tasks
-            .iter()
-            .map(|t| {
-                let w = registry.weights_for(&t.domain);
-                w.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| registry.teachers[*i].id.clone())
-            })
-            .collect();
-        if let Some(t) = tasks.iter().zip(&teacher_of).find(|(_, w)| w.is_none()) {
-            return Err(TrainError::Input(format!("no teacher for domain `{}`", t.0.domain)));
+    let job = RolloutJob {
+        job_id: format!("{}:{step}", cfg.stage),
+        run: io.run.to_string(),
+        stage: cfg.stage.clone(),
+        step,
+        policy_version: step,
+        tasks,
+        modes,
+        teachers: teacher_of,
+        n: cfg.group_size,
+        params,
+        max_tokens: cfg.max_tokens.clone(),
+        seed: session.counters.seed ^ (step << 20),
+        score: true,
+    };
+    io.progress.message(&format!("step {step}: student sampling {} × {}", job.tasks.len(), cfg.group_size));
+    rollouts.sample(&job, &policy)
+}
+
+/// Score: every sample's teacher states (head inputs at each response position), teacher by
+/// teacher (one teacher resident at a time), checked to cover every response token.
+fn collect_teacher_states(
+    step: u64,
+    cfg: &OpdConfig,
+    trajs: &[Trajectory],
+    weights: &[Vec<(usize, f32)>],
+    teachers: &mut dyn TeacherStates,
+    registry: &Registry,
+    io: &TrainIo,
+) -> Result<HashMap<(String, usize), TeacherState>> {
+    let mut states: HashMap<(String, usize), TeacherState> = HashMap::new();
+    for idx in 0..registry.len() {
+        let mine: Vec<&Trajectory> =
+            trajs.iter().zip(weights).filter(|(_, w)| w.iter().any(|(i, _)| *i == idx)).map(|(t, _)| t).collect();
+        if mine.is_empty() {
+            continue;
         }
-        let job = RolloutJob {
-            job_id: format!("{}:{step}", cfg.stage),
-            run: run.to_string(),
-            stage: cfg.stage.clone(),
-            step,
-            policy_version: step,
-            tasks,
-            modes,
-            teachers: teacher_of,
-            n: cfg.group_size,
-            params: params.clone(),
-            max_tokens: cfg.max_tokens.clone(),
-            seed: session.counters.seed ^ (step << 20),
-            score: true,
-        };
-        progress.message(&format!("step {step}: student sampling {} × {}", job.tasks.len(), cfg.group_size));
-        let trajs = rollouts.sample(&job, &policy)?;
-        let sampled: u64 = trajs.iter().map(|t| t.generated_tokens() as u64).sum();
-        report.sampled_tokens += sampled;
-        session.counters.sampled_tokens += sampled;
-        let rollout_s = t0.elapsed().as_secs_f64();
-        // ---- teacher states, in teacher order (one teacher resident at a time)
-        let t1 = Instant::now();
-        let weights = sample_weights(registry, &trajs)?;
-        let mut states: HashMap<(String, usize), TeacherState> = HashMap::new();
-        for idx in 0..registry.len() {
-            let mine: Vec<&Trajectory> =
-                trajs.iter().zip(&weights).filter(|(_, w)| w.iter().any(|(i, _)| *i == idx)).map(|(t, _)| t).collect();
-            if mine.is_empty() {
-                continue;
+        io.progress.message(&format!("step {step}: teacher {} over {} samples", teachers.id(idx), mine.len()));
+        let got = teachers.states(idx, &mine, &cfg.stage, step)?;
+        for t in &mine {
+            let s = got.get(&t.traj_id).ok_or_else(|| {
+                TrainError::Input(format!("teacher {} returned no states for {}", teachers.id(idx), t.traj_id))
+            })?;
+            if s.len() != t.response_tokens.len() {
+                return Err(TrainError::Shape(format!(
+                    "teacher {} states for {}: {} rows for {} response tokens",
+                    teachers.id(idx),
+                    t.traj_id,
+                    s.len(),
+                    t.response_tokens.len()
+                )));
             }
-            progress.message(&format!("step {step}: teacher {} over {} samples", teachers.id(idx), mine.len()));
-            let got = teachers.states(idx, &mine, &cfg.stage, step)?;
-            for t in &mine {
-                let s = got.get(&t.traj_id).ok_or_else(|| {
-                    TrainError::Input(format!("teacher {} returned no states for {}", teachers.id(idx), t.traj_id))
-                })?;
-                if s.len() != t.response_tokens.len() {
-                    return Err(TrainError::Shape(format!(
-                        "teacher {} states for {}: {} rows for {} response tokens",
-                        teachers.id(idx),
-                        t.traj_id,
-                        s.len(),
-                        t.response_tokens.len()
-                    )));
-                }
-                states.insert((t.traj_id.clone(), idx), s.clone());
-            }
-        }
-        let teacher_s = t1.elapsed().as_secs_f64();
-        // ---- student update
-        let t2 = Instant::now();
-        let lr = lr_schedule(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
-        let mut by_teacher: BTreeMap<usize, Acc> = BTreeMap::new();
-        let mut by_domain: BTreeMap<String, Acc> = BTreeMap::new();
-        let mut all = Acc::default();
-        let (mut gnorm, mut updates, mut train_tokens) = (0f64, 0usize, 0usize);
-        let mut decisions = Vec::new();
-        let order: Vec<usize> = (0..trajs.len()).collect();
-        let minibatches: Vec<&[usize]> = order.chunks(cfg.minibatch).collect();
-        let mut heads = StepHeads::plan(&minibatches, &weights);
-        for (k, mb_idx) in minibatches.iter().enumerate() {
-            let mb = Minibatch {
-                trajs: mb_idx.iter().map(|&i| &trajs[i]).collect(),
-                weights: mb_idx.iter().map(|&i| weights[i].as_slice()).collect(),
-            };
-            let out = minibatch_loss(session, &mb, &states, teachers, &mut heads, cfg, chunks, vocab)?;
-            heads.release_after(k);
-            let Some((loss, rows)) = out.loss else { continue };
-            let lv = loss.to_scalar::<f32>()?;
-            if !lv.is_finite() {
-                return Err(TrainError::NonFinite(format!("OPD loss at step {step}")));
-            }
-            let total = match out.indexer_loss {
-                Some(a) if cfg.indexer_loss_coef > 0.0 => (loss + (a * cfg.indexer_loss_coef as f64)?)?,
-                _ => loss,
-            };
-            let grads = total.backward()?;
-            let s = session.step(&grads, lr)?;
-            gnorm += s.grad_norm as f64;
-            updates += 1;
-            train_tokens += out.tokens;
-            decisions.extend(out.decisions);
-            for r in rows {
-                by_teacher.entry(r.teacher).or_default().add(r.kl, r.ent_s, r.ent_t, r.weight);
-                by_domain.entry(mb.trajs[r.seq].domain.clone()).or_default().add(r.kl, r.ent_s, r.ent_t, r.weight);
-                all.add(r.kl, r.ent_s, r.ent_t, r.weight);
-            }
-        }
-        session.balance_router(&decisions)?;
-        session.counters.step += 1;
-        let train_s = t2.elapsed().as_secs_f64();
-        // ---- metrics
-        let st = session.counters.step;
-        let tok = session.counters.sampled_tokens;
-        let stage = cfg.stage.as_str();
-        let none = (None, None, None);
-        let kl = all.kl / all.tokens.max(1e-9);
-        if report.kl_first.is_nan() {
-            report.kl_first = kl;
-        }
-        report.kl_last = kl;
-        metrics.log(stage, st, "opd/reverse_kl", kl, none, tok);
-        metrics.log(stage, st, "opd/student_entropy", all.ent_s / all.tokens.max(1e-9), none, tok);
-        metrics.log(stage, st, "opd/teacher_entropy", all.ent_t / all.tokens.max(1e-9), none, tok);
-        for (idx, a) in &by_teacher {
-            let id = teachers.id(*idx);
-            let l = (Some(id.as_str()), None, None);
-            metrics.log(stage, st, "opd/reverse_kl", a.kl / a.tokens.max(1e-9), l, tok);
-            metrics.log(stage, st, "opd/student_entropy", a.ent_s / a.tokens.max(1e-9), l, tok);
-            metrics.log(stage, st, "opd/teacher_entropy", a.ent_t / a.tokens.max(1e-9), l, tok);
-            metrics.log(stage, st, "opd/tokens", a.tokens, l, tok);
-        }
-        for (d, a) in &by_domain {
-            let l = (None, Some(d.as_str()), None);
-            metrics.log(stage, st, "opd/reverse_kl", a.kl / a.tokens.max(1e-9), l, tok);
-            metrics.log(stage, st, "opd/tokens", a.tokens, l, tok);
-        }
-        let mut reward_by_domain: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
-        let mut len_by_mode: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
-        for t in &trajs {
-            let e = reward_by_domain.entry(t.domain.as_str()).or_default();
-            e.0 += t.reward.unwrap_or(0.0) as f64;
-            e.1 += 1;
-            let m = len_by_mode.entry(t.mode.as_str()).or_default();
-            m.0 += t.generated_tokens() as f64;
-            m.1 += 1;
-        }
-        for (d, (s, c)) in &reward_by_domain {
-            metrics.log(stage, st, "opd/reward_mean", s / *c as f64, (None, Some(d), None), tok);
-        }
-        for (m, (s, c)) in &len_by_mode {
-            metrics.log(stage, st, "rollout/response_len", s / *c as f64, (None, None, Some(m)), tok);
-        }
-        metrics.log(stage, st, "train/grad_norm", gnorm / updates.max(1) as f64, none, tok);
-        metrics.log(stage, st, "rollout/tokens_per_s", sampled as f64 / rollout_s.max(1e-9), none, tok);
-        metrics.log(stage, st, "opd/teacher_seconds", teacher_s, none, tok);
-        metrics.log(stage, st, "train/tokens_per_s", train_tokens as f64 / train_s.max(1e-9), none, tok);
-        if let Some(d) = rollouts.queue_depth() {
-            metrics.log(stage, st, "queue/depth", d as f64, none, tok);
-        }
-        metrics.maybe_flush()?;
-        progress.advance(1);
-        progress.message(&format!("step {st}: reverse KL {kl:.4} over {} tokens", all.tokens as u64));
-        if let Some(root) = ckpt_root {
-            if cfg.checkpoint_every > 0 && st % cfg.checkpoint_every == 0 {
-                session.save(root)?;
-            }
+            states.insert((t.traj_id.clone(), idx), s.clone());
         }
     }
-    metrics.flush()?;
-    progress.finish();
-    report.steps = session.counters.step;
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(states)
+}
+
+/// What the student updates of one step measured.
+#[derive(Default)]
+struct UpdateSums {
+    by_teacher: BTreeMap<usize, Acc>,
+    by_domain: BTreeMap<String, Acc>,
+    all: Acc,
+    grad_norm: f64,
+    updates: usize,
+    train_tokens: usize,
+}
+
+/// Update: per minibatch, the weighted reverse KL to each token's teacher mixture over the
+/// full vocabulary ([`minibatch_loss`]) and an optimizer step; then load balancing.
+fn update_student(
+    session: &mut Session,
+    cfg: &OpdConfig,
+    trajs: &[Trajectory],
+    weights: &[Vec<(usize, f32)>],
+    states: &HashMap<(String, usize), TeacherState>,
+    teachers: &mut dyn TeacherStates,
+) -> Result<UpdateSums> {
+    let step = session.counters.step;
+    let vocab = session.model.config.vocab_size;
+    let chunks = Chunks { rows: cfg.chunk_rows.max(1), vocab: cfg.chunk_vocab.max(1) };
+    let lr = lr_schedule(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
+    let mut sums = UpdateSums::default();
+    let mut decisions = Vec::new();
+    let order: Vec<usize> = (0..trajs.len()).collect();
+    let minibatches: Vec<&[usize]> = order.chunks(cfg.minibatch).collect();
+    let mut heads = StepHeads::plan(&minibatches, weights);
+    for (k, mb_idx) in minibatches.iter().enumerate() {
+        let mb = Minibatch {
+            trajs: mb_idx.iter().map(|&i| &trajs[i]).collect(),
+            weights: mb_idx.iter().map(|&i| weights[i].as_slice()).collect(),
+        };
+        let out = minibatch_loss(session, &mb, states, teachers, &mut heads, cfg, chunks, vocab)?;
+        heads.release_after(k);
+        let Some((loss, rows)) = out.loss else { continue };
+        let what = format!("OPD loss at step {step}");
+        let (_, s) = backward_and_step(session, loss, out.indexer_loss, cfg.indexer_loss_coef, lr, &what, |_| Ok(()))?;
+        sums.grad_norm += s.grad_norm as f64;
+        sums.updates += 1;
+        sums.train_tokens += out.tokens;
+        decisions.extend(out.decisions);
+        for r in rows {
+            sums.by_teacher.entry(r.teacher).or_default().add(r.kl, r.ent_s, r.ent_t, r.weight);
+            sums.by_domain.entry(mb.trajs[r.seq].domain.clone()).or_default().add(r.kl, r.ent_s, r.ent_t, r.weight);
+            sums.all.add(r.kl, r.ent_s, r.ent_t, r.weight);
+        }
+    }
+    session.balance_router(&decisions)?;
+    Ok(sums)
+}
+
+/// Wall time of a step's phases, its sampled tokens and the queue behind them.
+struct StepTiming {
+    rollout_s: f64,
+    teacher_s: f64,
+    train_s: f64,
+    sampled: u64,
+    queue_depth: Option<usize>,
+}
+
+/// Log: reverse KL and entropies overall, per teacher and per domain; rewards per domain and
+/// response lengths per mode of the student's samples; throughput.
+fn log_step(
+    io: &mut TrainIo,
+    session: &Session,
+    cfg: &OpdConfig,
+    trajs: &[Trajectory],
+    upd: &UpdateSums,
+    teachers: &dyn TeacherStates,
+    timing: &StepTiming,
+) {
+    let metrics = &mut *io.metrics;
+    let st = session.counters.step;
+    let tok = session.counters.sampled_tokens;
+    let stage = cfg.stage.as_str();
+    let none = (None, None, None);
+    let all = &upd.all;
+    metrics.log(stage, st, "opd/reverse_kl", all.kl / all.tokens.max(1e-9), none, tok);
+    metrics.log(stage, st, "opd/student_entropy", all.ent_s / all.tokens.max(1e-9), none, tok);
+    metrics.log(stage, st, "opd/teacher_entropy", all.ent_t / all.tokens.max(1e-9), none, tok);
+    for (idx, a) in &upd.by_teacher {
+        let id = teachers.id(*idx);
+        let l = (Some(id.as_str()), None, None);
+        metrics.log(stage, st, "opd/reverse_kl", a.kl / a.tokens.max(1e-9), l, tok);
+        metrics.log(stage, st, "opd/student_entropy", a.ent_s / a.tokens.max(1e-9), l, tok);
+        metrics.log(stage, st, "opd/teacher_entropy", a.ent_t / a.tokens.max(1e-9), l, tok);
+        metrics.log(stage, st, "opd/tokens", a.tokens, l, tok);
+    }
+    for (d, a) in &upd.by_domain {
+        let l = (None, Some(d.as_str()), None);
+        metrics.log(stage, st, "opd/reverse_kl", a.kl / a.tokens.max(1e-9), l, tok);
+        metrics.log(stage, st, "opd/tokens", a.tokens, l, tok);
+    }
+    let mut reward_by_domain: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    let mut len_by_mode: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for t in trajs {
+        let e = reward_by_domain.entry(t.domain.as_str()).or_default();
+        e.0 += t.reward.unwrap_or(0.0) as f64;
+        e.1 += 1;
+        let m = len_by_mode.entry(t.mode.as_str()).or_default();
+        m.0 += t.generated_tokens() as f64;
+        m.1 += 1;
+    }
+    for (d, (s, c)) in &reward_by_domain {
+        metrics.log(stage, st, "opd/reward_mean", s / *c as f64, (None, Some(d), None), tok);
+    }
+    for (m, (s, c)) in &len_by_mode {
+        metrics.log(stage, st, "rollout/response_len", s / *c as f64, (None, None, Some(m)), tok);
+    }
+    metrics.log(stage, st, "train/grad_norm", upd.grad_norm / upd.updates.max(1) as f64, none, tok);
+    metrics.log(stage, st, "rollout/tokens_per_s", timing.sampled as f64 / timing.rollout_s.max(1e-9), none, tok);
+    metrics.log(stage, st, "opd/teacher_seconds", timing.teacher_s, none, tok);
+    metrics.log(stage, st, "train/tokens_per_s", upd.train_tokens as f64 / timing.train_s.max(1e-9), none, tok);
+    if let Some(d) = timing.queue_depth {
+        metrics.log(stage, st, "queue/depth", d as f64, none, tok);
+    }
 }
 
 /// Per counted row: which sequence and teacher, its weight in the token mean, and statistics.

@@ -24,15 +24,13 @@ use crate::error::{Result, TrainError};
 use crate::losses::{sft_loss, token_logprobs};
 use crate::optim::lr_schedule;
 use crate::session::Session;
+use crate::step::{last_step, TrainIo};
 use datasets::chat::{encode_messages, Message, Mode};
-use datasets::progress::Progress;
 use datasets::sft_data::{load_sft_dataset, SftRecord};
-use datasets::store::MetricsWriter;
 use datasets::tasks::{self, fnv1a, DomainInfo, Split};
 use datasets::Tokenizer;
 use model::train::SeqInput;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::time::Instant;
 
 /// Default packed length: agent episodes with the V4 tool prompt are ~300–500 byte tokens and
@@ -518,15 +516,8 @@ pub struct SftReport {
 }
 
 /// Run SFT on the suite's reference solutions, or on the user conversations of `cfg.data`,
-/// from the session's current step to `cfg.steps`.
-pub fn run_sft(
-    session: &mut Session,
-    cfg: &SftConfig,
-    tok: &dyn Tokenizer,
-    metrics: &mut MetricsWriter,
-    progress: &dyn Progress,
-    ckpt_root: Option<&Path>,
-) -> Result<SftReport> {
+/// from the session's current step to `cfg.steps` (or `cfg.stop_at`).
+pub fn run_sft(session: &mut Session, cfg: &SftConfig, tok: &dyn Tokenizer, io: &mut TrainIo) -> Result<SftReport> {
     if cfg.modes.is_empty() || cfg.batch == 0 || cfg.max_len < 8 || cfg.grad_accum == 0 {
         return Err(TrainError::Input("SFT needs modes, batch ≥ 1, grad_accum ≥ 1 and max_len ≥ 8".into()));
     }
@@ -535,89 +526,106 @@ pub fn run_sft(
         let records = load_user_data(cfg)?;
         user_examples_not_fitting(&records, &cfg.modes, tok, cfg.max_len, cfg.train_on_prompt)?;
         let mut next = |k: u64| Ok(user_example(&records, &cfg.modes, seed, k, tok, cfg.train_on_prompt));
-        return train_loop(session, cfg, &mut next, metrics, progress, ckpt_root);
+        return train_loop(session, cfg, &mut next, io);
     }
     let mix = Mixture::new(&cfg.domains, &cfg.mix)?;
     let mut next = |k: u64| suite_example(&mix, &cfg.modes, seed, k, &cfg.difficulty, tok, cfg.train_on_prompt);
     warn_domains_not_fitting(&mix, &cfg.modes, seed, &mut next, cfg.max_len)?;
-    train_loop(session, cfg, &mut next, metrics, progress, ckpt_root)
+    train_loop(session, cfg, &mut next, io)
 }
 
-/// The optimizer steps of [`run_sft`] over examples `next(cursor)`, `next(cursor + 1)`, ….
+/// The optimizer steps of [`run_sft`] over examples `next(cursor)`, `next(cursor + 1)`, …:
+/// per step, [`accumulate_gradients`] over `grad_accum` packed micro-batches (sample and
+/// targets: the examples' next tokens), one optimizer step, [`log_step`], then the shared end
+/// of step.
 fn train_loop(
     session: &mut Session,
     cfg: &SftConfig,
     next: &mut dyn FnMut(u64) -> Result<Example>,
-    metrics: &mut MetricsWriter,
-    progress: &dyn Progress,
-    ckpt_root: Option<&Path>,
+    io: &mut TrainIo,
 ) -> Result<SftReport> {
-    progress.start(&cfg.stage, cfg.steps);
-    progress.advance(session.counters.step);
+    io.begin(&cfg.stage, cfg.steps, session);
     let mut report = SftReport { first_loss: f32::NAN, ..Default::default() };
     let start = Instant::now();
-    while session.counters.step < cfg.stop_at.map_or(cfg.steps, |l| l.min(cfg.steps)) {
+    while session.counters.step < last_step(cfg.steps, cfg.stop_at) {
         let t0 = Instant::now();
-        let mut grads: Option<candle_core::backprop::GradStore> = None;
-        let mut loss_sum = 0f32;
-        let mut tokens = 0usize;
-        for _ in 0..cfg.grad_accum {
-            let (seqs, c) = pack(next, session.counters.cursor, cfg.batch, cfg.max_len)?;
-            session.counters.cursor = c;
-            let (loss, nll, n) = batch_loss(session, &seqs, cfg.indexer_loss_coef)?;
-            if !nll.is_finite() {
-                return Err(TrainError::NonFinite(format!("SFT loss at step {}", session.counters.step)));
-            }
-            let scaled = (loss / cfg.grad_accum as f64)?;
-            let g = scaled.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for var in session.model.vars().values() {
-                        if let Some(gn) = g.get(var.as_tensor()) {
-                            let sum = match acc.get(var.as_tensor()) {
-                                Some(a) => (a + gn)?,
-                                None => gn.clone(),
-                            };
-                            acc.insert(var.as_tensor(), sum);
-                        }
-                    }
-                    acc
-                }
-            });
-            loss_sum += nll;
-            tokens += n;
-        }
+        let acc = accumulate_gradients(session, cfg, next)?;
         let lr = lr_schedule(session.counters.step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
-        let stats = session.step(grads.as_ref().ok_or_else(|| TrainError::Input("no gradients".into()))?, lr)?;
+        let stats = session.step(&acc.grads, lr)?;
         session.counters.step += 1;
-        let loss = loss_sum / cfg.grad_accum as f32;
+        let loss = acc.loss_sum / cfg.grad_accum as f32;
         if report.first_loss.is_nan() {
             report.first_loss = loss;
         }
         report.final_loss = loss;
-        report.tokens += tokens as u64;
-        let step = session.counters.step;
-        let tps = tokens as f64 / t0.elapsed().as_secs_f64();
-        let none = (None, None, None);
-        metrics.log(&cfg.stage, step, "train/loss", loss as f64, none, report.tokens);
-        metrics.log(&cfg.stage, step, "train/grad_norm", stats.grad_norm as f64, none, report.tokens);
-        metrics.log(&cfg.stage, step, "train/lr_scale", lr as f64, none, report.tokens);
-        metrics.log(&cfg.stage, step, "train/tokens_per_s", tps, none, report.tokens);
-        metrics.maybe_flush()?;
-        progress.advance(1);
-        progress.message(&format!("loss {loss:.3} gnorm {:.2} {tps:.0} tok/s", stats.grad_norm));
-        if let Some(root) = ckpt_root {
-            if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 {
-                session.save(root)?;
-            }
-        }
+        report.tokens += acc.tokens as u64;
+        let tps = acc.tokens as f64 / t0.elapsed().as_secs_f64();
+        log_step(io, session.counters.step, &cfg.stage, (loss, stats.grad_norm, lr, tps), report.tokens);
+        let summary = format!("loss {loss:.3} gnorm {:.2} {tps:.0} tok/s", stats.grad_norm);
+        io.end_step(session, cfg.checkpoint_every, &summary)?;
     }
-    metrics.flush()?;
-    progress.finish();
+    io.finish()?;
     report.steps = session.counters.step;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The summed gradients of one optimizer step's micro-batches.
+struct Accumulated {
+    grads: candle_core::backprop::GradStore,
+    /// Sum of the micro-batches' mean token NLLs.
+    loss_sum: f32,
+    tokens: usize,
+}
+
+/// `grad_accum` micro-batches of `batch` packed sequences each: loss ÷ `grad_accum`, backward,
+/// gradients summed variable by variable.
+fn accumulate_gradients(
+    session: &mut Session,
+    cfg: &SftConfig,
+    next: &mut dyn FnMut(u64) -> Result<Example>,
+) -> Result<Accumulated> {
+    let mut grads: Option<candle_core::backprop::GradStore> = None;
+    let mut loss_sum = 0f32;
+    let mut tokens = 0usize;
+    for _ in 0..cfg.grad_accum {
+        let (seqs, c) = pack(next, session.counters.cursor, cfg.batch, cfg.max_len)?;
+        session.counters.cursor = c;
+        let (loss, nll, n) = batch_loss(session, &seqs, cfg.indexer_loss_coef)?;
+        if !nll.is_finite() {
+            return Err(TrainError::NonFinite(format!("SFT loss at step {}", session.counters.step)));
+        }
+        let scaled = (loss / cfg.grad_accum as f64)?;
+        let g = scaled.backward()?;
+        grads = Some(match grads {
+            None => g,
+            Some(mut acc) => {
+                for var in session.model.vars().values() {
+                    if let Some(gn) = g.get(var.as_tensor()) {
+                        let sum = match acc.get(var.as_tensor()) {
+                            Some(a) => (a + gn)?,
+                            None => gn.clone(),
+                        };
+                        acc.insert(var.as_tensor(), sum);
+                    }
+                }
+                acc
+            }
+        });
+        loss_sum += nll;
+        tokens += n;
+    }
+    let grads = grads.ok_or_else(|| TrainError::Input("no gradients".into()))?;
+    Ok(Accumulated { grads, loss_sum, tokens })
+}
+
+/// Log: loss, gradient norm, learning-rate scale and tokens/s of step `step`.
+fn log_step(io: &mut TrainIo, step: u64, stage: &str, (loss, grad_norm, lr, tps): (f32, f32, f32, f64), tokens: u64) {
+    let none = (None, None, None);
+    io.metrics.log(stage, step, "train/loss", loss as f64, none, tokens);
+    io.metrics.log(stage, step, "train/grad_norm", grad_norm as f64, none, tokens);
+    io.metrics.log(stage, step, "train/lr_scale", lr as f64, none, tokens);
+    io.metrics.log(stage, step, "train/tokens_per_s", tps, none, tokens);
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use trainer::anticipatory::{
 use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, Rollouts, RoutingMode};
 use trainer::optim::OptimConfig;
 use trainer::Session;
+use trainer::TrainIo;
 
 /// Deterministic uniform noise in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f64> {
@@ -256,7 +257,7 @@ fn grpo(s: &mut Session, cfg: &GrpoConfig, ckpt: Option<&std::path::Path>, crash
     };
     let inner = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     let mut r = Crashing { inner, crash_at: crash_at.unwrap_or(u64::MAX) };
-    let out = run_grpo(s, cfg, &src, &mut r, "t", None, &mut m, &NoProgress, ckpt);
+    let out = run_grpo(s, cfg, &src, &mut r, None, &mut TrainIo::new("t", &mut m, &NoProgress, ckpt));
     match crash_at {
         Some(_) => assert!(out.is_err(), "the run should have crashed"),
         None => {

@@ -17,6 +17,7 @@ use trainer::losses::{GrpoLossConfig, KlKind};
 use trainer::optim::OptimConfig;
 use trainer::reference::FrozenReference;
 use trainer::Session;
+use trainer::TrainIo;
 
 /// First-step `grpo/kl` (mean k2 = ½(log π − log π_ref)² over tokens) with `reference`.
 fn first_step_kl(base: &ModelWeights, reference: &FrozenReference) -> f64 {
@@ -41,7 +42,7 @@ fn first_step_kl(base: &ModelWeights, reference: &FrozenReference) -> f64 {
         difficulty: Default::default(),
     };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
-    run_grpo(&mut s, &cfg, &src, &mut r, "t", Some(reference), &mut metrics, &NoProgress, None).unwrap();
+    run_grpo(&mut s, &cfg, &src, &mut r, Some(reference), &mut TrainIo::quiet(&mut metrics)).unwrap();
     let rows = read_metrics(dir.path()).unwrap();
     rows.iter()
         .find(|m| m.name == "grpo/kl" && m.step == 1 && m.domain.is_none() && m.mode.is_none())

@@ -14,6 +14,7 @@ use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, RoutingMode};
 use trainer::optim::OptimConfig;
 use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
+use trainer::TrainIo;
 
 const DOMAIN: &str = "math.linear";
 const EVAL_N: usize = 256;
@@ -44,7 +45,7 @@ fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
         difficulty: Some(1).into(),
         ..Default::default()
     };
-    run_sft(&mut s, &sft, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    run_sft(&mut s, &sft, &ByteTokenizer, &mut TrainIo::quiet(&mut m)).unwrap();
     let start = s.weights().unwrap();
     let before = accuracy(&start);
 
@@ -61,7 +62,7 @@ fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
     };
     let src = PromptSource::Builtin { domains: DOMAIN.into(), split: Split::Train, seed, difficulty: Some(1).into() };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
-    let rep = run_grpo(&mut g, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
+    let rep = run_grpo(&mut g, &cfg, &src, &mut r, None, &mut TrainIo::quiet(&mut m)).unwrap();
     let after = accuracy(&g.weights().unwrap());
     eprintln!(
         "seed {seed}: {DOMAIN} (difficulty 1, {EVAL_N} eval prompts, greedy): accuracy {before:.3} → {after:.3}; train reward {:.3} → {:.3}; {} sampled tokens",
@@ -121,7 +122,7 @@ fn anticipatory_routing_with_zero_delay_is_bit_identical() {
             difficulty: Default::default(),
         };
         let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
-        run_grpo(&mut s, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
+        run_grpo(&mut s, &cfg, &src, &mut r, None, &mut TrainIo::quiet(&mut m)).unwrap();
         s.weights().unwrap()
     };
     let free = run(None);
@@ -180,7 +181,7 @@ fn dynamic_sampling_refills_at_most_max_refill_rounds() {
         };
         let inner = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
         let mut r = Counting { inner, jobs: 0 };
-        let rep = run_grpo(&mut s, &cfg, &src, &mut r, "t", None, &mut m, &NoProgress, None).unwrap();
+        let rep = run_grpo(&mut s, &cfg, &src, &mut r, None, &mut TrainIo::quiet(&mut m)).unwrap();
         assert_eq!(rep.mean_reward_last, 0.0, "a random model should score 0 (else the count proves nothing)");
         r.jobs
     };

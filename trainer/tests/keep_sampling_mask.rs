@@ -26,6 +26,7 @@ use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, Rollouts};
 use trainer::losses::{grpo_loss, token_logprobs, GrpoLossConfig, KlKind};
 use trainer::optim::OptimConfig;
 use trainer::Session;
+use trainer::TrainIo;
 
 const TEXTS: [&str; 3] = [
     "<think>12 + 30: add the tens, then the ones.</think> The answer is 42.",
@@ -187,7 +188,7 @@ fn one_grpo_step(sampling: &SamplingParams, stale: bool) -> (f64, f64, f64) {
     };
     let inner = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     let mut r = Sampler { inner, stale };
-    run_grpo(&mut s, &cfg, &src, &mut r, "t", None, &mut metrics, &NoProgress, None).unwrap();
+    run_grpo(&mut s, &cfg, &src, &mut r, None, &mut TrainIo::quiet(&mut metrics)).unwrap();
     let rows = read_metrics(dir.path()).unwrap();
     let get = |name: &str| {
         rows.iter()

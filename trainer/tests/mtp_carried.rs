@@ -3,7 +3,6 @@
 //! "none"), visibly (every saved checkpoint's metadata says so) and losslessly (every save
 //! format round-trips them).
 
-use datasets::progress::NoProgress;
 use datasets::store::MetricsWriter;
 use datasets::ByteTokenizer;
 use model::checkpoint::{self, SaveFormat, MTP_CARRIED_UNCHANGED, MTP_METADATA_KEY};
@@ -12,6 +11,7 @@ use model::{Config, ModelWeights};
 use trainer::optim::{Group, OptimConfig};
 use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
+use trainer::TrainIo;
 
 fn with_mtp() -> Config {
     let mut c = Config::tiny();
@@ -32,7 +32,7 @@ fn training_leaves_mtp_unchanged_and_checkpoints_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = MetricsWriter::new(dir.path(), "t").unwrap();
     let cfg = SftConfig { steps: 3, batch: 2, max_len: 96, domains: "math.add".into(), ..Default::default() };
-    run_sft(&mut s, &cfg, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    run_sft(&mut s, &cfg, &ByteTokenizer, &mut TrainIo::quiet(&mut m)).unwrap();
     let trained = s.weights().unwrap();
     assert_ne!(trained.tensors["layers.0.attn.wq_a.weight"], w.tensors["layers.0.attn.wq_a.weight"], "it trained");
 

@@ -17,6 +17,7 @@ use trainer::opd::{eval_gap, run_opd, LocalTeachers, OpdConfig};
 use trainer::optim::OptimConfig;
 use trainer::sft::{run_sft, SftConfig};
 use trainer::Session;
+use trainer::TrainIo;
 
 fn expert(base: &ModelWeights, domain: &str, seed: u64, m: &mut MetricsWriter) -> ModelWeights {
     let mut s = Session::new(base, TrainOptions::default(), OptimConfig::default(), seed).unwrap();
@@ -28,7 +29,7 @@ fn expert(base: &ModelWeights, domain: &str, seed: u64, m: &mut MetricsWriter) -
         modes: vec![Mode::NonThink],
         ..Default::default()
     };
-    run_sft(&mut s, &sft, &ByteTokenizer, m, &NoProgress, None).unwrap();
+    run_sft(&mut s, &sft, &ByteTokenizer, &mut TrainIo::quiet(m)).unwrap();
     let grpo = GrpoConfig {
         steps: 27,
         prompts_per_step: 4,
@@ -41,7 +42,7 @@ fn expert(base: &ModelWeights, domain: &str, seed: u64, m: &mut MetricsWriter) -
         PromptSource::Builtin { domains: domain.into(), split: Split::Train, seed, difficulty: Default::default() };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     // continue the same session: SFT left it at step 25
-    run_grpo(&mut s, &grpo, &src, &mut r, "t", None, m, &NoProgress, None).unwrap();
+    run_grpo(&mut s, &grpo, &src, &mut r, None, &mut TrainIo::quiet(m)).unwrap();
     s.weights().unwrap()
 }
 
@@ -81,7 +82,7 @@ fn student_closes_the_gap_to_two_grpo_experts() {
     };
     let mut r = LocalRollouts { tok: &ByteTokenizer, store: None, opts: Default::default(), progress: &NoProgress };
     let mut t = LocalTeachers { pool: TeacherPool::new(reg.clone(), 1), store: None };
-    let rep = run_opd(&mut s, &cfg, &src, &mut r, &mut t, &reg, "t", &mut m, &NoProgress, None).unwrap();
+    let rep = run_opd(&mut s, &cfg, &src, &mut r, &mut t, &reg, &mut TrainIo::quiet(&mut m)).unwrap();
     assert!(t.pool.resident() <= 1, "one teacher resident at a time");
     let student = s.weights().unwrap();
     let after = eval_gap(&student, &reg, &mut pool, &eval, Mode::NonThink, 24, &ByteTokenizer).unwrap();

@@ -19,6 +19,7 @@ use trainer::grpo::{LocalRollouts, Rollouts};
 use trainer::opd::{run_opd, LocalTeachers, OpdConfig};
 use trainer::optim::OptimConfig;
 use trainer::Session;
+use trainer::TrainIo;
 
 /// A math teacher, an instruction teacher and a generalist mixed into every sample, so
 /// every minibatch needs every head.
@@ -84,7 +85,7 @@ fn each_teacher_head_is_loaded_once_per_step() {
     for step in 1..=2u64 {
         // 8 samples in minibatches of 2: four minibatches, each with every teacher
         let cfg = config(step, 8, 1, 2);
-        let rep = run_opd(&mut s, &cfg, &src, &mut r, &mut t, &reg, "t", &mut m, &NoProgress, None).unwrap();
+        let rep = run_opd(&mut s, &cfg, &src, &mut r, &mut t, &reg, &mut TrainIo::quiet(&mut m)).unwrap();
         assert!(rep.kl_last.is_finite() && rep.kl_last > 0.0, "step {step}: KL {}", rep.kl_last);
         let n = reg.len() * step as usize;
         assert_eq!(t.pool.head_loads, n, "after step {step}: one head load per teacher per step");
@@ -116,7 +117,7 @@ fn a_prompt_file_that_wraps_around_never_repeats_a_trajectory_id() {
     let mut t = LocalTeachers { pool: TeacherPool::new(reg.clone(), 1), store: None };
     // 8 prompts per step from 3 records, 2 samples each, 2 steps
     let cfg = config(2, 8, 2, 4);
-    run_opd(&mut s, &cfg, &PromptSource::File(prompts), &mut r, &mut t, &reg, "t", &mut m, &NoProgress, None).unwrap();
+    run_opd(&mut s, &cfg, &PromptSource::File(prompts), &mut r, &mut t, &reg, &mut TrainIo::quiet(&mut m)).unwrap();
     assert_eq!(r.ids.len(), 2 * 8 * 2);
     let unique: HashSet<&String> = r.ids.iter().collect();
     assert_eq!(unique.len(), r.ids.len(), "repeated trajectory ids: {:?}", r.ids);

@@ -7,7 +7,6 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use datasets::chat::Mode;
-use datasets::progress::NoProgress;
 use datasets::sft_data::load_sft_dataset;
 use datasets::store::MetricsWriter;
 use datasets::{ByteTokenizer, Tokenizer};
@@ -20,6 +19,7 @@ use trainer::sft::{
     batch_loss, conversation_example, pack, run_sft, user_example, user_examples_not_fitting, SftConfig,
 };
 use trainer::Session;
+use trainer::TrainIo;
 
 /// A Parquet file of `messages` conversations, written with the arrow/parquet crates.
 fn write_conversations(path: &Path, rows: &[Vec<(&str, &str)>]) {
@@ -100,14 +100,14 @@ fn sft_on_user_data_trains_on_the_user_rows_and_learns_them() {
     let (_, want_first, _) = batch_loss(&s0, &seqs, cfg.indexer_loss_coef).unwrap();
     let mut s = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 3).unwrap();
     let mut m = MetricsWriter::new(&dir.path().join("metrics"), "t").unwrap();
-    let r = run_sft(&mut s, &cfg, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    let r = run_sft(&mut s, &cfg, &ByteTokenizer, &mut TrainIo::quiet(&mut m)).unwrap();
     eprintln!("user-data sft loss {} → {} (first step expected {want_first})", r.first_loss, r.final_loss);
     assert!((r.first_loss - want_first).abs() <= 1e-5 * (1.0 + want_first.abs()), "{r:?} vs {want_first}");
     assert!(r.final_loss < r.first_loss * 0.5, "{r:?}");
     // the suite's first step is a different loss: the data really changed
     let mut suite = Session::new(&w, TrainOptions::default(), OptimConfig::default(), 3).unwrap();
     let suite_cfg = SftConfig { steps: 1, data: None, domains: "math.add".into(), ..cfg.clone() };
-    let rs = run_sft(&mut suite, &suite_cfg, &ByteTokenizer, &mut m, &NoProgress, None).unwrap();
+    let rs = run_sft(&mut suite, &suite_cfg, &ByteTokenizer, &mut TrainIo::quiet(&mut m)).unwrap();
     assert!((rs.first_loss - r.first_loss).abs() > 1e-3, "suite {} vs user {}", rs.first_loss, r.first_loss);
 }
 

@@ -205,7 +205,9 @@ fn softplus(x: f32) -> f32 {
     }
 }
 
-/// Split the mHC mixes of one row into `pre [n]`, `post [n]`, `comb [n, n]` (Sinkhorn).
+/// Split the mHC mixes of one row into `pre [n]`, `post [n]`, `comb [n, n]` (Sinkhorn): the
+/// training graph's own split ([`crate::train::fused::HcSplit`]) in f32, so sampler and trainer
+/// compute the same mixes.
 pub fn hc_split(
     mixes: &[f32],
     scale: &[f32],
@@ -214,42 +216,7 @@ pub fn hc_split(
     iters: usize,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let pre: Vec<f32> = (0..n).map(|i| sigmoid(mixes[i] * scale[0] + base[i]) + eps).collect();
-    let post: Vec<f32> = (0..n).map(|i| 2.0 * sigmoid(mixes[n + i] * scale[1] + base[n + i])).collect();
-    let mut comb: Vec<f32> = (0..n * n).map(|k| mixes[2 * n + k] * scale[2] + base[2 * n + k]).collect();
-    // softmax over each row, + eps
-    for r in 0..n {
-        let row = &mut comb[r * n..(r + 1) * n];
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut z = 0f32;
-        for v in row.iter_mut() {
-            *v = (*v - m).exp();
-            z += *v;
-        }
-        for v in row.iter_mut() {
-            *v = *v / z + eps;
-        }
-    }
-    let col_norm = |c: &mut [f32]| {
-        for j in 0..n {
-            let s: f32 = (0..n).map(|i| c[i * n + j]).sum::<f32>() + eps;
-            for i in 0..n {
-                c[i * n + j] /= s;
-            }
-        }
-    };
-    let row_norm = |c: &mut [f32]| {
-        for i in 0..n {
-            let s: f32 = c[i * n..(i + 1) * n].iter().sum::<f32>() + eps;
-            c[i * n..(i + 1) * n].iter_mut().for_each(|v| *v /= s);
-        }
-    };
-    col_norm(&mut comb);
-    for _ in 1..iters {
-        row_norm(&mut comb);
-        col_norm(&mut comb);
-    }
-    (pre, post, comb)
+    crate::train::fused::HcSplit { n, iters, eps }.split_row(mixes, scale, base)
 }
 
 fn load_hc(w: &dyn Source, prefix: &str) -> Result<HcSite> {

@@ -93,6 +93,16 @@ pub struct HcSplit {
 }
 
 impl HcSplit {
+    /// The split of one row in f32 (the decode engine's): `(pre [n], post [n], comb [n·n])`.
+    pub fn split_row(&self, mixes: &[f32], scale: &[f32], base: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let n = self.n;
+        let mut pre = vec![0f32; (2 + n) * n];
+        self.row(mixes, scale, base, &mut pre, None);
+        let comb = pre.split_off(2 * n);
+        let post = pre.split_off(n);
+        (pre, post, comb)
+    }
+
     /// Forward of one row; with `trace`, the Sinkhorn iterates (input of every normalisation).
     fn row<T: Float>(&self, m: &[T], scale: &[T], base: &[T], out: &mut [T], trace: Option<&mut Vec<Vec<T>>>) {
         let (n, eps) = (self.n, T::from_f32(self.eps));

@@ -154,16 +154,6 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     z.broadcast_sub(&lse)
 }
 
-/// RMSNorm over the last dim, with an optional weight (`None`: the unweighted per-head q norm).
-pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = x.broadcast_mul(&(ms + eps)?.sqrt()?.recip()?)?;
-    match weight {
-        Some(w) => y.broadcast_mul(w),
-        None => Ok(y),
-    }
-}
-
 /// Interleaved RoPE on the last `2·cos.dim(-1)` dims. `cos`/`sin` must broadcast against
 /// `x[..., rd/2]` (position axis placed by the caller).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, inverse: bool) -> Result<Tensor> {

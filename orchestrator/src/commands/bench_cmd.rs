@@ -11,10 +11,35 @@ use crate::ui::print_json;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use clap::Args;
+use clap::Subcommand;
 use model::weights::SeededNormal;
 use serde_json::json;
 use std::time::Instant;
 use trainer::kl::{naive_reverse_kl, reverse_kl, Chunks, Estimator, HeadInput};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Write and read trajectories; tokens/s and bytes on disk.
+    Store {
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill and training throughput of a preset or checkpoint.
+    Forward(crate::commands::model_cmd::BenchModelArgs),
+    /// Fused chunked full-vocabulary reverse KL vs naive autograd: time, peak memory, differences.
+    OpdKl(crate::commands::bench_cmd::OpdKlArgs),
+    /// Decode tokens/s with FP4 vs f32 experts (batch 1/8/32), FP4 GEMV bandwidth vs memcpy.
+    Rollout(crate::commands::bench_cmd::RolloutBenchArgs),
+    /// SFT and GRPO training steps: tokens/s, forward / backward / optimizer time split,
+    /// optimizer GFLOP/s vs an f32 GEMM, peak RSS (`--optim`, `--numerics`, `--accum`).
+    TrainStep(crate::commands::bench_cmd::TrainStepArgs),
+    /// Queue throughput and latency, embedded and Redis.
+    Queue(crate::commands::bench_cmd::QueueBenchArgs),
+}
 
 #[derive(Args, Debug)]
 pub struct OpdKlArgs {
@@ -145,7 +170,7 @@ pub fn opd_kl(a: &OpdKlArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct RolloutBenchArgs {
-    #[arg(long, conflicts_with = "checkpoint")]
+    #[arg(long, value_parser = crate::choices::preset_parser(), conflicts_with = "checkpoint")]
     pub preset: Option<String>,
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
@@ -391,7 +416,7 @@ impl BenchNumerics {
 
 #[derive(Args, Debug)]
 pub struct TrainStepArgs {
-    #[arg(long, conflicts_with = "checkpoint")]
+    #[arg(long, value_parser = crate::choices::preset_parser(), conflicts_with = "checkpoint")]
     pub preset: Option<String>,
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
@@ -695,8 +720,9 @@ pub struct QueueBenchArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 1024)]
     pub payload: usize,
+    /// Redis URL of the Redis backend's measurement (the embedded queue is always measured).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
+    pub queue: String,
     /// Skip the Redis backend.
     #[arg(long)]
     pub no_redis: bool,
@@ -768,8 +794,8 @@ pub fn queue(a: &QueueBenchArgs) -> Result<()> {
     o.insert("embedded".into(), queue_run(emb, move || Ok(e2.clone()), a.messages, a.payload)?);
     if !a.no_redis {
         let run = format!("bench-{}", std::process::id());
-        let r = queue::open(&a.redis, &run, cfg)?;
-        let url = a.redis.clone();
+        let r = queue::open(&a.queue, &run, cfg)?;
+        let url = a.queue.clone();
         let run2 = run.clone();
         o.insert("redis".into(), queue_run(r, move || Ok(queue::open(&url, &run2, cfg)?), a.messages, a.payload)?);
     }

@@ -1,10 +1,40 @@
 //! `dashboard` and `report`.
 
-use crate::cli::{DashboardArgs, ReportArgs};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use dashboard::data::Run;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+#[derive(Args, Debug)]
+pub struct DashboardArgs {
+    /// Run directory (runs/NAME); repeat to overlay several runs.
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<PathBuf>,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on (0.0.0.0 to reach it from other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directory (runs/NAME); give several to overlay them.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Self-contained HTML report (opens offline).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write TensorBoard scalar event files here (one subdirectory per run).
+    #[arg(long)]
+    pub tensorboard: Option<PathBuf>,
+    /// One JSON object on stdout: report (the HTML path or null), tensorboard (a list of
+    /// {run, path, scalars}).
+    #[arg(long)]
+    pub json: bool,
+}
 
 fn open_runs(dirs: &[std::path::PathBuf]) -> Result<Vec<Run>> {
     let runs: Vec<Run> = dirs.iter().map(|d| Run::open(d)).collect::<dashboard::Result<_>>()?;

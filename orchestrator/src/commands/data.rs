@@ -1,8 +1,8 @@
 //! `tasks`, `score`, `trajectories`, `bench store`.
 
-use crate::cli::{SampleArgs, ScoreArgs};
 use crate::ui::print_json;
 use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use datasets::chat::Mode;
 use datasets::store::{self, trajectories, ReadFilter, Trajectory, TrajectoryStore};
 use datasets::tasks::{self, Split};
@@ -10,6 +10,71 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCmd {
+    /// List the built-in domains.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write N prompts per domain of a domain or pattern (deterministic in domain, seed, split, index).
+    Sample(SampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// A domain, e.g. math.add, or a pattern (`math.*`, `*`); see `v4post tasks list`.
+    #[arg(long)]
+    pub domains: String,
+    /// Number of prompts per domain.
+    #[arg(long, default_value_t = 10)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// train or eval (disjoint by construction).
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: crate::choices::SplitArg,
+    /// 1 (easy) .. 5 (hard), or a range like 1-2 whose levels alternate over the prompts;
+    /// default: the domain's own.
+    #[arg(long)]
+    pub difficulty: Option<datasets::tasks::Levels>,
+    /// Output file: .parquet (`messages` as list<struct<role, content>>, the conversation type
+    /// pyarrow, pandas and HF `datasets` read) or .jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// One JSON object on stdout: prompts, domain, split, seed, out.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// JSONL (or Parquet) rows with `domain` (or `verifier`), `prompt`, `answer`, `response`, optional `mode`.
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrajCmd {
+    /// Print the first rows of a trajectory store readably.
+    Inspect {
+        /// A shard, a shard directory, or a run directory.
+        path: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rows, tokens and reward mean by domain.
+    Stats {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 pub fn tasks_list(json_out: bool) -> Result<()> {
     let ds = tasks::domains();
@@ -31,19 +96,18 @@ pub fn tasks_list(json_out: bool) -> Result<()> {
 
 pub fn tasks_sample(a: &SampleArgs) -> Result<()> {
     let split = Split::from(a.split);
-    if tasks::domain_info(&a.domain).is_none() {
-        bail!("unknown domain `{}` (see `v4post tasks list`)", a.domain);
-    }
+    let domains: Vec<&str> = tasks::match_domains(&a.domains)?.iter().map(|d| d.domain).collect();
     // streamed: tasks are generated as they are written, so memory does not grow with --n
     let difficulty: tasks::Difficulty = a.difficulty.into();
-    let ts = tasks::sample_iter(&a.domain, split, a.seed, a.n as u64, &difficulty);
+    let ts = domains.iter().flat_map(|d| tasks::sample_iter(d, split, a.seed, a.n as u64, &difficulty));
     let n = datasets::prompts::write_tasks_iter(&a.out, ts).with_context(|| format!("writing {}", a.out.display()))?;
     if a.json {
         print_json(&serde_json::json!({
-            "prompts": n, "domain": a.domain, "split": split.as_str(), "seed": a.seed, "out": a.out,
+            "prompts": n, "domain": a.domains, "domains": domains, "split": split.as_str(), "seed": a.seed,
+            "out": a.out,
         }));
     } else {
-        eprintln!("wrote {n} {} prompts of {} to {}", split.as_str(), a.domain, a.out.display());
+        eprintln!("wrote {n} {} prompts of {} to {}", split.as_str(), domains.join(", "), a.out.display());
     }
     Ok(())
 }

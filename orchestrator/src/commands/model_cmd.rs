@@ -1,10 +1,10 @@
 //! `model info|init|forward|quantize` and `bench forward`. `model info --checkpoint` also
 //! measures loading the checkpoint for rollout (time, peak resident memory).
 
-use crate::cli::{Baseline, BenchModelArgs, ConfigSource, ForwardArgs, InfoArgs, InitSource, ModelInitArgs};
 use crate::ui::{print_json, Bars};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
+use clap::{Args, Subcommand};
 use datasets::progress::Progress;
 use model::checkpoint::{self, SaveFormat};
 use model::cost::{self, DecodeCost, V32Config};
@@ -14,6 +14,156 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCmd {
+    /// Layer schedule, parameter counts, KV-cache sizes and per-token decode cost of a config.
+    ///
+    /// With `--vs v3.2`, also DeepSeek-V3.2's single-token FLOPs and KV bytes at `--context`
+    /// and the ratios (`--preset v3.2` prints V3.2 alone). Counting rules:
+    /// linear = 2 FLOPs per active weight (embedding lookup free; norms and softmaxes not
+    /// counted); attention = 2 FLOPs per multiply-add of q·k and p·v over every attended entry
+    /// and head (V4: window + compressed entries, CSA through the indexer's top-k; V3.2: MLA
+    /// absorbed, key width 512+64, value width 512, top-2048 tokens); indexer = its heads ×
+    /// head dim over every candidate (V4: compressed entries of CSA layers; V3.2: every token
+    /// of every layer). KV bytes: whole cache of one sequence, in BF16 and as the reference
+    /// inference code stores it (V4: FP8 non-rope dims + BF16 rope, FP4 indexer keys; V3.2:
+    /// FlashMLA's 656-byte FP8 entry + 132-byte FP8 indexer key). MTP layers not counted.
+    Info(InfoArgs),
+    /// Write a random checkpoint of any config in the official layout (FP8 projections, FP4
+    /// experts), tensor by tensor: the model is never held in memory, so it suits benchmark
+    /// checkpoints of any size. Values equal `ModelWeights::random(config, seed)` saved as
+    /// `official`; sharded above --max-shard-bytes with `model.safetensors.index.json`.
+    Init(ModelInitArgs),
+    /// Conformance forward: logits of token sequences, as safetensors.
+    Forward(ForwardArgs),
+    /// Write the official FP8/FP4 layout from f32/bf16 weights.
+    Quantize {
+        /// The checkpoint to convert (f32 or bf16 safetensors with its config.json).
+        #[arg(long = "checkpoint")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// official (FP8 + FP4), rollout (f32 + FP4 experts) or f32.
+        #[arg(long, value_enum, default_value = "official")]
+        format: crate::choices::QuantizeFormat,
+        /// Split into shards of at most this many MiB (with an index file); default 4096.
+        #[arg(long)]
+        shard_mib: Option<usize>,
+        /// One JSON object on stdout: format, params, bytes, out.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false, id = "source")]
+pub struct ConfigSource {
+    /// tiny, small, flash or pro (`model info` also takes v3.2).
+    #[arg(long, value_parser = crate::choices::info_preset_parser(), group = "source")]
+    pub preset: Option<String>,
+    /// A config.json (official or HF keys).
+    #[arg(long, group = "source")]
+    pub config: Option<PathBuf>,
+    /// A checkpoint directory: its config.json, and (`model info`) the time and peak resident
+    /// memory of loading it for rollout.
+    #[arg(long, group = "source")]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Where `model init` takes its config from.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false, id = "init_source")]
+pub struct InitSource {
+    /// tiny, small, flash or pro.
+    #[arg(long, value_parser = crate::choices::preset_parser(), group = "init_source")]
+    pub preset: Option<String>,
+    /// A config.json (official or HF keys), e.g. examples/configs/v4-1p7b.json.
+    #[arg(long, group = "init_source")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelInitArgs {
+    #[command(flatten)]
+    pub source: InitSource,
+    /// Output directory: created; refused unless it is new or empty.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the weights (the same seed and config give the same bytes).
+    #[arg(long)]
+    pub seed: u64,
+    /// Split into shards of at most this many bytes of tensor data (a larger tensor gets a shard
+    /// of its own), with model.safetensors.index.json.
+    #[arg(long, default_value_t = model::checkpoint::DEFAULT_MAX_SHARD_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_shard_bytes: u64,
+    /// A Hugging Face tokenizer.json to copy into the checkpoint (its vocabulary must fit the
+    /// config's vocab_size).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub source: ConfigSource,
+    /// Context length (tokens) of the KV-cache and per-token cost figures.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
+    pub context: u64,
+    /// Compare single-token decode FLOPs and KV-cache bytes with this architecture at --context.
+    #[arg(long, value_enum)]
+    pub vs: Option<Baseline>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Architectures `model info --vs` compares against.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// DeepSeek-V3.2 (MLA + DSA Lightning Indexer, 61 layers, 671B / 37B active), published config.
+    #[value(name = "v3.2")]
+    V32,
+}
+
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JSON file with a list of token-id lists.
+    #[arg(long)]
+    pub tokens: PathBuf,
+    /// Output safetensors with `logits.{i}` = f32 [len, vocab].
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prefill the first K tokens, then decode one token at a time.
+    #[arg(long)]
+    pub decode_from: Option<usize>,
+    /// qat (KV FP8 + indexer FP4, default), dense (no fake-quant) or act-fp8 (plus FP8 activations).
+    #[arg(long, value_enum, default_value = "qat")]
+    pub numerics: crate::choices::NumericsArg,
+    /// Run routed experts in f32 instead of packed FP4.
+    #[arg(long)]
+    pub f32_experts: bool,
+    /// One JSON object on stdout: sequences, out.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchModelArgs {
+    #[arg(long, value_parser = crate::choices::preset_parser(), conflicts_with = "checkpoint")]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
 
 fn load_config(src: &ConfigSource) -> Result<Config> {
     match (&src.preset, &src.config, &src.checkpoint) {
@@ -480,7 +630,7 @@ pub fn quantize(input: &Path, out: &Path, format: &str, shard_mib: Option<usize>
     refuse_overwriting_input(input, out)?;
     let w = checkpoint::load(input).with_context(|| format!("loading {}", input.display()))?;
     checkpoint::save(&w, out, fmt, shard_mib.map(|m| m << 20)).with_context(|| format!("writing {}", out.display()))?;
-    super::train_cmd::carry_tokenizer(Some(input), out)?;
+    crate::models::carry_tokenizer(Some(input), out)?;
     let bytes: u64 =
         std::fs::read_dir(out)?.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
     if as_json {

@@ -1,16 +1,80 @@
 //! `run` and `worker`.
 
-use crate::cli::{RunArgs, WorkerArgs};
 use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::workers::{run_worker, WorkerOptions};
 use crate::pipeline::{self, results, RunOptions};
 use crate::queue::{self, QueueConfig};
 use crate::ui::print_json;
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline file (TOML); without one, the built-in demo pipeline runs.
+    pub pipeline: Option<PathBuf>,
+    /// The reduced demo (about 3 minutes on 2 cores).
+    #[arg(long, conflicts_with_all = ["pipeline", "resume"])]
+    pub quick: bool,
+    /// Continue the run in this directory (runs/NAME) after a crash or a stop.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "pipeline")]
+    pub resume: Option<PathBuf>,
+    /// Base checkpoint of the demo pipeline (default: the shipped assets/v4-small-base).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Run name (default: from the pipeline; the demo uses `demo` / `demo-quick`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Parent directory of run directories.
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    /// Queue: `embedded` or redis://[user:password@]host:port (rediss:// for TLS); the
+    /// password may also come from V4POST_REDIS_PASSWORD.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Stop after this many optimizer steps (then continue with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// rollout (student/policy sampling), teacher (teacher head inputs), reward (scoring).
+    #[arg(value_enum)]
+    pub kind: crate::pipeline::workers::WorkerKind,
+    /// redis://[user:password@]host:port or rediss://... (V4POST_REDIS_PASSWORD also works).
+    #[arg(long)]
+    pub queue: String,
+    /// Run name, as `run.name` of its pipeline (keys `v4post:{name}:` and the directory
+    /// RUNS_DIR/NAME).
+    #[arg(long)]
+    pub name: String,
+    /// Where run directories live (a path shared with the trainer).
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Seconds before a job of a dead worker is handed to another one.
+    #[arg(long, default_value_t = 120.0)]
+    pub visibility_timeout: f64,
+    /// Drop jobs for policies more than this many versions old.
+    #[arg(long, default_value_t = 0)]
+    pub max_staleness: u64,
+    /// Stop after this many jobs (0 = until the run finishes).
+    #[arg(long, default_value_t = 0)]
+    pub max_jobs: usize,
+    /// Keep waiting for work after the run is marked finished.
+    #[arg(long)]
+    pub no_exit: bool,
+    /// Name of this consumer (default: host-pid).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// The shipped base: `assets/v4-small-base` in the working directory or the source tree.
 pub fn default_base() -> Result<String> {
@@ -80,7 +144,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
             }
         }
     }
-    let opts = RunOptions { resume, json: a.json, queue: a.queue.clone(), stop_after_steps: a.stop_after_steps };
+    let opts = RunOptions {
+        resume,
+        json: a.json,
+        queue: a.queue.clone(),
+        stop_after_steps: a.stop_after_steps,
+        run_dir: None,
+    };
     let results = pipeline::run(cfg.clone(), &opts)?;
     if a.json {
         print_json(&results);
@@ -95,7 +165,7 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
     if a.queue == "embedded" {
         bail!("a separate worker process needs a shared queue: --queue redis://HOST:PORT");
     }
-    let run_dir = a.runs_dir.join(datasets::safe_component(&a.run));
+    let run_dir = a.runs_dir.join(datasets::safe_component(&a.name));
     if !run_dir.exists() {
         bail!(
             "{} does not exist: workers need the run directory (shared filesystem) of `v4post run`",
@@ -106,7 +176,7 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
         visibility_timeout: Duration::from_secs_f64(a.visibility_timeout.max(0.1)),
         ..Default::default()
     };
-    let q = queue::open(&a.queue, &a.run, cfg)?;
+    let q = queue::open(&a.queue, &a.name, cfg)?;
     let consumer = a.consumer.clone().unwrap_or_else(|| {
         let host =
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());

@@ -1,26 +1,28 @@
-//! `pretrain`, `sft`, `grpo`, `eval`.
+//! The training verbs `pretrain`, `sft`, `grpo` and `opd`, each a one-stage pipeline: the
+//! flags fill the stage's typed config (`pipeline::config::{SftStage, GrpoStage, OpdStage}`,
+//! whose `Default` is the one set of defaults of file and flag), and `pipeline::run` runs it
+//! in the work directory (embedded queue, in-process workers), exactly as a `[[stage]]` of a
+//! pipeline file. The final model is then exported to `--out`. And `eval`.
 
-use crate::ui::{print_json, Bars};
+use crate::choices::{EstimatorArg, ModeArg, TrainFormat};
+use crate::models::checkpoint_tokenizer;
+use crate::pipeline::config::{
+    DataSection, GrpoStage, ModelSection, OpdStage, Optim, PipelineConfig, Routing, RunSection, SftStage, Stage,
+    WorkersSection,
+};
+use crate::pipeline::{self, RunOptions, RunState};
+use crate::ui::print_json;
+use crate::ui::Bars;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datasets::chat::Mode;
-use datasets::progress::NoProgress;
-use datasets::prompts::PromptSource;
-use datasets::store::{MetricsWriter, TrajectoryStore};
 use datasets::tasks::{self, Levels, Split};
-use datasets::tokenizer::{self as tokenizer, ByteTokenizer, Tokenizer};
 use model::checkpoint::{self, SaveFormat};
-use model::train::TrainOptions;
-use model::{Config, Engine, EngineOptions, ModelWeights};
-use serde_json::json;
+use model::{Engine, EngineOptions};
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use trainer::anticipatory::{AnticipatoryConfig, SpikeConfig, SpikeSignal, Trigger};
-use trainer::grpo::{run_grpo, GrpoConfig, LocalRollouts, RoutingMode};
-use trainer::losses::{Aggregation, GrpoLossConfig, KlKind};
-use trainer::optim::OptimConfig;
-use trainer::reference::FrozenReference;
-use trainer::sft::{run_sft, SftConfig};
-use trainer::Session;
+use trainer::grpo::GrpoVariant;
 
 /// Where the starting weights come from.
 #[derive(Args, Debug, Clone)]
@@ -31,37 +33,78 @@ pub struct BaseArgs {
     #[arg(long, conflicts_with = "preset")]
     pub base: Option<PathBuf>,
     /// Start from random weights of a preset (tiny, small).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::choices::preset_parser())]
     pub preset: Option<String>,
 }
 
-/// Optimizer flags shared by the trainers.
+impl BaseArgs {
+    /// The `model.base` these flags name for a pipeline: a checkpoint directory or `preset:NAME`.
+    pub fn spec(&self) -> Result<String> {
+        match (&self.base, &self.preset) {
+            (Some(p), _) => Ok(p.to_string_lossy().into_owned()),
+            (None, Some(p)) => Ok(format!("preset:{p}")),
+            (None, None) => bail!("give --base CHECKPOINT or --preset NAME"),
+        }
+    }
+}
+
+/// Optimizer flags shared by the trainers; unset, the stage's own (`[[stage]] optim` of a
+/// pipeline file: sft 0.01 / 2e-3, grpo and opd 0.01 / 1e-3, clip 1.0, weight decay 0.1).
 #[derive(Args, Debug, Clone)]
 pub struct OptimArgs {
-    /// Muon learning rate (matrices).
-    #[arg(long, default_value_t = 0.02)]
-    pub lr_muon: f32,
-    /// AdamW learning rate (embeddings, head, norms, mHC gates/biases, sinks).
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr_adamw: f32,
-    /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f32,
-    /// Decoupled weight decay of Muon parameters.
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f32,
+    /// Muon learning rate (matrices) [default: the stage's].
+    #[arg(long)]
+    pub lr_muon: Option<f32>,
+    /// AdamW learning rate (embeddings, head, norms, mHC gates/biases, sinks) [default: the stage's].
+    #[arg(long)]
+    pub lr_adamw: Option<f32>,
+    /// Global gradient-norm clip (0 = off) [default: the stage's].
+    #[arg(long)]
+    pub clip: Option<f32>,
+    /// Decoupled weight decay of Muon parameters [default: the stage's].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
 }
 
 impl OptimArgs {
-    pub fn config(&self) -> OptimConfig {
-        OptimConfig {
-            muon_lr: self.lr_muon,
-            adamw_lr: self.lr_adamw,
-            clip_norm: self.clip,
-            muon_weight_decay: self.weight_decay,
-            ..Default::default()
+    /// `stage` with the flags that were given.
+    pub fn over(&self, stage: &Optim) -> Optim {
+        Optim {
+            lr_muon: self.lr_muon.unwrap_or(stage.lr_muon),
+            lr_adamw: self.lr_adamw.unwrap_or(stage.lr_adamw),
+            clip: self.clip.unwrap_or(stage.clip),
+            weight_decay: self.weight_decay.unwrap_or(stage.weight_decay),
         }
     }
+}
+
+/// What every training verb shares: where it runs and how.
+#[derive(Args, Debug, Clone)]
+pub struct WorkArgs {
+    /// Output checkpoint directory (final weights, plus the tokenizer of the start).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Run directory of the one-stage pipeline: step checkpoints, trajectories, metrics,
+    /// state.json (default: OUT, or OUT.work for pretrain so that OUT holds only the checkpoint).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
+    /// levels alternate over the prompts (default: each domain's own).
+    #[arg(long)]
+    pub difficulty: Option<Levels>,
+    /// Seed of the run (data order, sampling, random initial weights of a preset).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue the run in the work directory after a crash or a stop (its step checkpoints,
+    /// trajectories and state); it must have been started from the same base and tokenizer.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many optimizer steps (then continue with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
+    /// One JSON object on stdout when done; progress as log lines instead of bars.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -71,58 +114,65 @@ pub struct SftArgs {
     /// Train on your own conversations instead of the built-in suite: a Parquet/JSONL file,
     /// a directory of shards or a glob (`data/train-*.parquet`) with `messages` (list of
     /// {role, content}) or `prompt` + `completion`; loss on the assistant turns.
-    #[arg(long, alias = "prompts", conflicts_with_all = ["mix", "difficulty"])]
+    #[arg(long, conflicts_with_all = ["mix", "difficulty"])]
     pub data: Option<PathBuf>,
     /// Domains whose reference solutions are learned (`math.*,if.*`, `*`); with --data, the
     /// records whose `domain` column matches (records without one are `user`).
-    #[arg(long, default_value = "*")]
+    #[arg(long, default_value_t = SftStage::default().domains)]
     pub domains: String,
     /// Mixture weights, `PATTERN=W,...` (e.g. `math.add=6,agent.*=3`): a matching domain
     /// appears W times per cycle of the data mixture instead of once.
     #[arg(long, value_delimiter = ',')]
     pub mix: Vec<String>,
-    /// Output checkpoint directory (final weights; `train/` holds resumable checkpoints).
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 200)]
+    /// Optimizer steps.
+    #[arg(long, default_value_t = SftStage::default().steps)]
     pub steps: u64,
-    /// Packed sequences per step.
-    #[arg(long, default_value_t = 8)]
+    /// Packed sequences per micro-batch.
+    #[arg(long, default_value_t = SftStage::default().batch)]
     pub batch: usize,
     /// Packed sequence length. Longer examples are skipped (with a warning per domain and
     /// mode); 1152 fits every built-in example in every mode and difficulty (the longest,
     /// an agent.chain episode in Think Max, is ~1070 tokens) — the Think Max system prefix
     /// alone is ~480 tokens, so at 384 only Non-think and Think High examples fit.
-    #[arg(long, default_value_t = trainer::sft::DEFAULT_MAX_LEN)]
+    #[arg(long, default_value_t = SftStage::default().max_len)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
+    /// Micro-batches of --batch sequences per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = SftStage::default().accum)]
+    pub accum: usize,
     /// Reasoning modes of the examples.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "non_think,think_high,think_max")]
-    pub modes: Vec<crate::choices::ModeArg>,
-    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
-    /// levels alternate over the prompts (default: each domain's own).
-    #[arg(long)]
-    pub difficulty: Option<Levels>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Continue from the latest checkpoint in the work directory (see --work).
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, default_value_t = 50)]
+    pub modes: Vec<ModeArg>,
+    /// A step checkpoint every this many optimizer steps (0 = none; kept until the stage ends).
+    #[arg(long, default_value_t = SftStage::default().checkpoint_every)]
     pub checkpoint_every: u64,
-    /// Directory of resumable checkpoints and metrics (default: OUT for sft, OUT.work for
-    /// pretrain, so OUT holds only the checkpoint).
-    #[arg(long)]
-    pub work: Option<PathBuf>,
     /// Final weights: `f32` (plus a rollout/ FP4 export; sft's default) or `official` (FP8
     /// weights + FP4 experts, the layout V4 ships; pretrain's default).
     #[arg(long, value_enum)]
-    pub format: Option<crate::choices::TrainFormat>,
+    pub format: Option<TrainFormat>,
     #[command(flatten)]
     pub optim: OptimArgs,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: WorkArgs,
+}
+
+impl SftArgs {
+    /// The stage these flags describe (`pretrain`: loss on the prompt tokens too).
+    pub fn stage(&self, pretrain: bool) -> SftStage {
+        let d = SftStage::default();
+        SftStage {
+            domains: self.domains.clone(),
+            data: self.data.clone(),
+            steps: self.steps,
+            batch: self.batch,
+            max_len: self.max_len,
+            modes: self.modes.iter().map(|&m| Mode::from(m)).collect(),
+            mix: self.mix.clone(),
+            accum: self.accum,
+            train_on_prompt: pretrain,
+            checkpoint_every: self.checkpoint_every,
+            optim: self.optim.over(&d.optim),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -131,55 +181,84 @@ pub struct GrpoArgs {
     pub base: BaseArgs,
     /// The domain this expert is built for (a pattern trains one policy on several).
     #[arg(long)]
-    pub domain: String,
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 20)]
+    pub domains: String,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = GrpoStage::default().steps)]
     pub steps: u64,
-    #[arg(long, default_value_t = 8)]
-    pub prompts: usize,
+    /// Prompts per step.
+    #[arg(long, default_value_t = GrpoStage::default().prompts)]
+    pub prompts_per_step: usize,
     /// Samples per prompt.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = GrpoStage::default().group)]
     pub group: usize,
-    /// Preset of loss and sampling choices: v32 (DeepSeek-V3.2: clip-higher, token-mean,
-    /// k3-IS KL, off-policy masking, Keep Routing/Sampling Mask), grpo, dapo, dr-grpo.
-    #[arg(long, value_enum, default_value = "v32")]
-    pub variant: crate::choices::GrpoVariant,
-    #[arg(long, default_value_t = 1.0)]
+    /// Preset of loss and sampling choices.
+    #[arg(long, value_parser = crate::choices::grpo_variant_parser(), default_value = "v32")]
+    pub variant: GrpoVariant,
+    #[arg(long, default_value_t = GrpoStage::default().temperature)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = GrpoStage::default().top_p)]
     pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
+    /// Top-k truncation of sampling (0 = none).
+    #[arg(long, default_value_t = GrpoStage::default().top_k)]
     pub top_k: usize,
-    /// KL coefficient to the frozen base (0 = no reference model).
+    /// KL coefficient to the frozen base [default: the variant's; 0 = no reference model].
     #[arg(long)]
     pub beta: Option<f32>,
-    #[arg(long, default_value_t = 1)]
+    /// Gradient passes over each step's samples.
+    #[arg(long, default_value_t = GrpoStage::default().epochs)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Sequences per optimizer update.
+    #[arg(long, default_value_t = GrpoStage::default().minibatch)]
     pub minibatch: usize,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "think_high")]
-    pub modes: Vec<crate::choices::ModeArg>,
-    /// Routing in the training forward: keep (sampler's ids), free, or anticipatory:DT
-    /// (legacy spelling of `--routing free --anticipatory spike --anticipatory-dt DT`).
-    #[arg(long, default_value = "keep")]
-    pub routing: String,
+    /// Dynamic sampling: extra rounds per step replacing groups whose rewards are all equal.
+    #[arg(long, default_value_t = GrpoStage::default().refill_rounds)]
+    pub refill_rounds: usize,
+    /// Domain SFT steps before GRPO (the V4 experts are SFT, then GRPO).
+    #[arg(long, default_value_t = GrpoStage::default().sft_steps)]
+    pub sft_steps: u64,
+    /// Reasoning modes the prompts are sampled in (one per prompt).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "non_think,think_high")]
+    pub modes: Vec<ModeArg>,
+    /// Routing in the training forward: keep (replay the sampler's expert ids) or free
+    /// (recomputed by the training forward).
+    #[arg(long, value_enum, default_value_t = GrpoStage::default().routing)]
+    pub routing: Routing,
     #[command(flatten)]
     pub anticipatory: AnticipatoryArgs,
-    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
-    /// levels alternate over the prompts (default: each domain's own).
-    #[arg(long)]
-    pub difficulty: Option<Levels>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, default_value_t = 10)]
+    /// A step checkpoint every this many optimizer steps (0 = none; kept until the stage ends).
+    #[arg(long, default_value_t = GrpoStage::default().checkpoint_every)]
     pub checkpoint_every: u64,
     #[command(flatten)]
     pub optim: OptimArgs,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: WorkArgs,
+}
+
+impl GrpoArgs {
+    /// The stage these flags describe: one expert for `--domains`.
+    pub fn stage(&self) -> GrpoStage {
+        let d = GrpoStage::default();
+        GrpoStage {
+            experts: vec![self.domains.clone()],
+            steps: self.steps,
+            prompts: self.prompts_per_step,
+            group: self.group,
+            modes: self.modes.iter().map(|&m| Mode::from(m)).collect(),
+            variant: self.variant,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            beta: self.beta,
+            routing: self.routing,
+            epochs: self.epochs,
+            minibatch: self.minibatch,
+            sft_steps: self.sft_steps,
+            refill_rounds: self.refill_rounds,
+            checkpoint_every: self.checkpoint_every,
+            optim: self.optim.over(&d.optim),
+            anticipatory: self.anticipatory.config(),
+        }
+    }
 }
 
 /// Anticipatory Routing flags (DeepSeek-V4's MoE stability trick; see `trainer::anticipatory`).
@@ -189,7 +268,7 @@ pub struct AnticipatoryArgs {
     /// minibatch to the experts that the router of Δt optimizer updates ago picks (backbone
     /// and gate weights stay current) for --anticipatory-hold steps; `always` = every step
     /// (ablations); `off`. Combines with --routing (it replaces keep's ids while active).
-    #[arg(long = "anticipatory", default_value = "off", value_name = "off|spike|always")]
+    #[arg(long = "anticipatory", default_value = "off", value_parser = crate::choices::from_str_choice::<Trigger>(&Trigger::NAMES))]
     pub trigger: Trigger,
     /// Router age Δt in optimizer updates (each minibatch of each epoch is one; 0 = the
     /// current router, bit-identical to normal routing).
@@ -203,7 +282,7 @@ pub struct AnticipatoryArgs {
     #[arg(long)]
     pub anticipatory_release_on_recovery: bool,
     /// Signal of the spike detector: the step's mean GRPO loss, or its mean gradient norm.
-    #[arg(long, default_value = "loss", value_name = "loss|grad_norm")]
+    #[arg(long, default_value = "loss", value_parser = crate::choices::from_str_choice::<SpikeSignal>(&SpikeSignal::NAMES))]
     pub spike_signal: SpikeSignal,
     /// Trailing window W (steps) of the spike rule: signal > mean + max(k·std, min_rise)
     /// over the last W steps' values.
@@ -249,8 +328,9 @@ pub struct EvalArgs {
     /// Prompts per domain.
     #[arg(long, default_value_t = 32)]
     pub n: usize,
-    #[arg(long, value_enum, default_value = "think_high")]
-    pub mode: crate::choices::ModeArg,
+    /// Reasoning modes to evaluate, each separately (`--json`: one object per mode, one per line).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "think_high")]
+    pub modes: Vec<crate::choices::ModeArg>,
     #[arg(long)]
     pub max_tokens: Option<usize>,
     /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
@@ -262,446 +342,6 @@ pub struct EvalArgs {
     /// Print this many responses per domain.
     #[arg(long, default_value_t = 0)]
     pub show: usize,
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `PATTERN=W` mixture weights.
-pub fn parse_mix(v: &[String]) -> Result<Vec<(String, u32)>> {
-    v.iter()
-        .filter(|x| !x.trim().is_empty())
-        .map(|x| {
-            let (p, w) = x.split_once('=').with_context(|| format!("--mix `{x}`: expected PATTERN=WEIGHT"))?;
-            let w: u32 =
-                w.trim().parse().with_context(|| format!("--mix `{x}`: the weight must be a positive integer"))?;
-            Ok((p.trim().to_string(), w))
-        })
-        .collect()
-}
-
-pub fn parse_modes(v: &[String]) -> Result<Vec<Mode>> {
-    v.iter().map(|m| m.parse::<Mode>().map_err(anyhow::Error::msg)).collect()
-}
-
-pub fn base_weights(b: &BaseArgs, seed: u64) -> Result<ModelWeights> {
-    match (&b.base, &b.preset) {
-        (Some(p), _) => checkpoint::load(p).with_context(|| format!("loading base checkpoint {}", p.display())),
-        (None, Some(p)) => {
-            let c = Config::preset(p)?;
-            if c.param_counts().total > 200_000_000 {
-                bail!(
-                    "preset `{p}` is too large to train from scratch here; use tiny or small, or --base a checkpoint"
-                );
-            }
-            Ok(ModelWeights::random(&c, seed)?)
-        }
-        (None, None) => bail!("give --base CHECKPOINT or --preset NAME"),
-    }
-}
-
-/// The tokenizer of a checkpoint (its `tokenizer.json`, else the byte tokenizer), checked to
-/// fit the `vocab_size` of its `config.json` before any weights are read.
-pub fn checkpoint_tokenizer(dir: &Path) -> Result<Box<dyn Tokenizer>> {
-    let cfg_path = tokenizer::checkpoint_folder(dir).join("config.json");
-    let cfg = Config::from_file(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-    Ok(tokenizer::checkpoint_tokenizer(dir, cfg.vocab_size)?)
-}
-
-/// The tokenizer of the starting weights and the folder outputs copy it from: the base
-/// checkpoint's, or the byte tokenizer of a preset (no folder).
-pub fn base_tokenizer(b: &BaseArgs) -> Result<(Box<dyn Tokenizer>, Option<PathBuf>)> {
-    match (&b.base, &b.preset) {
-        (Some(p), _) => Ok((checkpoint_tokenizer(p)?, Some(p.clone()))),
-        (None, Some(p)) => {
-            let tok: Box<dyn Tokenizer> = Box::new(ByteTokenizer);
-            tokenizer::check_vocab_fits(tok.as_ref(), Config::preset(p)?.vocab_size, None)?;
-            Ok((tok, None))
-        }
-        (None, None) => bail!("give --base CHECKPOINT or --preset NAME"),
-    }
-}
-
-/// Copy the tokenizer files of `from` (None: byte tokenizer) into the checkpoint folder `out`.
-pub fn carry_tokenizer(from: Option<&Path>, out: &Path) -> Result<()> {
-    tokenizer::carry_tokenizer_files(from, out)
-        .with_context(|| format!("copying the tokenizer into {}", out.display()))?;
-    Ok(())
-}
-
-/// Final weights: F32 model at `out`, plus the FP4 rollout export under `out/rollout`; both
-/// carry the tokenizer files of `tok_from`.
-pub fn write_outputs(w: &ModelWeights, out: &Path, tok_from: Option<&Path>) -> Result<()> {
-    checkpoint::save(w, out, SaveFormat::F32, None)?;
-    checkpoint::save(w, &out.join("rollout"), SaveFormat::Rollout, None)?;
-    carry_tokenizer(tok_from, out)?;
-    carry_tokenizer(tok_from, &out.join("rollout"))?;
-    Ok(())
-}
-
-/// Start a session from `base`, or with `resume` continue the latest checkpoint under
-/// `out/train`, which must have been trained with the run's tokenizer `tok` (of `tok_from`).
-fn open_session(
-    base: &BaseArgs,
-    out: &Path,
-    resume: bool,
-    seed: u64,
-    optim: OptimConfig,
-    (tok, tok_from): (&dyn Tokenizer, Option<&Path>),
-) -> Result<Session> {
-    let root = out.join("train");
-    if resume {
-        if let Some(latest) = Session::latest(&root) {
-            tokenizer::check_resume_tokenizer(&latest, tok, tok_from)?;
-            eprintln!("resuming from {}", latest.display());
-            return Ok(Session::load(&latest, TrainOptions::default(), optim)?);
-        }
-        eprintln!("--resume: no checkpoint in {}, starting fresh", root.display());
-    }
-    Ok(Session::new(&base_weights(base, seed)?, TrainOptions::default(), optim, seed)?)
-}
-
-pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
-    let modes = a.modes.iter().map(|&m| Mode::from(m)).collect::<Vec<_>>();
-    if a.data.is_none() {
-        tasks::match_domains(&a.domains)?;
-    }
-    let work = match &a.work {
-        Some(w) => w.clone(),
-        None if pretrain => {
-            let mut w = a.out.clone().into_os_string();
-            w.push(".work");
-            PathBuf::from(w)
-        }
-        None => a.out.clone(),
-    };
-    let default_format = if pretrain { "official" } else { "f32" };
-    let format: String = a.format.map_or(default_format, |f| f.as_str()).to_string();
-    if !["f32", "official"].contains(&format.as_str()) {
-        bail!("--format must be f32 or official");
-    }
-    let started = std::time::Instant::now();
-    // bad data arguments fail before a model is loaded
-    let mix = parse_mix(&a.mix)?;
-    match &a.data {
-        Some(d) => {
-            let n = datasets::sft_data::load_sft_dataset(d).with_context(|| format!("--data {}", d.display()))?.len();
-            eprintln!("SFT data: {n} conversations from {}", d.display());
-        }
-        None => {
-            trainer::sft::Mixture::new(&a.domains, &mix)?;
-        }
-    }
-    let (tok, tok_from) = base_tokenizer(&a.base)?;
-    let mut s = open_session(&a.base, &work, a.resume, a.seed, a.optim.config(), (tok.as_ref(), tok_from.as_deref()))?;
-    s.tokenizer_from = tok_from.clone();
-    eprintln!("optimizer: {}", s.opt.describe());
-    let stage = if pretrain { "pretrain" } else { "sft" };
-    let cfg = SftConfig {
-        steps: a.steps,
-        batch: a.batch,
-        max_len: a.max_len,
-        grad_accum: a.grad_accum,
-        modes,
-        domains: a.domains.clone(),
-        mix,
-        difficulty: a.difficulty.into(),
-        train_on_prompt: pretrain,
-        checkpoint_every: a.checkpoint_every,
-        stage: stage.into(),
-        warmup: (a.steps / 20).max(1),
-        data: a.data.clone(),
-        ..Default::default()
-    };
-    let mut metrics = MetricsWriter::new(&work.join("metrics"), stage)?;
-    metrics.min_interval = std::time::Duration::from_secs(5);
-    let bars = Bars::new(a.json);
-    let rep = run_sft(&mut s, &cfg, tok.as_ref(), &mut metrics, &bars, Some(&work.join("train")))?;
-    s.save(&work.join("train"))?;
-    let w = s.weights()?;
-    match format.as_str() {
-        "official" => {
-            checkpoint::save(&w, &a.out, SaveFormat::Official, None)?;
-            carry_tokenizer(tok_from.as_deref(), &a.out)?;
-        }
-        _ => write_outputs(&w, &a.out, tok_from.as_deref())?,
-    }
-    let out = json!({
-        "stage": stage, "steps": rep.steps, "first_loss": rep.first_loss, "final_loss": rep.final_loss,
-        "tokens": rep.tokens, "seconds": rep.seconds, "wall_seconds": started.elapsed().as_secs_f64(),
-        "seed": a.seed, "format": format, "out": a.out, "work": work,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "v4post_version": env!("CARGO_PKG_VERSION"),
-        "threads": rayon::current_num_threads(),
-    });
-    checkpoint::write_atomic(&a.out.join(format!("{stage}.json")), serde_json::to_string_pretty(&out)?.as_bytes())?;
-    if a.json {
-        print_json(&out);
-    } else {
-        eprintln!(
-            "{stage}: {} steps, loss {:.3} → {:.3}, {} tokens in {:.0}s; weights ({format}) in {}",
-            rep.steps,
-            rep.first_loss,
-            rep.final_loss,
-            rep.tokens,
-            rep.seconds,
-            a.out.display()
-        );
-    }
-    Ok(())
-}
-
-/// The named GRPO variants of [`variant_config`].
-pub const GRPO_VARIANTS: [&str; 4] = ["v32", "grpo", "dapo", "dr-grpo"];
-
-/// Loss and sampling choices of a named GRPO variant.
-pub fn variant_config(variant: &str) -> Result<GrpoConfig> {
-    let mut loss = GrpoLossConfig::default();
-    let mut c = GrpoConfig::default();
-    match variant {
-        "v32" => {}
-        "grpo" => {
-            loss = GrpoLossConfig {
-                clip_low: 0.2,
-                clip_high: 0.2,
-                kl: KlKind::K3,
-                beta: 0.04,
-                aggregation: Aggregation::SeqMeanTokenMean,
-                opsm_delta: None,
-                ..loss
-            };
-            c.dynamic_sampling = false;
-        }
-        "dapo" => {
-            loss = GrpoLossConfig {
-                kl: KlKind::None,
-                beta: 0.0,
-                aggregation: Aggregation::TokenMean,
-                opsm_delta: None,
-                ..loss
-            }
-        }
-        "dr-grpo" => {
-            loss = GrpoLossConfig {
-                kl: KlKind::None,
-                beta: 0.0,
-                aggregation: Aggregation::SeqMeanTokenSum,
-                opsm_delta: None,
-                ..loss
-            };
-            c.use_std = false;
-        }
-        o => bail!("unknown --variant `{o}` ({})", GRPO_VARIANTS.join(", ")),
-    }
-    c.loss = loss;
-    Ok(c)
-}
-
-pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
-    let mut c = variant_config(a.variant.as_str())?;
-    let mut loss = c.loss;
-    if let Some(b) = a.beta {
-        loss.beta = b;
-        if b > 0.0 && loss.kl == KlKind::None {
-            loss.kl = KlKind::K3Is;
-        }
-    }
-    c.loss = loss;
-    c.steps = a.steps;
-    c.prompts_per_step = a.prompts;
-    c.group_size = a.group;
-    c.temperature = a.temperature;
-    c.top_p = a.top_p;
-    c.top_k = a.top_k;
-    c.epochs = a.epochs;
-    c.minibatch = a.minibatch;
-    c.modes = a.modes.iter().map(|&m| Mode::from(m)).collect::<Vec<_>>();
-    c.routing = match a.routing.as_str() {
-        "keep" => RoutingMode::Keep,
-        "free" => RoutingMode::Free,
-        r => match r.strip_prefix("anticipatory:").and_then(|x| x.parse().ok()) {
-            Some(dt) => RoutingMode::Anticipatory { dt },
-            None => bail!("--routing must be keep, free or anticipatory:DT"),
-        },
-    };
-    c.anticipatory = a.anticipatory.config();
-    // fold the legacy `anticipatory:DT` in and check the settings before any work starts
-    c.routing_plan()?;
-    c.checkpoint_every = a.checkpoint_every;
-    c.stage = format!("grpo-{}", a.domain.replace(['*', ','], "_"));
-    Ok(c)
-}
-
-/// Whether the loss has a KL penalty, which needs a frozen reference model.
-pub fn needs_reference(cfg: &GrpoConfig) -> bool {
-    cfg.loss.beta > 0.0 && cfg.loss.kl != KlKind::None
-}
-
-/// The frozen KL reference of a GRPO run that starts from `start` (None without a KL
-/// penalty): the starting weights in the decode engine, routed experts packed MXFP4 (see
-/// `trainer::reference`). It is never stepped and has no f32 master copy.
-pub fn reference_model(cfg: &GrpoConfig, start: &ModelWeights) -> Result<Option<FrozenReference>> {
-    if !needs_reference(cfg) {
-        return Ok(None);
-    }
-    let r = FrozenReference::new(start).context("building the frozen KL reference model")?;
-    Ok(Some(r))
-}
-
-pub fn grpo(a: &GrpoArgs) -> Result<()> {
-    let cfg = grpo_config(a)?;
-    tasks::match_domains(&a.domain)?;
-    let (tok, tok_from) = base_tokenizer(&a.base)?;
-    let mut s = open_session(&a.base, &a.out, a.resume, a.seed, a.optim.config(), (tok.as_ref(), tok_from.as_deref()))?;
-    s.tokenizer_from = tok_from.clone();
-    // the frozen reference is the base the run started from (also on --resume)
-    let reference = match (&a.base.base, needs_reference(&cfg)) {
-        (_, false) => None,
-        // a base checkpoint is frozen as stored (memory-mapped), not widened to f32
-        (Some(dir), true) => Some(
-            trainer::reference::FrozenReference::from_checkpoint(dir)
-                .context("building the frozen KL reference model")?,
-        ),
-        (None, true) => reference_model(&cfg, &base_weights(&a.base, a.seed)?)?,
-    };
-    let source = PromptSource::Builtin {
-        domains: a.domain.clone(),
-        split: Split::Train,
-        seed: a.seed,
-        difficulty: a.difficulty.into(),
-    };
-    // every rollout fits the model's context (else it fails mid-run on every delivery)
-    let budgets: Vec<(Mode, usize)> = cfg.modes.iter().map(|&m| (m, cfg.shaping.for_mode(m).max_len)).collect();
-    let draws = cfg.steps * cfg.prompts_per_step as u64 * (1 + cfg.max_refill_rounds as u64);
-    let lower = "the mode's default; leave the mode out of --modes";
-    crate::pipeline::validate::source_fits(tok.as_ref(), s.model.config.max_seq_len, &source, draws, &budgets, lower)
-        .map_err(|m| anyhow::anyhow!("grpo {}: {m}", a.domain))?;
-    let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
-    let bars = Bars::new(a.json);
-    let mut rollouts = LocalRollouts {
-        tok: tok.as_ref(),
-        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(datasets::safe_component(&cfg.stage)))?),
-        opts: Default::default(),
-        progress: &NoProgress,
-    };
-    let rep = run_grpo(
-        &mut s,
-        &cfg,
-        &source,
-        &mut rollouts,
-        "grpo",
-        reference.as_ref(),
-        &mut metrics,
-        &bars,
-        Some(&a.out.join("train")),
-    )?;
-    s.save(&a.out.join("train"))?;
-    write_outputs(&s.weights()?, &a.out, tok_from.as_deref())?;
-    let out = json!({"steps": rep.steps, "reward_first": rep.mean_reward_first, "reward_last": rep.mean_reward_last, "sampled_tokens": rep.sampled_tokens, "seconds": rep.seconds, "out": a.out});
-    if a.json {
-        print_json(&out);
-    } else {
-        eprintln!(
-            "grpo {}: {} steps, reward {:.3} → {:.3}, {} sampled tokens in {:.0}s; expert in {}",
-            a.domain,
-            rep.steps,
-            rep.mean_reward_first,
-            rep.mean_reward_last,
-            rep.sampled_tokens,
-            rep.seconds,
-            a.out.display()
-        );
-    }
-    Ok(())
-}
-
-pub fn eval(a: &EvalArgs) -> Result<()> {
-    let mode = Mode::from(a.mode);
-    let split = Split::from(a.split);
-    let tok = checkpoint_tokenizer(&a.checkpoint)?;
-    let engine = Engine::from_checkpoint(&a.checkpoint, EngineOptions::default())
-        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
-    let mut ts = Vec::new();
-    for d in tasks::match_domains(&a.domains)? {
-        ts.extend(tasks::sample_with(d.domain, split, a.seed, a.n, &a.difficulty.into())?);
-    }
-    let max_tokens = a.max_tokens.unwrap_or_else(|| rewards::shaping::LengthShaping::default().for_mode(mode).max_len);
-    let context = engine.config.max_seq_len;
-    crate::pipeline::validate::prompts_fit(tok.as_ref(), context, &ts, &[(mode, max_tokens)], "--max-tokens")
-        .map_err(|m| anyhow::anyhow!("eval {}: {m}", a.checkpoint.display()))?;
-    let bars = Bars::new(a.json);
-    let rep = rollout::evaluate(&engine, tok.as_ref(), &ts, mode, max_tokens, a.show, &bars)?;
-    if a.json {
-        print_json(&serde_json::to_value(&rep)?);
-    } else {
-        println!("{:<14} {:>8} {:>9}", "domain", "accuracy", "mean_len");
-        for (d, acc) in &rep.by_domain {
-            println!("{:<14} {:>8.3} {:>9.1}", d, acc, rep.mean_len[d]);
-        }
-        println!("{:<14} {:>8.3}   ({} prompts, {} mode, greedy)", "all", rep.accuracy, rep.n, rep.mode);
-        for e in &rep.examples {
-            println!("\n[{}] reward {} | {}\n  → {:?}", e.domain, e.reward, e.prompt, e.response);
-        }
-    }
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct OpdArgs {
-    /// Student checkpoint to distil into.
-    #[arg(long)]
-    pub student: PathBuf,
-    /// Teacher registry (TOML: [[teacher]] id, checkpoint, domains, weight).
-    #[arg(long)]
-    pub teachers: PathBuf,
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Built-in domains to sample prompts from (default: every domain some teacher teaches).
-    #[arg(long, conflicts_with = "prompts")]
-    pub domains: Option<String>,
-    /// A user prompt dataset (.parquet or .jsonl) instead of the built-in suite.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
-    pub steps: u64,
-    /// Prompts per step.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Student samples per prompt.
-    #[arg(long, default_value_t = 1)]
-    pub group: usize,
-    /// Share of prompts per reasoning mode, e.g. `non_think=0.3,think_high=0.7`.
-    #[arg(long, default_value = "non_think=0.3,think_high=0.7")]
-    pub mode_mix: String,
-    /// full (exact reverse KL over the vocabulary, V4) or sampled (single-token estimator).
-    #[arg(long, value_enum, default_value = "full")]
-    pub estimator: crate::choices::EstimatorArg,
-    /// Temperature of the KL.
-    #[arg(long, default_value_t = 1.0)]
-    pub kl_temperature: f32,
-    /// Sampling temperature of the student's rollouts.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 32)]
-    pub minibatch: usize,
-    /// Teachers held in memory at once.
-    #[arg(long, default_value_t = 1)]
-    pub resident: usize,
-    #[arg(long, default_value_t = 64)]
-    pub chunk_rows: usize,
-    #[arg(long, default_value_t = 4096)]
-    pub chunk_vocab: usize,
-    /// Difficulty of the built-in prompts: a level 1 (easy) .. 5, or a range like 1-2 whose
-    /// levels alternate over the prompts (default: each domain's own).
-    #[arg(long)]
-    pub difficulty: Option<Levels>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, default_value_t = 10)]
-    pub checkpoint_every: u64,
-    #[command(flatten)]
-    pub optim: OptimArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -724,118 +364,378 @@ pub fn parse_mode_mix(s: &str) -> Result<Vec<(Mode, f32)>> {
     Ok(out)
 }
 
-pub fn parse_estimator(s: &str) -> Result<trainer::kl::Estimator> {
-    match s {
-        "full" | "full_vocab" => Ok(trainer::kl::Estimator::FullVocab),
-        "sampled" => Ok(trainer::kl::Estimator::Sampled),
-        o => bail!("unknown --estimator `{o}` (full, sampled)"),
+#[derive(Args, Debug)]
+pub struct OpdArgs {
+    /// The student: the checkpoint distilled into (its tokenizer is the run's).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Teacher registry (TOML: [[teacher]] id, checkpoint, domains, weight).
+    #[arg(long)]
+    pub teachers: PathBuf,
+    /// Built-in domains to sample prompts from, of those some teacher teaches (default: all).
+    #[arg(long, default_value_t = OpdStage::default().domains)]
+    pub domains: String,
+    /// A user prompt dataset (.parquet or .jsonl) instead of the built-in suite.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = OpdStage::default().steps)]
+    pub steps: u64,
+    /// Prompts per step.
+    #[arg(long, default_value_t = OpdStage::default().prompts)]
+    pub prompts_per_step: usize,
+    /// Student samples per prompt.
+    #[arg(long, default_value_t = OpdStage::default().group)]
+    pub group: usize,
+    /// Share of prompts per reasoning mode, e.g. `non_think=0.3,think_high=0.7`.
+    #[arg(long, default_value = "non_think=0.3,think_high=0.7")]
+    pub mode_mix: String,
+    /// full (exact reverse KL over the vocabulary, V4) or sampled (single-token estimator).
+    #[arg(long, value_enum, default_value = "full")]
+    pub estimator: EstimatorArg,
+    /// Temperature of the KL.
+    #[arg(long, default_value_t = OpdStage::default().kl_temperature)]
+    pub kl_temperature: f32,
+    /// Sampling temperature of the student's rollouts.
+    #[arg(long, default_value_t = OpdStage::default().temperature)]
+    pub temperature: f32,
+    /// Sequences per optimizer update.
+    #[arg(long, default_value_t = OpdStage::default().minibatch)]
+    pub minibatch: usize,
+    /// Teachers held in memory at once.
+    #[arg(long, default_value_t = OpdStage::default().resident)]
+    pub resident: usize,
+    /// Rows per tile of the fused reverse KL.
+    #[arg(long, default_value_t = OpdStage::default().chunk_rows)]
+    pub chunk_rows: usize,
+    /// Vocabulary entries per tile of the fused reverse KL.
+    #[arg(long, default_value_t = OpdStage::default().chunk_vocab)]
+    pub chunk_vocab: usize,
+    /// A step checkpoint every this many optimizer steps (0 = none; kept until the stage ends).
+    #[arg(long, default_value_t = OpdStage::default().checkpoint_every)]
+    pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[command(flatten)]
+    pub run: WorkArgs,
+}
+
+impl OpdArgs {
+    /// The stage these flags describe.
+    pub fn stage(&self) -> Result<OpdStage> {
+        let d = OpdStage::default();
+        Ok(OpdStage {
+            teachers: self.teachers.to_string_lossy().into_owned(),
+            domains: self.domains.clone(),
+            mode_mix: parse_mode_mix(&self.mode_mix)?.into_iter().collect(),
+            steps: self.steps,
+            prompts: self.prompts_per_step,
+            group: self.group,
+            estimator: self.estimator.into(),
+            kl_temperature: self.kl_temperature,
+            temperature: self.temperature,
+            minibatch: self.minibatch,
+            resident: self.resident,
+            chunk_rows: self.chunk_rows,
+            chunk_vocab: self.chunk_vocab,
+            checkpoint_every: self.checkpoint_every,
+            optim: self.optim.over(&d.optim),
+        })
     }
 }
 
-/// Built-in domains taught by some teacher of the registry.
-pub fn covered_domains(reg: &teachers::Registry) -> String {
-    tasks::domains()
-        .iter()
-        .filter(|d| !reg.weights_for(d.domain).is_empty())
-        .map(|d| d.domain)
-        .collect::<Vec<_>>()
-        .join(",")
+/// A training verb's one-stage pipeline: its start, its stage and where it runs.
+struct OneStage<'a> {
+    /// `model.base` of the pipeline: a checkpoint directory or `preset:NAME`.
+    base: String,
+    stage: Stage,
+    run: &'a WorkArgs,
+    /// The run directory.
+    work: PathBuf,
+    /// The user prompt dataset (`data.prompts`).
+    prompts: Option<PathBuf>,
+}
+
+impl OneStage<'_> {
+    /// Run the stage through `pipeline::run` and return the run's state (the stage's
+    /// outcome is in `completed`).
+    fn run(self) -> Result<RunState> {
+        let state_file = self.work.join("state.json");
+        let started = state_file.exists() || self.work.join("checkpoints").exists();
+        if started && !self.run.resume {
+            bail!(
+                "{} already holds a run of this verb; add --resume to continue it, or choose another --out (or --work)",
+                self.work.display()
+            );
+        }
+        let cfg = PipelineConfig {
+            run: RunSection {
+                name: self.stage.kind().to_string(),
+                seed: self.run.seed,
+                queue: "embedded".into(),
+                runs_dir: self.work.parent().map(Path::to_path_buf).unwrap_or_default(),
+            },
+            model: ModelSection { base: self.base },
+            data: DataSection { prompts: self.prompts, difficulty: self.run.difficulty, ..Default::default() },
+            workers: WorkersSection { local: true, ..Default::default() },
+            stages: vec![self.stage],
+        };
+        let opts = RunOptions {
+            // a run stopped before its first stage completed has step checkpoints, no state yet
+            resume: self.run.resume && state_file.exists(),
+            json: self.run.json,
+            stop_after_steps: self.run.stop_after_steps,
+            run_dir: Some(self.work.clone()),
+            ..Default::default()
+        };
+        pipeline::run(cfg, &opts)?;
+        let text = std::fs::read_to_string(&state_file).with_context(|| format!("reading {}", state_file.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// The stage `key`'s model directory and report in `state`.
+fn outcome<'s>(state: &'s RunState, work: &Path, key: &str) -> Result<(PathBuf, &'s Value)> {
+    let o = state.completed.get(key).with_context(|| format!("the run has no result for stage {key}"))?;
+    let model = o.model.as_ref().with_context(|| format!("stage {key} wrote no model"))?;
+    Ok((work.join(model), &o.report))
+}
+
+/// Put the stage's model at `out`: the F32 checkpoint with its `rollout/` FP4 export and
+/// tokenizer files (hard links where possible), or the `official` FP8/FP4 layout.
+fn export_model(model: &Path, out: &Path, format: TrainFormat) -> Result<()> {
+    if model == out {
+        return Ok(());
+    }
+    match format {
+        TrainFormat::F32 => link_tree(model, out),
+        TrainFormat::Official => {
+            let w = checkpoint::load(model).with_context(|| format!("loading {}", model.display()))?;
+            checkpoint::save(&w, out, SaveFormat::Official, None)?;
+            crate::models::carry_tokenizer(Some(model), out)
+        }
+    }
+}
+
+/// The files of `from` (and its subdirectories) at the same places under `to`, replacing
+/// what is there: hard links, or copies across file systems.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            link_tree(&src, &dst)?;
+            continue;
+        }
+        if dst.exists() {
+            std::fs::remove_file(&dst).with_context(|| format!("replacing {}", dst.display()))?;
+        }
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The run directory of a verb: `--work`, else OUT (OUT.work for pretrain).
+fn work_dir(r: &WorkArgs, pretrain: bool) -> PathBuf {
+    match (&r.work, pretrain) {
+        (Some(w), _) => w.clone(),
+        (None, true) => {
+            let mut w = r.out.clone().into_os_string();
+            w.push(".work");
+            PathBuf::from(w)
+        }
+        (None, false) => r.out.clone(),
+    }
+}
+
+/// Print a verb's summary: the JSON object with --json, else `line` on stderr.
+fn report(r: &WorkArgs, summary: &Value, line: String) {
+    if r.json {
+        print_json(summary);
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+pub fn sft(a: &SftArgs, pretrain: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let format = a.format.unwrap_or(if pretrain { TrainFormat::Official } else { TrainFormat::F32 });
+    let work = work_dir(&a.run, pretrain);
+    let stage = a.stage(pretrain);
+    if let Some(d) = &a.data {
+        // bad data fails here, before a model is loaded, naming file, row and column
+        let n = datasets::sft_data::load_sft_dataset(d).with_context(|| format!("--data {}", d.display()))?.len();
+        eprintln!("SFT data: {n} conversations from {}", d.display());
+    }
+    let state =
+        OneStage { base: a.base.spec()?, stage: Stage::Sft(stage), run: &a.run, work: work.clone(), prompts: None }
+            .run()?;
+    let (model, rep) = outcome(&state, &work, "sft")?;
+    export_model(&model, &a.run.out, format)?;
+    let verb = if pretrain { "pretrain" } else { "sft" };
+    let mut out = json!({
+        "stage": verb, "steps": rep["steps"], "first_loss": rep["first_loss"], "final_loss": rep["final_loss"],
+        "tokens": rep["tokens"], "seconds": rep["seconds"], "wall_seconds": started.elapsed().as_secs_f64(),
+        "seed": a.run.seed, "format": format.as_str(), "out": a.run.out, "work": work,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "v4post_version": env!("CARGO_PKG_VERSION"),
+        "threads": rayon::current_num_threads(),
+    });
+    checkpoint::write_atomic(&a.run.out.join(format!("{verb}.json")), serde_json::to_string_pretty(&out)?.as_bytes())?;
+    if let Some(o) = out.as_object_mut() {
+        o.retain(|k, _| k != "command");
+    }
+    let line = format!(
+        "{verb}: {} steps, loss {} → {}, {} tokens in {:.0}s; weights ({}) in {}",
+        rep["steps"],
+        num(&rep["first_loss"]),
+        num(&rep["final_loss"]),
+        rep["tokens"],
+        rep["seconds"].as_f64().unwrap_or(0.0),
+        format.as_str(),
+        a.run.out.display()
+    );
+    report(&a.run, &out, line);
+    Ok(())
+}
+
+/// A report number with three decimals (`-` when absent).
+fn num(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"))
+}
+
+pub fn grpo(a: &GrpoArgs) -> Result<()> {
+    let work = work_dir(&a.run, false);
+    let stage = OneStage {
+        base: a.base.spec()?,
+        stage: Stage::Grpo(a.stage()),
+        run: &a.run,
+        work: work.clone(),
+        prompts: None,
+    };
+    let state = stage.run()?;
+    let (model, rep) = outcome(&state, &work, &format!("grpo/{}", a.domains))?;
+    export_model(&model, &a.run.out, TrainFormat::F32)?;
+    let out = json!({
+        "steps": rep["steps"], "reward_first": rep["mean_reward_first"], "reward_last": rep["mean_reward_last"],
+        "sampled_tokens": rep["sampled_tokens"], "seconds": rep["seconds"], "out": a.run.out,
+    });
+    let line = format!(
+        "grpo {}: {} steps, reward {} → {}, {} sampled tokens in {:.0}s; expert in {}",
+        a.domains,
+        rep["steps"],
+        num(&rep["mean_reward_first"]),
+        num(&rep["mean_reward_last"]),
+        rep["sampled_tokens"],
+        rep["seconds"].as_f64().unwrap_or(0.0),
+        a.run.out.display()
+    );
+    report(&a.run, &out, line);
+    Ok(())
 }
 
 pub fn opd(a: &OpdArgs) -> Result<()> {
-    let reg = teachers::Registry::load(&a.teachers)?;
-    let tok = checkpoint_tokenizer(&a.student)?;
-    let student = checkpoint::load(&a.student).with_context(|| format!("loading student {}", a.student.display()))?;
-    reg.validate_against(Some(&a.student), &student.config)?;
-    let source = match (&a.prompts, &a.domains) {
-        (Some(p), _) => PromptSource::File(p.clone()),
-        (None, d) => {
-            let domains = match d {
-                Some(d) => d.clone(),
-                None => covered_domains(&reg),
-            };
-            if domains.is_empty() {
-                bail!(
-                    "no built-in domain is taught by any teacher in {}; give --domains or --prompts",
-                    a.teachers.display()
-                );
-            }
-            let names: Vec<&str> = tasks::match_domains(&domains)?.iter().map(|d| d.domain).collect();
-            reg.check_covers(names)?;
-            PromptSource::Builtin { domains, split: Split::Train, seed: a.seed, difficulty: a.difficulty.into() }
-        }
-    };
-    let cfg = trainer::opd::OpdConfig {
-        steps: a.steps,
-        prompts_per_step: a.batch,
-        group_size: a.group,
-        temperature: a.temperature,
-        kl_temperature: a.kl_temperature,
-        mode_mix: parse_mode_mix(&a.mode_mix)?,
-        estimator: parse_estimator(a.estimator.as_str())?,
-        minibatch: a.minibatch,
-        chunk_rows: a.chunk_rows,
-        chunk_vocab: a.chunk_vocab,
-        checkpoint_every: a.checkpoint_every,
-        ..Default::default()
-    };
-    let budgets: Vec<(Mode, usize)> = cfg
-        .mode_mix
+    let work = work_dir(&a.run, false);
+    let base = a.base.to_string_lossy().into_owned();
+    let stage =
+        OneStage { base, stage: Stage::Opd(a.stage()?), run: &a.run, work: work.clone(), prompts: a.data.clone() };
+    let state = stage.run()?;
+    let (model, rep) = outcome(&state, &work, "opd")?;
+    export_model(&model, &a.run.out, TrainFormat::F32)?;
+    let out = json!({
+        "steps": rep["steps"], "kl_first": rep["kl_first"], "kl_last": rep["kl_last"],
+        "sampled_tokens": rep["sampled_tokens"], "seconds": rep["seconds"], "out": a.run.out,
+    });
+    let line = format!(
+        "opd: {} steps, reverse KL {} → {}, {} sampled tokens in {:.0}s; student in {}",
+        rep["steps"],
+        num(&rep["kl_first"]),
+        num(&rep["kl_last"]),
+        rep["sampled_tokens"],
+        rep["seconds"].as_f64().unwrap_or(0.0),
+        a.run.out.display()
+    );
+    report(&a.run, &out, line);
+    Ok(())
+}
+
+pub fn eval(a: &EvalArgs) -> Result<()> {
+    let split = Split::from(a.split);
+    let tok = checkpoint_tokenizer(&a.checkpoint)?;
+    let engine = Engine::from_checkpoint(&a.checkpoint, EngineOptions::default())
+        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
+    let mut ts = Vec::new();
+    for d in tasks::match_domains(&a.domains)? {
+        ts.extend(tasks::sample_with(d.domain, split, a.seed, a.n, &a.difficulty.into())?);
+    }
+    let shaping = rewards::shaping::LengthShaping::default();
+    let budgets: Vec<(Mode, usize)> = a
+        .modes
         .iter()
-        .filter(|(_, w)| *w > 0.0)
-        .filter_map(|(m, _)| cfg.max_tokens.iter().find(|(b, _)| b == m).copied())
+        .map(|&m| Mode::from(m))
+        .map(|m| (m, a.max_tokens.unwrap_or_else(|| shaping.for_mode(m).max_len)))
         .collect();
-    let lower = "the mode's default; give the mode no share in --mode-mix";
-    let (context, draws) = (student.config.max_seq_len, cfg.steps * cfg.prompts_per_step as u64);
-    crate::pipeline::validate::source_fits(tok.as_ref(), context, &source, draws, &budgets, lower)
-        .map_err(|m| anyhow::anyhow!("opd: {m}"))?;
-    let base = BaseArgs { base: Some(a.student.clone()), preset: None };
-    let run_tok = (tok.as_ref(), Some(a.student.as_path()));
-    let mut s = open_session(&base, &a.out, a.resume, a.seed, a.optim.config(), run_tok)?;
-    s.tokenizer_from = Some(a.student.clone());
+    let context = engine.config.max_seq_len;
+    crate::pipeline::validate::prompts_fit(tok.as_ref(), context, &ts, &budgets, "--max-tokens")
+        .map_err(|m| anyhow::anyhow!("eval {}: {m}", a.checkpoint.display()))?;
     let bars = Bars::new(a.json);
-    eprintln!("distilling {} teachers ({} resident at a time) onto {}", reg.len(), a.resident, a.student.display());
-    let mut metrics = MetricsWriter::new(&a.out.join("metrics"), &cfg.stage)?;
-    let mut rollouts = LocalRollouts {
-        tok: tok.as_ref(),
-        store: Some(TrajectoryStore::open(&a.out.join("trajectories").join(datasets::safe_component(&cfg.stage)))?),
-        opts: Default::default(),
-        progress: &NoProgress,
-    };
-    let mut local = trainer::opd::LocalTeachers {
-        pool: teachers::TeacherPool::new(reg.clone(), a.resident),
-        store: Some(datasets::store::TeacherStateStore::open(
-            &a.out.join("teacher_states").join(datasets::safe_component(&cfg.stage)),
-        )?),
-    };
-    let rep = trainer::opd::run_opd(
-        &mut s,
-        &cfg,
-        &source,
-        &mut rollouts,
-        &mut local,
-        &reg,
-        "opd",
-        &mut metrics,
-        &bars,
-        Some(&a.out.join("train")),
-    )?;
-    s.save(&a.out.join("train"))?;
-    write_outputs(&s.weights()?, &a.out, Some(a.student.as_path()))?;
-    let out = json!({"steps": rep.steps, "kl_first": rep.kl_first, "kl_last": rep.kl_last, "sampled_tokens": rep.sampled_tokens, "teacher_loads": local.pool.loads, "seconds": rep.seconds, "out": a.out});
-    if a.json {
-        print_json(&out);
-    } else {
-        eprintln!(
-            "opd: {} steps, reverse KL {:.4} → {:.4}, {} sampled tokens, {} teacher loads in {:.0}s; student in {}",
-            rep.steps,
-            rep.kl_first,
-            rep.kl_last,
-            rep.sampled_tokens,
-            local.pool.loads,
-            rep.seconds,
-            a.out.display()
-        );
+    for &(mode, max_tokens) in &budgets {
+        let rep = rollout::evaluate(&engine, tok.as_ref(), &ts, mode, max_tokens, a.show, &bars)?;
+        if a.json {
+            // one line per mode (JSON Lines)
+            crate::ui::print_stdout(&serde_json::to_string(&rep)?);
+            continue;
+        }
+        println!("{:<14} {:>8} {:>9}", "domain", "accuracy", "mean_len");
+        for (d, acc) in &rep.by_domain {
+            println!("{:<14} {:>8.3} {:>9.1}", d, acc, rep.mean_len[d]);
+        }
+        println!("{:<14} {:>8.3}   ({} prompts, {} mode, greedy)", "all", rep.accuracy, rep.n, rep.mode);
+        for e in &rep.examples {
+            println!("\n[{}] reward {} | {}\n  → {:?}", e.domain, e.reward, e.prompt, e.response);
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use crate::pipeline::config::{GrpoStage, OpdStage, SftStage};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from([&["v4post"], args].concat()).unwrap().command
+    }
+
+    /// One set of defaults: a verb given only what it requires describes the stage a pipeline
+    /// file's `[[stage]]` of the same kind gets with no keys.
+    #[test]
+    fn verb_defaults_are_the_stage_defaults() {
+        let Command::Sft(a) = parse(&["sft", "--preset", "tiny", "--out", "o"]) else { unreachable!() };
+        assert_eq!(a.stage(false), SftStage::default());
+        let Command::Grpo(a) = parse(&["grpo", "--preset", "tiny", "--domains", "math.add", "--out", "o"]) else {
+            unreachable!()
+        };
+        assert_eq!(a.stage(), GrpoStage { experts: vec!["math.add".into()], ..Default::default() });
+        let Command::Opd(a) = parse(&["opd", "--base", "s", "--teachers", "t.toml", "--out", "o"]) else {
+            unreachable!()
+        };
+        assert_eq!(a.stage().unwrap(), OpdStage { teachers: "t.toml".into(), ..Default::default() });
+    }
+
+    #[test]
+    fn flags_reach_the_stage() {
+        let Command::Sft(a) =
+            parse(&["sft", "--preset", "tiny", "--out", "o", "--accum", "4", "--lr-muon", "0.5", "--mix", "math.*=2"])
+        else {
+            unreachable!()
+        };
+        let s = a.stage(true);
+        assert_eq!((s.accum, s.optim.lr_muon, s.mix, s.train_on_prompt), (4, 0.5, vec!["math.*=2".to_string()], true));
+        assert_eq!(s.optim.lr_adamw, SftStage::default().optim.lr_adamw);
+    }
 }

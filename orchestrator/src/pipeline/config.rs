@@ -9,6 +9,10 @@ use datasets::tasks::{Difficulty, Levels};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use trainer::grpo::GrpoVariant;
+use trainer::kl::Estimator;
+use trainer::opd::OpdConfig;
+use trainer::optim::OptimConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,8 +119,23 @@ pub struct Optim {
 }
 
 impl Default for Optim {
+    /// The trainer's own defaults ([`OptimConfig::default`]).
     fn default() -> Self {
-        Optim { lr_muon: 0.02, lr_adamw: 3e-3, clip: 1.0, weight_decay: 0.1 }
+        let c = OptimConfig::default();
+        Optim { lr_muon: c.muon_lr, lr_adamw: c.adamw_lr, clip: c.clip_norm, weight_decay: c.muon_weight_decay }
+    }
+}
+
+impl Optim {
+    /// The trainer's optimizer settings with these four overridden.
+    pub fn config(&self) -> OptimConfig {
+        OptimConfig {
+            muon_lr: self.lr_muon,
+            adamw_lr: self.lr_adamw,
+            clip_norm: self.clip,
+            muon_weight_decay: self.weight_decay,
+            ..Default::default()
+        }
     }
 }
 
@@ -152,9 +171,21 @@ pub struct SftStage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<std::path::PathBuf>,
     pub steps: u64,
+    /// Packed sequences per micro-batch.
     pub batch: usize,
+    /// Packed sequence length; longer examples are skipped with a warning.
     pub max_len: usize,
     pub modes: Vec<Mode>,
+    /// Mixture weights `PATTERN=W` of the built-in suite (a matching domain appears W times
+    /// per cycle of the mixture instead of once).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix: Vec<String>,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    pub accum: usize,
+    /// Train on the prompt tokens too (pre-training); otherwise on the assistant turns only.
+    pub train_on_prompt: bool,
+    /// A step checkpoint every this many optimizer steps (kept until the stage completes).
+    pub checkpoint_every: u64,
     pub optim: Optim,
 }
 
@@ -165,9 +196,13 @@ impl Default for SftStage {
             data: None,
             steps: 40,
             batch: 8,
-            // fits every built-in Non-think / Think High example (test below)
-            max_len: 512,
-            modes: vec![Mode::NonThink, Mode::ThinkHigh],
+            // the trainer's (and `v4post sft`'s): fits every built-in example in every mode
+            max_len: trainer::sft::DEFAULT_MAX_LEN,
+            modes: Mode::ALL.to_vec(),
+            mix: Vec::new(),
+            accum: 1,
+            train_on_prompt: false,
+            checkpoint_every: 1,
             optim: Optim { lr_muon: 0.01, lr_adamw: 2e-3, ..Default::default() },
         }
     }
@@ -182,9 +217,18 @@ pub struct GrpoStage {
     pub prompts: usize,
     pub group: usize,
     pub modes: Vec<Mode>,
-    /// v32, grpo, dapo or dr-grpo.
-    pub variant: String,
+    /// v32, grpo, dapo or dr-grpo ([`GrpoVariant`]).
+    pub variant: GrpoVariant,
     pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = no top-k truncation.
+    pub top_k: usize,
+    /// KL coefficient to the frozen start weights (default: the variant's; > 0 with a
+    /// variant without KL switches on the k3-IS estimator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f32>,
+    /// Expert routing of the training forward: keep (replay the sampler's ids) or free.
+    pub routing: Routing,
     pub epochs: usize,
     pub minibatch: usize,
     /// Domain SFT steps before GRPO (the V4 experts are SFT then GRPO).
@@ -194,6 +238,8 @@ pub struct GrpoStage {
     /// policy nearly solves, every round costs up to a full step of rollouts.
     pub refill_rounds: usize,
     pub optim: Optim,
+    /// A step checkpoint every this many optimizer steps (kept until the stage completes).
+    pub checkpoint_every: u64,
     /// Anticipatory Routing (`[stage.anticipatory]`: trigger = "off" | "spike" | "always",
     /// dt, hold_steps, release_on_recovery, detector = { signal, window, min_history, k,
     /// min_rise }); off by default.
@@ -208,13 +254,18 @@ impl Default for GrpoStage {
             prompts: 8,
             group: 8,
             modes: vec![Mode::NonThink, Mode::ThinkHigh],
-            variant: "v32".into(),
+            variant: GrpoVariant::V32,
             temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            beta: None,
+            routing: Routing::Keep,
             epochs: 1,
             minibatch: 32,
             sft_steps: 0,
             refill_rounds: 2,
             optim: Optim { lr_muon: 0.01, lr_adamw: 1e-3, ..Default::default() },
+            checkpoint_every: 1,
             anticipatory: Default::default(),
         }
     }
@@ -225,17 +276,25 @@ impl Default for GrpoStage {
 pub struct OpdStage {
     /// `all` (every expert of the grpo stage) or a path to a teachers.toml.
     pub teachers: String,
-    pub mode_mix: BTreeMap<String, f32>,
+    /// Domains of the prompts (a pattern), of those some teacher teaches; `*` = all of them.
+    pub domains: String,
+    /// Share of prompts per reasoning mode.
+    pub mode_mix: BTreeMap<Mode, f32>,
     pub steps: u64,
     pub prompts: usize,
     pub group: usize,
-    /// full or sampled.
-    pub estimator: String,
+    /// full or sampled ([`Estimator`]).
+    pub estimator: Estimator,
     pub kl_temperature: f32,
     pub temperature: f32,
     pub minibatch: usize,
     /// Teachers held in memory at once.
     pub resident: usize,
+    /// Tile of the fused reverse KL: rows × vocabulary entries.
+    pub chunk_rows: usize,
+    pub chunk_vocab: usize,
+    /// A step checkpoint every this many optimizer steps (kept until the stage completes).
+    pub checkpoint_every: u64,
     pub optim: Optim,
 }
 
@@ -243,16 +302,40 @@ impl Default for OpdStage {
     fn default() -> Self {
         OpdStage {
             teachers: "all".into(),
-            mode_mix: [("non_think".to_string(), 0.3), ("think_high".to_string(), 0.7)].into_iter().collect(),
+            domains: "*".into(),
+            mode_mix: [(Mode::NonThink, 0.3), (Mode::ThinkHigh, 0.7)].into_iter().collect(),
             steps: 20,
             prompts: 26,
             group: 1,
-            estimator: "full".into(),
+            estimator: Estimator::FullVocab,
             kl_temperature: 1.0,
             temperature: 1.0,
             minibatch: 32,
             resident: 1,
+            chunk_rows: OpdConfig::default().chunk_rows,
+            chunk_vocab: OpdConfig::default().chunk_vocab,
+            checkpoint_every: 1,
             optim: Optim { lr_muon: 0.01, lr_adamw: 1e-3, ..Default::default() },
+        }
+    }
+}
+
+/// Where the training forward's expert routing comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Replay the sampler's expert ids (Keep Routing).
+    #[default]
+    Keep,
+    /// Recomputed by the training forward.
+    Free,
+}
+
+impl From<Routing> for trainer::grpo::RoutingMode {
+    fn from(r: Routing) -> Self {
+        match r {
+            Routing::Keep => trainer::grpo::RoutingMode::Keep,
+            Routing::Free => trainer::grpo::RoutingMode::Free,
         }
     }
 }
@@ -390,7 +473,15 @@ impl PipelineConfig {
             // trained; at Muon 0.01 the general SFT stage lowered an earlier base (Non-think
             // 0.311 → 0.237 in a full demo run), at 0.003 the SFT model is above the base.
             stages: vec![
-                Stage::Sft(SftStage { steps: 30, optim: lr(0.003, 6e-4), ..Default::default() }),
+                // Non-think and Think High only (Think Max has its own stage); 512 tokens fit
+                // every built-in example of those modes (test below)
+                Stage::Sft(SftStage {
+                    steps: 30,
+                    max_len: super::EXPERT_SFT_MAX_LEN,
+                    modes: vec![Mode::NonThink, Mode::ThinkHigh],
+                    optim: lr(0.003, 6e-4),
+                    ..Default::default()
+                }),
                 // the V4 experts: domain SFT, then GRPO with verifiable rewards
                 // (groups of 6 and no refill rounds: with refills, the nearly-solved agent
                 // domains spent ~3 rounds of rollouts per step, 423 s of a 1773 s run, on

@@ -34,6 +34,7 @@ pub mod results;
 pub mod validate;
 pub mod workers;
 
+use crate::models::Start;
 use crate::queue::{self, QueueConfig};
 use crate::ui::Bars;
 use anyhow::{bail, Context, Result};
@@ -43,18 +44,18 @@ use datasets::prompts::PromptSource;
 use datasets::safe_component;
 use datasets::store::MetricsWriter;
 use datasets::tasks::{self, fnv1a, Split};
-use datasets::tokenizer::{self as tokenizer, ByteTokenizer, Tokenizer};
-use model::checkpoint::{self, SaveFormat};
+use datasets::tokenizer::{self as tokenizer, Tokenizer};
+use model::checkpoint;
 use model::train::TrainOptions;
-use model::{Config, ModelWeights};
+use model::ModelWeights;
 use remote::{QueueRollouts, QueueTeachers, Remote};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trainer::optim::OptimConfig;
 use trainer::Session;
+use trainer::TrainIo;
 use workers::{LocalWorkers, WorkerKind};
 
 /// Packed length of the experts' domain SFT: the longest built-in Non-think / Think High
@@ -95,6 +96,8 @@ pub struct RunOptions {
     pub queue: Option<String>,
     /// Stop after this many optimizer steps in total (crash/resume tests).
     pub stop_after_steps: Option<u64>,
+    /// The run directory instead of `runs_dir/<name>` (a training verb's `--out`/`--work`).
+    pub run_dir: Option<PathBuf>,
 }
 
 struct Ctx {
@@ -146,13 +149,7 @@ impl Ctx {
     /// A session for stage `key`: resumed from its latest step checkpoint, or fresh from `start`.
     fn session(&self, key: &str, start: &ModelWeights, optim: &Optim) -> Result<Session> {
         let root = self.ckpt_root(key);
-        let oc = OptimConfig {
-            muon_lr: optim.lr_muon,
-            adamw_lr: optim.lr_adamw,
-            clip_norm: optim.clip,
-            muon_weight_decay: optim.weight_decay,
-            ..Default::default()
-        };
+        let oc = optim.config();
         let mut s = match Session::latest(&root) {
             Some(latest) => {
                 tracing::info!(stage = key, "resuming from {}", latest.display());
@@ -182,10 +179,7 @@ impl Ctx {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
-        checkpoint::save(w, &tmp, SaveFormat::F32, None)?;
-        checkpoint::save(w, &tmp.join("rollout"), SaveFormat::Rollout, None)?;
-        crate::commands::train_cmd::carry_tokenizer(Some(self.dir.as_path()), &tmp)?;
-        crate::commands::train_cmd::carry_tokenizer(Some(self.dir.as_path()), &tmp.join("rollout"))?;
+        crate::models::write_outputs(w, &tmp, Some(self.dir.as_path()))?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
@@ -252,35 +246,13 @@ fn model_dir_name(key: &str) -> String {
     }
 }
 
-/// Load the base model (`preset:NAME` = random weights of a preset).
-pub fn load_base(spec: &str, seed: u64) -> Result<ModelWeights> {
-    if let Some(p) = spec.strip_prefix("preset:") {
-        return Ok(ModelWeights::random(&Config::preset(p)?, seed)?);
-    }
-    checkpoint::load(Path::new(spec)).with_context(|| format!("loading the base model {spec}"))
-}
-
-/// The tokenizer of the base and its checkpoint folder: `preset:NAME` has the byte
-/// tokenizer (no folder), a checkpoint its own (checked against its `vocab_size`).
-pub fn base_tokenizer(spec: &str) -> Result<(Box<dyn Tokenizer>, Option<PathBuf>)> {
-    if let Some(p) = spec.strip_prefix("preset:") {
-        let tok: Box<dyn Tokenizer> = Box::new(ByteTokenizer);
-        tokenizer::check_vocab_fits(tok.as_ref(), Config::preset(p)?.vocab_size, None)?;
-        return Ok((tok, None));
-    }
-    let dir = PathBuf::from(spec);
-    let tok = crate::commands::train_cmd::checkpoint_tokenizer(&dir)
-        .with_context(|| format!("the tokenizer of the base model {spec}"))?;
-    Ok((tok, Some(dir)))
-}
-
 /// Put the base's tokenizer files into the run directory (the source every model of the run
 /// copies them from). A resumed run must have been started with the same tokenizer.
 fn install_tokenizer(dir: &Path, tok: &dyn Tokenizer, from: Option<&Path>, resume: bool) -> Result<()> {
     if resume {
         tokenizer::check_resume_tokenizer(dir, tok, from)?;
     }
-    crate::commands::train_cmd::carry_tokenizer(from, dir)
+    crate::models::carry_tokenizer(from, dir)
 }
 
 /// Run (or resume) a pipeline; returns the results written to `results.json`. The whole
@@ -291,10 +263,11 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
         validate::check_queue(q).map_err(|m| anyhow::anyhow!("--queue: {m}"))?;
     }
     validate::preflight(&cfg)?;
-    let dir = cfg.run_dir();
+    let dir = opts.run_dir.clone().unwrap_or_else(|| cfg.run_dir());
     let state = read_state(&dir, opts.resume)?;
-    let (tok, tok_from) = base_tokenizer(&cfg.model.base)?;
-    let base = load_base(&cfg.model.base, cfg.run.seed)?;
+    let start = Start::parse(&cfg.model.base);
+    let (tok, tok_from) = start.tokenizer()?;
+    let base = start.weights(cfg.run.seed)?;
     let queue_url = opts.queue.clone().unwrap_or_else(|| cfg.run.queue.clone());
     let qcfg = QueueConfig {
         visibility_timeout: Duration::from_secs_f64(cfg.workers.visibility_timeout_s.max(0.1)),
@@ -428,67 +401,101 @@ fn stage_sft(ctx: &mut Ctx, s: &config::SftStage, start: &ModelWeights) -> Resul
     if let Some(w) = load_done(ctx, "sft")? {
         return Ok(w);
     }
-    let data = s.data.as_deref();
-    let w = run_sft_steps(ctx, "sft", start, &s.domains, s.steps, s.batch, s.max_len, &s.modes, &s.optim, data)?;
+    let (w, rep) = run_sft_steps(ctx, "sft", start, s)?;
     let dir = ctx.write_model("sft", &w)?;
-    ctx.complete("sft", Some(dir), serde_json::json!({"steps": s.steps}))?;
+    ctx.complete("sft", Some(dir), serde_json::to_value(&rep)?)?;
     Ok(w)
+}
+
+/// The SFT part of an expert or Think Max stage: `steps` steps on `domains` in `modes`, packed
+/// to `max_len`, with the stage's optimizer settings.
+fn sft_phase(domains: &str, steps: u64, max_len: usize, modes: &[Mode], optim: &Optim) -> config::SftStage {
+    config::SftStage {
+        domains: domains.to_string(),
+        steps,
+        batch: 8,
+        max_len,
+        modes: modes.to_vec(),
+        optim: optim.clone(),
+        ..Default::default()
+    }
 }
 
 fn run_sft_steps(
     ctx: &mut Ctx,
     key: &str,
     start: &ModelWeights,
-    domains: &str,
-    steps: u64,
-    batch: usize,
-    max_len: usize,
-    modes: &[Mode],
-    optim: &Optim,
-    data: Option<&std::path::Path>,
-) -> Result<ModelWeights> {
-    let mut s = ctx.session(key, start, optim)?;
-    let cfg = trainer::sft::SftConfig {
-        data: data.map(std::path::Path::to_path_buf),
-        steps,
-        batch,
-        max_len,
-        modes: modes.to_vec(),
-        domains: domains.to_string(),
+    s: &config::SftStage,
+) -> Result<(ModelWeights, trainer::sft::SftReport)> {
+    let mut session = ctx.session(key, start, &s.optim)?;
+    let mut cfg = trainer::sft::SftConfig {
+        data: s.data.clone(),
+        steps: s.steps,
+        batch: s.batch,
+        max_len: s.max_len,
+        grad_accum: s.accum,
+        modes: s.modes.clone(),
+        domains: s.domains.clone(),
+        mix: trainer_mix(&s.mix)?,
         difficulty: ctx.difficulty.clone(),
-        checkpoint_every: 1,
+        train_on_prompt: s.train_on_prompt,
+        checkpoint_every: s.checkpoint_every,
         stage: key.to_string(),
-        warmup: (steps / 10).max(1),
+        warmup: (s.steps / 10).max(1),
         ..Default::default()
     };
     let mut m = ctx.metrics(key)?;
-    let before = s.counters.step;
-    let limit = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process));
-    let cfg = match limit {
-        Some(l) if before + l < steps => trainer::sft::SftConfig { stop_at: Some(before + l), ..cfg },
-        _ => cfg,
-    };
-    trainer::sft::run_sft(&mut s, &cfg, ctx.tok.as_ref(), &mut m, &ctx.bars, Some(&ctx.ckpt_root(key)))?;
-    s.save(&ctx.ckpt_root(key))?;
-    ctx.count_steps(s.counters.step - before)?;
-    Ok(s.weights()?)
+    let before = session.counters.step;
+    if let Some(l) = ctx.stop_after.map(|l| l.saturating_sub(ctx.steps_this_process)) {
+        if before + l < s.steps {
+            cfg.stop_at = Some(before + l);
+        }
+    }
+    let root = ctx.ckpt_root(key);
+    let mut io = TrainIo::new(&ctx.cfg.run.name, &mut m, &ctx.bars, Some(&root));
+    let rep = trainer::sft::run_sft(&mut session, &cfg, ctx.tok.as_ref(), &mut io)?;
+    session.save(&root)?;
+    ctx.count_steps(session.counters.step - before)?;
+    Ok((session.weights()?, rep))
 }
 
-fn grpo_config(ctx: &Ctx, g: &config::GrpoStage, stage: &str) -> Result<trainer::grpo::GrpoConfig> {
-    let mut c = crate::commands::train_cmd::variant_config(&g.variant)?;
+/// `PATTERN=W` mixture weights of an SFT stage.
+pub fn trainer_mix(v: &[String]) -> Result<Vec<(String, u32)>> {
+    v.iter()
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            let (p, w) = x.split_once('=').with_context(|| format!("mix `{x}`: expected PATTERN=WEIGHT"))?;
+            let w: u32 =
+                w.trim().parse().with_context(|| format!("mix `{x}`: the weight must be a positive integer"))?;
+            Ok((p.trim().to_string(), w))
+        })
+        .collect()
+}
+
+/// The trainer's GRPO settings of a stage: the variant's, then the stage's fields.
+fn grpo_config(g: &config::GrpoStage, stage: &str) -> Result<trainer::grpo::GrpoConfig> {
+    let mut c = g.variant.config();
+    if let Some(b) = g.beta {
+        c.loss.beta = b;
+        if b > 0.0 && c.loss.kl == trainer::losses::KlKind::None {
+            c.loss.kl = trainer::losses::KlKind::K3Is;
+        }
+    }
     c.steps = g.steps;
     c.prompts_per_step = g.prompts;
     c.group_size = g.group;
     c.modes = g.modes.clone();
     c.temperature = g.temperature;
+    c.top_p = g.top_p;
+    c.top_k = g.top_k;
     c.epochs = g.epochs;
     c.minibatch = g.minibatch;
     c.max_refill_rounds = g.refill_rounds;
+    c.routing = g.routing.into();
     c.anticipatory = g.anticipatory.clone();
-    c.checkpoint_every = 1;
+    c.checkpoint_every = g.checkpoint_every;
     c.stage = stage.to_string();
-    c.rollout_batch = 64;
-    let _ = ctx;
+    c.routing_plan()?;
     Ok(c)
 }
 
@@ -509,7 +516,7 @@ fn run_grpo_steps(ctx: &mut Ctx, phase: GrpoPhase) -> Result<(ModelWeights, trai
     let GrpoPhase { key, start, optim, mut cfg, domains } = phase;
     let mut session = ctx.session(key, start, optim)?;
     // the reference is the phase's starting weights, also when resuming from a step checkpoint
-    let reference = crate::commands::train_cmd::reference_model(&cfg, start)
+    let reference = crate::models::reference_model(&cfg, start)
         .with_context(|| format!("{key}: the KL penalty (beta {}) needs a reference model", cfg.loss.beta))?;
     let before = session.counters.step;
     let full = cfg.steps;
@@ -527,11 +534,8 @@ fn run_grpo_steps(ctx: &mut Ctx, phase: GrpoPhase) -> Result<(ModelWeights, trai
         &cfg,
         &src,
         &mut rollouts,
-        &ctx.cfg.run.name,
         reference.as_ref(),
-        &mut m,
-        &ctx.bars,
-        Some(&ctx.ckpt_root(key)),
+        &mut TrainIo::new(&ctx.cfg.run.name, &mut m, &ctx.bars, Some(&ctx.ckpt_root(key))),
     )?;
     session.save(&ctx.ckpt_root(key))?;
     ctx.count_steps(session.counters.step - before)?;
@@ -556,18 +560,8 @@ fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Res
                     w = match load_done(ctx, &sk)? {
                         Some(w) => w,
                         None => {
-                            let w = run_sft_steps(
-                                ctx,
-                                &sk,
-                                start,
-                                e,
-                                g.sft_steps,
-                                8,
-                                EXPERT_SFT_MAX_LEN,
-                                &g.modes,
-                                &g.optim,
-                                None,
-                            )?;
+                            let phase = sft_phase(e, g.sft_steps, EXPERT_SFT_MAX_LEN, &g.modes, &g.optim);
+                            let (w, _) = run_sft_steps(ctx, &sk, start, &phase)?;
                             let d = ctx.write_model(&sk, &w)?;
                             ctx.complete(&sk, Some(d), serde_json::json!({}))?;
                             w
@@ -575,7 +569,7 @@ fn stage_grpo(ctx: &mut Ctx, g: &config::GrpoStage, start: &ModelWeights) -> Res
                     };
                 }
                 let stage = format!("grpo-{}", e.replace(['*', ','], "_"));
-                let cfg = grpo_config(ctx, g, &stage)?;
+                let cfg = grpo_config(g, &stage)?;
                 let phase = GrpoPhase { key: &key, start: &w, optim: &g.optim, cfg, domains: e };
                 let (w, rep) = run_grpo_steps(ctx, phase)?;
                 let d = ctx.write_model(&key, &w)?;
@@ -611,13 +605,12 @@ fn stage_opd(
     }
     // the student's tokenizer is the run's (its files are in the run directory)
     reg.validate_against(Some(ctx.dir.as_path()), &start.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut mix: Vec<(Mode, f32)> = Vec::new();
-    for (m, w) in &o.mode_mix {
-        mix.push((m.parse().map_err(anyhow::Error::msg)?, *w));
-    }
-    let domains: Vec<String> = ctx.domains()?.into_iter().filter(|d| !reg.weights_for(d).is_empty()).collect();
+    let mix: Vec<(Mode, f32)> = o.mode_mix.iter().map(|(&m, &w)| (m, w)).collect();
+    let wanted = |d: &str| tasks::domain_matches(&o.domains, d);
+    let domains: Vec<String> =
+        ctx.domains()?.into_iter().filter(|d| !reg.weights_for(d).is_empty() && wanted(d)).collect();
     if domains.is_empty() {
-        bail!("opd: no training domain has a teacher");
+        bail!("opd: no training domain matching `{}` has a teacher", o.domains);
     }
     let shaping = rewards::shaping::LengthShaping::default();
     let mut cfg = trainer::opd::OpdConfig {
@@ -628,9 +621,11 @@ fn stage_opd(
         kl_temperature: o.kl_temperature,
         mode_mix: mix,
         max_tokens: Mode::ALL.iter().map(|&m| (m, shaping.for_mode(m).max_len)).collect(),
-        estimator: crate::commands::train_cmd::parse_estimator(&o.estimator)?,
+        estimator: o.estimator,
         minibatch: o.minibatch,
-        checkpoint_every: 1,
+        chunk_rows: o.chunk_rows,
+        chunk_vocab: o.chunk_vocab,
+        checkpoint_every: o.checkpoint_every,
         stage: "opd".into(),
         ..Default::default()
     };
@@ -654,10 +649,7 @@ fn stage_opd(
         &mut rollouts,
         &mut teachers,
         reg,
-        &ctx.cfg.run.name,
-        &mut m,
-        &ctx.bars,
-        Some(&ctx.ckpt_root("opd")),
+        &mut TrainIo::new(&ctx.cfg.run.name, &mut m, &ctx.bars, Some(&ctx.ckpt_root("opd"))),
     )?;
     session.save(&ctx.ckpt_root("opd"))?;
     ctx.count_steps(session.counters.step - before)?;
@@ -680,7 +672,7 @@ fn stage_think_max(ctx: &mut Ctx, t: &config::ThinkMaxStage, start: &ModelWeight
         optim: t.optim.clone(),
         ..Default::default()
     };
-    let mut cfg = grpo_config(ctx, &g, "think_max")?;
+    let mut cfg = grpo_config(&g, "think_max")?;
     // the Think Max recipe: its own system prefix (the chat encoding of the mode), a reduced
     // length penalty and a larger budget
     cfg.shaping.think_max.max_len = t.max_tokens;
@@ -691,18 +683,8 @@ fn stage_think_max(ctx: &mut Ctx, t: &config::ThinkMaxStage, start: &ModelWeight
         from = match load_done(ctx, "think_max-sft")? {
             Some(w) => w,
             None => {
-                let w = run_sft_steps(
-                    ctx,
-                    "think_max-sft",
-                    start,
-                    &t.domains,
-                    t.sft_steps,
-                    8,
-                    THINK_MAX_SFT_MAX_LEN,
-                    &[Mode::ThinkMax],
-                    &t.optim,
-                    None,
-                )?;
+                let phase = sft_phase(&t.domains, t.sft_steps, THINK_MAX_SFT_MAX_LEN, &[Mode::ThinkMax], &t.optim);
+                let (w, _) = run_sft_steps(ctx, "think_max-sft", start, &phase)?;
                 let d = ctx.write_model("think_max-sft", &w)?;
                 ctx.complete("think_max-sft", Some(d), serde_json::json!({}))?;
                 w

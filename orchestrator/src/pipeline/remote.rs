@@ -157,7 +157,7 @@ impl QueueRollouts {
             }
             checkpoint::save(policy, &tmp, SaveFormat::Rollout, None)?;
             // the run's tokenizer goes with the policy (workers read it from there)
-            crate::commands::train_cmd::carry_tokenizer(Some(self.remote.run_dir.as_path()), &tmp)?;
+            crate::models::carry_tokenizer(Some(self.remote.run_dir.as_path()), &tmp)?;
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).ok();
             }
@@ -180,7 +180,7 @@ impl QueueRollouts {
     }
 }
 
-impl trainer::grpo::Rollouts for QueueRollouts {
+impl trainer::backends::Rollouts for QueueRollouts {
     fn sample(&mut self, job: &RolloutJob, policy: &ModelWeights) -> trainer::Result<Vec<Trajectory>> {
         self.sample_remote(job, policy).map_err(|e| trainer::TrainError::Input(format!("{e:#}")))
     }
@@ -351,7 +351,7 @@ impl QueueTeachers {
     }
 }
 
-impl trainer::opd::TeacherStates for QueueTeachers {
+impl trainer::backends::TeacherStates for QueueTeachers {
     fn states(
         &mut self,
         idx: usize,
@@ -381,7 +381,7 @@ mod tests {
     use super::*;
     use crate::pipeline::workers::{LocalWorkers, WorkerKind};
     use crate::queue::{self, QueueConfig};
-    use trainer::opd::TeacherStates;
+    use trainer::backends::TeacherStates;
 
     fn remote(queue: Arc<dyn Queue>, run_dir: &Path) -> Remote {
         Remote {

@@ -27,7 +27,6 @@ use super::config::{
     DataSection, EvalStage, GrpoStage, ModelSection, OpdStage, Optim, PipelineConfig, RunSection, SftStage, Stage,
     ThinkMaxStage, WorkersSection,
 };
-use crate::commands::train_cmd;
 use datasets::chat::Mode;
 use datasets::prompts::PromptSource;
 use datasets::tasks::{self, Difficulty, Levels, Split};
@@ -161,6 +160,16 @@ fn check_map<T: DeserializeOwned>(v: &Value) -> Checked {
     Ok(())
 }
 
+/// A map from reasoning modes (keys as [`Mode`] parses them) to numbers.
+fn check_mode_map(v: &Value) -> Checked {
+    let Value::Table(t) = v else { return Ok(()) };
+    for (k, x) in t {
+        k.parse::<Mode>().map_err(|e| FieldError::new(key_name(k), e))?;
+        x.clone().try_into::<f32>().map_err(|e| FieldError::new(key_name(k), e.message()))?;
+    }
+    Ok(())
+}
+
 /// A key as TOML writes it: bare, or quoted when it holds dots or spaces (`"code.loop"`).
 fn key_name(k: &str) -> String {
     if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
@@ -195,7 +204,7 @@ fn stage(i: usize, v: &Value) -> Result<Stage, FieldError> {
     let mut rest = t.clone();
     rest.remove("kind");
     let optim: Nested = ("optim", check_table::<Optim>);
-    let mode_mix: Nested = ("mode_mix", check_map::<f32>);
+    let mode_mix: Nested = ("mode_mix", check_mode_map);
     let anticipatory: Nested = ("anticipatory", check_table::<trainer::anticipatory::AnticipatoryConfig>);
     let parsed = match kind {
         "sft" => typed::<SftStage>(&rest, &[], &[optim]).map(Stage::Sft),
@@ -375,6 +384,11 @@ fn check_sft(s: &SftStage) -> Checked {
     }
     at_least("batch", s.batch, 1)?;
     at_least("max_len", s.max_len, 8)?;
+    at_least("accum", s.accum, 1)?;
+    let mix = super::trainer_mix(&s.mix).map_err(|e| FieldError::new("mix", format!("{e:#}")))?;
+    if s.data.is_none() {
+        trainer::sft::Mixture::new(&s.domains, &mix).map_err(|e| FieldError::new("mix", e.to_string()))?;
+    }
     modes("modes", &s.modes)?;
     check_optim(&s.optim)
 }
@@ -384,10 +398,6 @@ fn check_grpo(g: &GrpoStage, data: &DataSection) -> Checked {
     at_least("prompts", g.prompts, 1)?;
     at_least("group", g.group, 2)?;
     modes("modes", &g.modes)?;
-    if train_cmd::variant_config(&g.variant).is_err() {
-        let known = train_cmd::GRPO_VARIANTS.join(", ");
-        return Err(FieldError::new("variant", format!("unknown variant {:?} ({known})", g.variant)));
-    }
     non_negative("temperature", g.temperature)?;
     g.anticipatory.validate().map_err(|e| FieldError::new("anticipatory", e.to_string()))?;
     at_least("epochs", g.epochs, 1)?;
@@ -436,13 +446,12 @@ fn check_opd(o: &OpdStage) -> Checked {
     check_mode_mix(o).map_err(|e| e.under("mode_mix"))?;
     at_least("prompts", o.prompts, 1)?;
     at_least("group", o.group, 1)?;
-    if train_cmd::parse_estimator(&o.estimator).is_err() {
-        return Err(FieldError::new("estimator", format!("unknown estimator {:?} (full, sampled)", o.estimator)));
-    }
     positive("kl_temperature", o.kl_temperature)?;
     non_negative("temperature", o.temperature)?;
     at_least("minibatch", o.minibatch, 1)?;
     at_least("resident", o.resident, 1)?;
+    at_least("chunk_rows", o.chunk_rows, 1)?;
+    at_least("chunk_vocab", o.chunk_vocab, 1)?;
     check_optim(&o.optim)
 }
 
@@ -451,8 +460,7 @@ fn check_mode_mix(o: &OpdStage) -> Checked {
         return Err(FieldError::new("", "give each mode its share, e.g. { non_think = 0.3, think_high = 0.7 }"));
     }
     for (m, w) in &o.mode_mix {
-        m.parse::<Mode>().map_err(|e| FieldError::new(key_name(m), e))?;
-        non_negative(&key_name(m), *w)?;
+        non_negative(m.as_str(), *w)?;
     }
     if o.mode_mix.values().all(|w| *w == 0.0) {
         return Err(FieldError::new("", "no mode has a positive share"));
@@ -582,7 +590,9 @@ fn training_domains(x: &Inputs) -> std::borrow::Cow<'_, [String]> {
 pub fn preflight(c: &PipelineConfig) -> Checked {
     let model = base_config(&c.model.base).map_err(|m| FieldError::new("model.base", m))?;
     // the base's tokenizer (tokenizer.json, else bytes) loads and fits its vocab_size
-    let (tok, _) = super::base_tokenizer(&c.model.base).map_err(|e| FieldError::new("model.base", format!("{e:#}")))?;
+    let (tok, _) = crate::models::Start::parse(&c.model.base)
+        .tokenizer()
+        .map_err(|e| FieldError::new("model.base", format!("{e:#}")))?;
     let domains_of = |field: &str, p: &Option<std::path::PathBuf>| {
         p.as_deref().map(dataset_domains).transpose().map_err(|m| FieldError::new(field, m))
     };
@@ -850,7 +860,7 @@ fn stage_context(c: &PipelineConfig, s: &Stage, x: &Inputs, tok: &dyn Tokenizer)
             Ok(())
         }
         Stage::Opd(o) => {
-            let modes = o.mode_mix.iter().filter(|(_, w)| **w > 0.0).filter_map(|(m, _)| m.parse::<Mode>().ok());
+            let modes = o.mode_mix.iter().filter(|(_, w)| **w > 0.0).map(|(m, _)| *m);
             let budgets = default_budgets(modes);
             let pattern = opd_domains(c, o, x).map_err(|m| FieldError::new("teachers", m))?;
             let lower = "the mode's default; give the mode no share in `mode_mix`";
@@ -889,7 +899,12 @@ fn opd_domains(c: &PipelineConfig, o: &OpdStage, x: &Inputs) -> Result<String, S
     }
     let reg = teachers::Registry::load(Path::new(&o.teachers)).map_err(|e| e.to_string())?;
     let train = training_domains(x);
-    Ok(train.iter().filter(|d| !reg.weights_for(d).is_empty()).cloned().collect::<Vec<_>>().join(","))
+    let taught = train.iter().filter(|d| !reg.weights_for(d).is_empty() && tasks::domain_matches(&o.domains, d));
+    let domains: Vec<String> = taught.cloned().collect();
+    if domains.is_empty() {
+        return Err(format!("no training domain matching `{}` is taught by a teacher of {}", o.domains, o.teachers));
+    }
+    Ok(domains.join(","))
 }
 
 #[cfg(test)]
@@ -938,7 +953,7 @@ mod tests {
 
     #[test]
     fn every_listed_variant_is_accepted() {
-        for v in train_cmd::GRPO_VARIANTS {
+        for v in trainer::grpo::GrpoVariant::ALL {
             let c = parse(&format!("{HEAD}[[stage]]\nkind='grpo'\nvariant='{v}'")).unwrap();
             check(&c).unwrap();
         }

@@ -156,7 +156,7 @@ fn rollout_job(
     let (engine, tok) = match cache {
         Some(c) if c.dir == dir => (c.engine.clone(), c.tok.clone()),
         _ => {
-            let tok: Arc<dyn Tokenizer> = Arc::from(crate::commands::train_cmd::checkpoint_tokenizer(&dir)?);
+            let tok: Arc<dyn Tokenizer> = Arc::from(crate::models::checkpoint_tokenizer(&dir)?);
             let e = Engine::from_checkpoint(&dir, EngineOptions::default())
                 .with_context(|| format!("loading policy {}", dir.display()))?;
             let e = Arc::new(e);
