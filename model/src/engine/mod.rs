@@ -181,9 +181,9 @@ pub struct Engine {
     layers: Vec<Layer>,
 }
 
+/// RMS norm of one row in place, with the training op's scale ([`crate::train::fused::rms_scale`]).
 fn rms_norm(x: &mut [f32], weight: Option<&[f32]>, eps: f32) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ms + eps).sqrt();
+    let r: f32 = crate::train::fused::rms_scale(x, eps);
     match weight {
         Some(w) => x.iter_mut().zip(w).for_each(|(v, g)| *v = g * (*v * r)),
         None => x.iter_mut().for_each(|v| *v *= r),

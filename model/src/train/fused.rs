@@ -355,16 +355,22 @@ pub struct RmsNorm {
     pub eps: f32,
 }
 
+/// `1 / sqrt(mean(x²) + eps)` of one row: the scale of RMS norm, in the training op's forward
+/// and backward and in the decode engine (one definition, so both round alike).
+pub fn rms_scale<T: Float>(x: &[T], eps: f32) -> T {
+    let mut ss = T::zero();
+    for v in x {
+        ss = ss + *v * *v;
+    }
+    T::from_f32(1.0) / (ss / T::from_usize(x.len()) + T::from_f32(eps)).sqrt()
+}
+
 impl RmsNorm {
     fn fwd<T: Float>(&self, x: &[T], w: Option<&[T]>, d: usize) -> Vec<T> {
         let mut out = vec![T::zero(); x.len()];
         out.par_chunks_mut(d.max(1) * 64).zip(x.par_chunks(d.max(1) * 64)).for_each(|(o, xs)| {
             for (orow, xr) in o.chunks_mut(d).zip(xs.chunks(d)) {
-                let mut ss = T::zero();
-                for v in xr {
-                    ss = ss + *v * *v;
-                }
-                let r = T::from_f32(1.0) / (ss / T::from_usize(d) + T::from_f32(self.eps)).sqrt();
+                let r = rms_scale(xr, self.eps);
                 match w {
                     Some(w) => orow.iter_mut().zip(xr).zip(w).for_each(|((o, x), g)| *o = *g * (*x * r)),
                     None => orow.iter_mut().zip(xr).for_each(|(o, x)| *o = *x * r),
@@ -385,11 +391,7 @@ impl RmsNorm {
                 for r in r0..r1 {
                     let xr = &x[r * d..(r + 1) * d];
                     let gr = &g[r * d..(r + 1) * d];
-                    let mut ss = T::zero();
-                    for v in xr {
-                        ss = ss + *v * *v;
-                    }
-                    let rs = T::from_f32(1.0) / (ss / T::from_usize(d) + T::from_f32(self.eps)).sqrt();
+                    let rs = rms_scale(xr, self.eps);
                     // h = g ⊙ w; dx = r h − x r³ (x·h)/d
                     let mut xh = T::zero();
                     for i in 0..d {

@@ -69,6 +69,9 @@ pub struct WorkerArgs {
     /// Keep waiting for work after the run is marked finished.
     #[arg(long)]
     pub no_exit: bool,
+    /// Teachers a teacher worker keeps loaded at once (least recently used goes first).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resident: u64,
     /// Name of this consumer (default: host-pid).
     #[arg(long)]
     pub consumer: Option<String>,
@@ -188,6 +191,7 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
         stop: Arc::new(AtomicBool::new(false)),
         exit_when_finished: !a.no_exit,
         max_jobs: a.max_jobs,
+        resident_teachers: usize::try_from(a.resident).unwrap_or(usize::MAX),
     };
     let rep = run_worker(a.kind, q, &run_dir, &opts)?;
     if a.json {

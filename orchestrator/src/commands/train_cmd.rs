@@ -32,7 +32,8 @@ pub struct BaseArgs {
     /// without one (and for --preset) the built-in byte tokenizer is used.
     #[arg(long, conflicts_with = "preset")]
     pub base: Option<PathBuf>,
-    /// Start from random weights of a preset (tiny, small).
+    /// Start from random weights of a preset (tiny and small train here; flash and pro are
+    /// refused as too large).
     #[arg(long, value_parser = crate::choices::preset_parser())]
     pub preset: Option<String>,
 }

@@ -288,7 +288,8 @@ pub struct OpdStage {
     pub kl_temperature: f32,
     pub temperature: f32,
     pub minibatch: usize,
-    /// Teachers held in memory at once.
+    /// Teachers each teacher worker keeps loaded at once (the local workers of `embedded`;
+    /// remote ones take `v4post worker teacher --resident N`).
     pub resident: usize,
     /// Tile of the fused reverse KL: rows × vocabulary entries.
     pub chunk_rows: usize,

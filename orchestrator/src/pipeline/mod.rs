@@ -286,7 +286,9 @@ pub fn run(cfg: PipelineConfig, opts: &RunOptions) -> Result<serde_json::Value> 
         if cfg.workers.remote_scoring {
             kinds.push(WorkerKind::Reward);
         }
-        LocalWorkers::start(q.clone(), &dir, &kinds, cfg.workers.max_staleness)
+        // the OPD stages' `resident`: teachers a local teacher worker keeps loaded
+        let resident = cfg.stages.iter().filter_map(|s| if let Stage::Opd(o) = s { Some(o.resident) } else { None });
+        LocalWorkers::start(q.clone(), &dir, &kinds, cfg.workers.max_staleness, resident.max().unwrap_or(1))
     });
     let remote = Remote {
         queue: q.clone(),

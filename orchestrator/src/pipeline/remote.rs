@@ -412,7 +412,7 @@ mod tests {
             let q = queue::open(spec, &run, cfg).unwrap_or_else(|e| panic!("{spec}: {e} (Redis must be running)"));
             let dir = std::env::temp_dir().join(format!("{run}-{}", spec.len()));
             std::fs::create_dir_all(&dir).unwrap();
-            let workers = LocalWorkers::start(q.clone(), &dir, &[WorkerKind::Teacher], 0);
+            let workers = LocalWorkers::start(q.clone(), &dir, &[WorkerKind::Teacher], 0, 1);
             let registry = teachers::Registry {
                 teachers: vec![teachers::TeacherSpec {
                     id: "ghost".into(),
