@@ -19,6 +19,6 @@ pub mod states;
 
 pub use error::{Result, TeacherError};
 pub use head::{load_head, TeacherHead};
-pub use pool::{LoadedTeacher, TeacherPool};
+pub use pool::{LoadedTeacher, Resident, TeacherPool};
 pub use registry::{Registry, TeacherSpec};
 pub use states::teacher_states;

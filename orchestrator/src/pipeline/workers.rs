@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use teachers::Resident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,36 +49,6 @@ pub struct WorkerOptions {
     pub resident_teachers: usize,
 }
 
-/// The `capacity` most recently used values by key (loaded teachers of a teacher worker).
-struct Resident<T> {
-    capacity: usize,
-    /// Least recently used first.
-    entries: Vec<(String, T)>,
-}
-
-impl<T: Clone> Resident<T> {
-    fn new(capacity: usize) -> Self {
-        Resident { capacity: capacity.max(1), entries: Vec::new() }
-    }
-
-    /// The value of `key`, loading it with `load` (after dropping the least recently used
-    /// value when full) if it is not resident.
-    fn get(&mut self, key: &str, load: impl FnOnce() -> Result<T>) -> Result<T> {
-        if let Some(i) = self.entries.iter().position(|(k, _)| k == key) {
-            let e = self.entries.remove(i);
-            let v = e.1.clone();
-            self.entries.push(e);
-            return Ok(v);
-        }
-        while self.entries.len() >= self.capacity {
-            self.entries.remove(0);
-        }
-        let v = load()?;
-        self.entries.push((key.to_string(), v.clone()));
-        Ok(v)
-    }
-}
-
 /// What a worker did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct WorkerReport {
@@ -103,7 +74,7 @@ pub fn run_worker(
 ) -> Result<WorkerReport> {
     let mut report = WorkerReport::default();
     let mut policy: Option<PolicyCache> = None;
-    let mut teachers_loaded: Resident<Arc<teachers::LoadedTeacher>> = Resident::new(opts.resident_teachers);
+    let mut teachers_loaded: Resident<String, Arc<teachers::LoadedTeacher>> = Resident::new(opts.resident_teachers);
     let mut last_status = Instant::now() - Duration::from_secs(10);
     tracing::info!(kind = ?kind, consumer = %opts.consumer, queue = %queue.describe(), run = %run_dir.display(), "worker started");
     loop {
@@ -218,7 +189,11 @@ fn rollout_job(
     Ok(Outcome::Done(n))
 }
 
-fn teacher_job(d: &Delivery, run_dir: &Path, resident: &mut Resident<Arc<teachers::LoadedTeacher>>) -> Result<Outcome> {
+fn teacher_job(
+    d: &Delivery,
+    run_dir: &Path,
+    resident: &mut Resident<String, Arc<teachers::LoadedTeacher>>,
+) -> Result<Outcome> {
     let msg: TeacherMsg = serde_json::from_str(&d.payload).context("malformed teacher job")?;
     let states_dir = in_run(run_dir, &msg.states_store)?;
     let mut index = KeyIndex::new(&states_dir, &["traj_id", "teacher_id"]);
@@ -228,10 +203,10 @@ fn teacher_job(d: &Delivery, run_dir: &Path, resident: &mut Resident<Arc<teacher
     if todo.is_empty() {
         return Ok(Outcome::Done(0));
     }
-    let t = resident.get(&msg.teacher_id, || {
+    let t = resident.get(msg.teacher_id.clone(), || {
         let ck = run_dir.join(&msg.checkpoint);
         let t = teachers::LoadedTeacher::load(&msg.teacher_id, &ck, EngineOptions::default());
-        Ok(Arc::new(t.map_err(|e| anyhow!("{e}"))?))
+        t.map(Arc::new).map_err(|e| anyhow!("{e}"))
     })?;
     let filter = ReadFilter { stage: Some(msg.stage.clone()), steps: Some((msg.step, msg.step)), domain: None };
     let trajs: HashMap<String, datasets::store::Trajectory> = read_all(&in_run(run_dir, &msg.traj_store)?, &filter)?
@@ -325,31 +300,5 @@ mod tests {
         for bad in ["", "/etc", "trajectories/../../x", "..", "./x"] {
             assert!(in_run(run, Path::new(bad)).is_err(), "{bad}");
         }
-    }
-
-    /// At most `capacity` values stay loaded; a hit keeps its value and makes it the most
-    /// recently used, a miss drops the least recently used.
-    #[test]
-    fn resident_keeps_the_most_recently_used() {
-        use super::Resident;
-        let mut r: Resident<u32> = Resident::new(2);
-        let mut loads = 0;
-        let mut get = |r: &mut Resident<u32>, k: &str| {
-            r.get(k, || {
-                loads += 1;
-                Ok(loads)
-            })
-            .unwrap()
-        };
-        assert_eq!(get(&mut r, "a"), 1);
-        assert_eq!(get(&mut r, "b"), 2);
-        assert_eq!(get(&mut r, "a"), 1, "a hit is not reloaded");
-        assert_eq!(get(&mut r, "c"), 3, "b (least recently used) goes");
-        assert_eq!(get(&mut r, "a"), 1);
-        assert_eq!(get(&mut r, "b"), 4, "b was dropped");
-        let mut one: Resident<u32> = Resident::new(0);
-        assert_eq!(one.capacity, 1, "at least one is kept");
-        assert!(one.get("x", || Err(anyhow::anyhow!("no such teacher"))).is_err());
-        assert!(one.entries.is_empty(), "a failed load keeps nothing");
     }
 }
