@@ -443,8 +443,14 @@ impl PipelineConfig {
             fix(p);
         }
         for s in c.stages.iter_mut() {
-            if let Stage::Sft(SftStage { data: Some(p), .. }) = s {
-                fix(p);
+            match s {
+                Stage::Sft(SftStage { data: Some(p), .. }) => fix(p),
+                Stage::Opd(o) if o.teachers != "all" => {
+                    let mut p = PathBuf::from(&o.teachers);
+                    fix(&mut p);
+                    o.teachers = p.to_string_lossy().into_owned();
+                }
+                _ => {}
             }
         }
         Ok(c)
@@ -596,6 +602,23 @@ mod tests {
             let bad = examples_not_fitting(&cfg, 1, &datasets::ByteTokenizer).unwrap();
             assert!(bad.is_empty(), "{} stage skips {bad:?}", s.kind());
         }
+    }
+
+    /// Paths in a file are relative to the file: the base, the datasets and a teachers.toml.
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("conf");
+        std::fs::create_dir_all(&sub).unwrap();
+        let text = "[run]\nname='x'\n[model]\nbase='preset:tiny'\n[[stage]]\nkind='sft'\ndata='chat.jsonl'\n\
+                    [[stage]]\nkind='opd'\nteachers='t/teachers.toml'\n";
+        std::fs::write(sub.join("p.toml"), text).unwrap();
+        let c = PipelineConfig::load(&sub.join("p.toml")).unwrap();
+        let Stage::Sft(s) = &c.stages[0] else { panic!("{:?}", c.stages[0]) };
+        assert_eq!(s.data.as_deref(), Some(sub.join("chat.jsonl").as_path()));
+        let Stage::Opd(o) = &c.stages[1] else { panic!("{:?}", c.stages[1]) };
+        assert_eq!(Path::new(&o.teachers), sub.join("t/teachers.toml"));
+        assert_eq!(c.model.base, "preset:tiny");
     }
 
     #[test]
