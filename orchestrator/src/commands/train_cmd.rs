@@ -403,7 +403,7 @@ pub struct OpdArgs {
     /// Sequences per optimizer update.
     #[arg(long, default_value_t = OpdStage::default().minibatch)]
     pub minibatch: usize,
-    /// Teachers held in memory at once.
+    /// Teachers the teacher worker keeps loaded at once (least recently used goes first).
     #[arg(long, default_value_t = OpdStage::default().resident)]
     pub resident: usize,
     /// Rows per tile of the fused reverse KL.
