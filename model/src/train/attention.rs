@@ -10,6 +10,7 @@
 //! Backward (`dP_j = dO·k_j`, `D = Σ_j p_j dP_j`, `dS_j = p_j (dP_j − D)`):
 //! `dq = scale Σ_j dS_j k_j`, `dk_j += scale dS_j q + p_j dO`, `dsink_h = −p_sink D`.
 
+use super::ops::contiguous_slice;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -220,13 +221,6 @@ impl SparseAttention {
     }
 }
 
-fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("sparse-attention: inputs must be contiguous"),
-    }
-}
-
 impl CustomOp3 for SparseAttention {
     fn name(&self) -> &'static str {
         "v4-sparse-attention"
@@ -243,12 +237,22 @@ impl CustomOp3 for SparseAttention {
         self.check(l1, l2, l3)?;
         let shape = Shape::from((self.batch, self.seq, self.heads, self.head_dim));
         match (s1, s2, s3) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(s)) => {
-                Ok((CpuStorage::F32(self.forward(slice(q, l1)?, slice(k, l2)?, slice(s, l3)?)), shape))
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(s)) => {
-                Ok((CpuStorage::F64(self.forward(slice(q, l1)?, slice(k, l2)?, slice(s, l3)?)), shape))
-            }
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(s)) => Ok((
+                CpuStorage::F32(self.forward(
+                    contiguous_slice(q, l1, "sparse-attention")?,
+                    contiguous_slice(k, l2, "sparse-attention")?,
+                    contiguous_slice(s, l3, "sparse-attention")?,
+                )),
+                shape,
+            )),
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(s)) => Ok((
+                CpuStorage::F64(self.forward(
+                    contiguous_slice(q, l1, "sparse-attention")?,
+                    contiguous_slice(k, l2, "sparse-attention")?,
+                    contiguous_slice(s, l3, "sparse-attention")?,
+                )),
+                shape,
+            )),
             _ => bail!("sparse-attention: f32 or f64 inputs of one dtype"),
         }
     }

@@ -11,16 +11,10 @@
 //! golden logits (f32).
 
 use super::attention::Real;
+use super::ops::contiguous_slice;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
-
-fn slice<'a, T>(v: &'a [T], l: &Layout, name: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("{name}: input must be contiguous"),
-    }
-}
 
 /// Run `f` on the values of `t` in row-major order: borrowed straight from candle's CPU
 /// storage when `t` is contiguous (no copy — backward passes read large weights this way),
@@ -205,7 +199,11 @@ impl CustomOp3 for HcSplit {
         let rows = l1.shape().elem_count() / w;
         macro_rules! go {
             ($m:expr, $s:expr, $b:expr) => {{
-                let (m, s, b) = (slice($m, l1, self.name())?, slice($s, l2, self.name())?, slice($b, l3, self.name())?);
+                let (m, s, b) = (
+                    contiguous_slice($m, l1, self.name())?,
+                    contiguous_slice($s, l2, self.name())?,
+                    contiguous_slice($b, l3, self.name())?,
+                );
                 let mut out = vec![Real::zero(); rows * w];
                 out.par_chunks_mut(w).enumerate().for_each(|(r, o)| self.row(&m[r * w..(r + 1) * w], s, b, o, None));
                 out
@@ -434,12 +432,12 @@ macro_rules! rms_fwd {
         let d = *$l.shape().dims().last().unwrap_or(&1);
         match $s {
             CpuStorage::F32(x) => CpuStorage::F32($self.fwd(
-                slice(x, $l, "rms_norm")?,
+                contiguous_slice(x, $l, "rms_norm")?,
                 $w.map(|w: &CpuStorage| if let CpuStorage::F32(v) = w { v.as_slice() } else { &[] }),
                 d,
             )),
             CpuStorage::F64(x) => CpuStorage::F64($self.fwd(
-                slice(x, $l, "rms_norm")?,
+                contiguous_slice(x, $l, "rms_norm")?,
                 $w.map(|w: &CpuStorage| if let CpuStorage::F64(v) = w { v.as_slice() } else { &[] }),
                 d,
             )),
@@ -595,8 +593,8 @@ impl CustomOp1 for Rope {
             );
         }
         let st = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(self.apply(slice(x, l, "rope")?, self.inverse)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.apply(slice(x, l, "rope")?, self.inverse)),
+            CpuStorage::F32(x) => CpuStorage::F32(self.apply(contiguous_slice(x, l, "rope")?, self.inverse)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.apply(contiguous_slice(x, l, "rope")?, self.inverse)),
             _ => bail!("rope: f32/f64 only"),
         };
         Ok((st, l.shape().clone()))
@@ -668,8 +666,8 @@ impl CustomOp1 for Hadamard {
             bail!("hadamard: last dim {n} is not a power of two");
         }
         let st = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(fwht(slice(x, l, "hadamard")?, n)),
-            CpuStorage::F64(x) => CpuStorage::F64(fwht(slice(x, l, "hadamard")?, n)),
+            CpuStorage::F32(x) => CpuStorage::F32(fwht(contiguous_slice(x, l, "hadamard")?, n)),
+            CpuStorage::F64(x) => CpuStorage::F64(fwht(contiguous_slice(x, l, "hadamard")?, n)),
             _ => bail!("hadamard: f32/f64 only"),
         };
         Ok((st, l.shape().clone()))

@@ -18,6 +18,7 @@
 //! fused with a different rounding it moved that agreement from 1.2e-6 to 3e-5.)
 
 use super::fused::{with_values, Float};
+use super::ops::contiguous_slice;
 use crate::kernels::GemmScalar;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -34,13 +35,6 @@ impl HcScalar for f32 {
 impl HcScalar for f64 {
     fn wrap(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(v)
-    }
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("{op}: inputs must be contiguous"),
     }
 }
 
@@ -108,12 +102,16 @@ impl CustomOp2 for HcCollapse {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = stream_dims(l1, l2)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(h), CpuStorage::F32(a)) => {
-                f32::wrap(Self::forward(contiguous(h, l1, "hc_collapse")?, contiguous(a, l2, "hc_collapse")?, dims))
-            }
-            (CpuStorage::F64(h), CpuStorage::F64(a)) => {
-                f64::wrap(Self::forward(contiguous(h, l1, "hc_collapse")?, contiguous(a, l2, "hc_collapse")?, dims))
-            }
+            (CpuStorage::F32(h), CpuStorage::F32(a)) => f32::wrap(Self::forward(
+                contiguous_slice(h, l1, "hc_collapse")?,
+                contiguous_slice(a, l2, "hc_collapse")?,
+                dims,
+            )),
+            (CpuStorage::F64(h), CpuStorage::F64(a)) => f64::wrap(Self::forward(
+                contiguous_slice(h, l1, "hc_collapse")?,
+                contiguous_slice(a, l2, "hc_collapse")?,
+                dims,
+            )),
             _ => bail!("hc_collapse: f32 or f64 inputs of one dtype"),
         };
         Ok((out, Shape::from((dims.0, dims.2))))
@@ -237,15 +235,15 @@ impl CustomOp3 for HcExpand {
         let name = "hc_expand";
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(h), CpuStorage::F32(f), CpuStorage::F32(s)) => f32::wrap(Self::forward(
-                contiguous(h, l1, name)?,
-                contiguous(f, l2, name)?,
-                contiguous(s, l3, name)?,
+                contiguous_slice(h, l1, name)?,
+                contiguous_slice(f, l2, name)?,
+                contiguous_slice(s, l3, name)?,
                 dims,
             )),
             (CpuStorage::F64(h), CpuStorage::F64(f), CpuStorage::F64(s)) => f64::wrap(Self::forward(
-                contiguous(h, l1, name)?,
-                contiguous(f, l2, name)?,
-                contiguous(s, l3, name)?,
+                contiguous_slice(h, l1, name)?,
+                contiguous_slice(f, l2, name)?,
+                contiguous_slice(s, l3, name)?,
                 dims,
             )),
             _ => bail!("hc_expand: f32 or f64 inputs of one dtype"),

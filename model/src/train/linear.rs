@@ -9,6 +9,7 @@
 
 use super::fused::with_values;
 use super::hc::HcScalar;
+use super::ops::contiguous_slice;
 use crate::kernels::{gemm, Mat};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
@@ -22,13 +23,6 @@ fn dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         bail!("linear: input {:?} and weight {:?} differ in width", x.dims(), w.dims());
     }
     Ok((n, k, m))
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("linear: inputs must be contiguous"),
-    }
 }
 
 fn forward<T: HcScalar>(x: &[T], w: &[T], (n, k, m): (usize, usize, usize)) -> Vec<T> {
@@ -58,8 +52,12 @@ impl CustomOp2 for Linear {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims(l1, l2)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => f32::wrap(forward(contiguous(x, l1)?, contiguous(w, l2)?, d)),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => f64::wrap(forward(contiguous(x, l1)?, contiguous(w, l2)?, d)),
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                f32::wrap(forward(contiguous_slice(x, l1, "linear")?, contiguous_slice(w, l2, "linear")?, d))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                f64::wrap(forward(contiguous_slice(x, l1, "linear")?, contiguous_slice(w, l2, "linear")?, d))
+            }
             _ => bail!("linear: f32 or f64 inputs of one dtype"),
         };
         Ok((out, Shape::from((d.0, d.2))))

@@ -30,21 +30,19 @@
 //! finite differences (tests below, `tests/grad_check.rs`).
 
 use super::fused::{with_values, Float};
-use crate::kernels::{gemm, GemmScalar, Mat};
+use super::hc::HcScalar;
+use super::ops::contiguous_slice;
+use crate::kernels::{gemm, Mat};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Element types of the op.
-pub trait ExpertScalar: Float + GemmScalar {
-    fn wrap(v: Vec<Self>) -> CpuStorage;
+pub trait ExpertScalar: super::hc::HcScalar {
     fn saved(b: &Saved) -> Option<&[Self]>;
     fn save(v: Vec<Self>) -> Saved;
 }
 impl ExpertScalar for f32 {
-    fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
     fn saved(b: &Saved) -> Option<&[Self]> {
         match b {
             Saved::F32(v) => Some(v),
@@ -56,9 +54,6 @@ impl ExpertScalar for f32 {
     }
 }
 impl ExpertScalar for f64 {
-    fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F64(v)
-    }
     fn saved(b: &Saved) -> Option<&[Self]> {
         match b {
             Saved::F64(v) => Some(v),
@@ -352,13 +347,6 @@ fn gather<T: Copy>(src: &[T], slots: &[usize], k: usize, d: usize) -> Vec<T> {
     out
 }
 
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("experts: inputs must be contiguous"),
-    }
-}
-
 impl CustomOp3 for Experts {
     fn name(&self) -> &'static str {
         "v4-experts"
@@ -376,12 +364,18 @@ impl CustomOp3 for Experts {
         let dims = self.dims(l1, l2, l3)?;
         let shape = Shape::from((dims.0, dims.1));
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                f32::wrap(self.forward(contiguous(x, l1)?, contiguous(a, l2)?, contiguous(b, l3)?, dims))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                f64::wrap(self.forward(contiguous(x, l1)?, contiguous(a, l2)?, contiguous(b, l3)?, dims))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => f32::wrap(self.forward(
+                contiguous_slice(x, l1, "experts")?,
+                contiguous_slice(a, l2, "experts")?,
+                contiguous_slice(b, l3, "experts")?,
+                dims,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => f64::wrap(self.forward(
+                contiguous_slice(x, l1, "experts")?,
+                contiguous_slice(a, l2, "experts")?,
+                contiguous_slice(b, l3, "experts")?,
+                dims,
+            )),
             _ => bail!("experts: f32 or f64 inputs of one dtype"),
         };
         Ok((out, shape))

@@ -10,10 +10,12 @@
 use crate::formats::{fp8, mxfp4};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 
-fn contiguous_slice<'a, T>(v: &'a [T], layout: &Layout, name: &str) -> Result<&'a [T]> {
+/// The values of a contiguous input of custom op `name` (every op's cpu_fwd reads its inputs
+/// through this).
+pub(crate) fn contiguous_slice<'a, T>(v: &'a [T], layout: &Layout, name: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("{name}: input must be contiguous"),
+        None => bail!("{name}: inputs must be contiguous"),
     }
 }
 
