@@ -6,7 +6,9 @@ Usage: anchor_table.py DIR NAME [NAME ...]
 DIR holds, per checkpoint NAME: hf_NAME.json (hf_anchor.py --out), fwd_NAME.json (v4post bench
 forward --json), roll_NAME.json (v4post bench rollout --json), train_NAME.json (v4post bench
 train-step --optim adamw --numerics dense --json) and rss_hf_NAME / rss_v4_NAME (peak RSS in kB of a
-training-only run of each, from /usr/bin/time -f %M). Prints a Markdown table. A cross-check tool
+training-only run of each, from /usr/bin/time -f %M), and optionally recipe_NAME.json (v4post bench
+train-step --optim muon --numerics qat --accum 32 --json, the project's own recipe step, compared
+with PyTorch's AdamW row in tokens/s). Prints a Markdown table. A cross-check tool
 for the benchmark script only; nothing in v4post runs Python.
 """
 import json
@@ -82,9 +84,19 @@ def main():
             ("peak RSS, training-only process", rss_mib(os.path.join(out, f"rss_hf_{n}")),
              rss_mib(os.path.join(out, f"rss_v4_{n}")), "MiB"),
         ]
+        recipe_path = os.path.join(out, f"recipe_{n}.json")
+        if os.path.exists(recipe_path):
+            rc = load(recipe_path)
+            rows.append((f"recipe step (Muon + AdamW, QAT, indexer loss, accum {rc.get('accum')}) vs PyTorch AdamW (tok/s)",
+                         hf_rate(hf, "train_4x128"), rc.get("step_tokens_per_s"), ""))
         for label, theirs, ours, unit in rows:
             lower = unit in ("s", "MiB")
             print(f"| {label} | {n} | {fmt(theirs, unit)} | {fmt(ours, unit)} | {ratio(ours, theirs, lower)} |")
+        if os.path.exists(recipe_path):
+            ns, peak = rc.get("optimizer_gflops"), rc.get("kernel_gemm_gflops")
+            if ns and peak:
+                print(f"| — Newton–Schulz GFLOP/s ÷ f32 GEMM peak of the same run | {n} | — | "
+                      f"{ns:,.0f} ÷ {peak:,.0f} | {ns / peak:.0%} of peak |")
     print()
     print("Ratios above 1× favour v4post (for seconds and memory: PyTorch ÷ v4post).")
 

@@ -49,6 +49,8 @@ if [ -n "$ANCHOR" ]; then
     $B bench rollout --checkpoint "$dir" --batches 1,8 --prompt 64 --decode 128 --json > "$OUT/roll_$name.json"
     /usr/bin/time -f %M -o "$OUT/rss_v4_$name" \
       $B bench train-step --checkpoint "$dir" --optim adamw --numerics dense --reps 5 --json > "$OUT/train_$name.json"
+    # the project's own recipe step: 32 micro-batches of 4×128 per Muon + AdamW update
+    $B bench train-step --checkpoint "$dir" --optim muon --numerics qat --accum 32 --reps 2 --json > "$OUT/recipe_$name.json"
   done
   "$PY" scripts/anchor_table.py "$OUT" A small
   echo "(raw JSON in $OUT)" >&2
