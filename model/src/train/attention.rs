@@ -144,23 +144,45 @@ impl SparseAttention {
 
     /// The keys of queries `t0..t1` of batch row `b` as one tile: their union `cols`
     /// (rows of the batch row's `kvc`, ascending) and which of them each query sees.
+    /// Raw keys of the tile lie in `lo..t1` (`t1 − lo ≤ TILE + W − 1`), entries in
+    /// `seq..seq + entries`, so the cost does not grow with the sequence.
     fn tile(&self, b: usize, t0: usize, t1: usize) -> Tile {
-        let n_rows = self.seq + self.entries;
+        let s = self.seq;
         let mut keys = Vec::new();
-        let mut col_of = vec![usize::MAX; n_rows];
+        let mut per_query = Vec::with_capacity(t1 - t0);
         for t in t0..t1 {
             self.keys(b, t, &mut keys);
-            keys.iter().for_each(|&k| col_of[k] = 0);
+            per_query.push(keys.clone());
         }
-        let cols: Vec<usize> = (0..n_rows).filter(|&k| col_of[k] == 0).collect();
+        let lo = per_query.iter().flatten().copied().filter(|&k| k < s).min().unwrap_or(t0);
+        // column of raw key k: k − lo when used; of entry e: entry_col[e]
+        let mut raw_used = vec![false; t1 - lo];
+        let mut entry_col = vec![usize::MAX; self.entries];
+        for &k in per_query.iter().flatten() {
+            if k < s {
+                raw_used[k - lo] = true;
+            } else {
+                entry_col[k - s] = 0;
+            }
+        }
+        let mut cols: Vec<usize> = (lo..t1).filter(|&k| raw_used[k - lo]).collect();
+        let mut raw_col = vec![usize::MAX; t1 - lo];
         for (c, &k) in cols.iter().enumerate() {
-            col_of[k] = c;
+            raw_col[k - lo] = c;
+        }
+        for (e, col) in entry_col.iter_mut().enumerate() {
+            if *col == 0 {
+                *col = cols.len();
+                cols.push(s + e);
+            }
         }
         let nk = cols.len();
         let mut allowed = vec![false; (t1 - t0) * nk];
-        for t in t0..t1 {
-            self.keys(b, t, &mut keys);
-            keys.iter().for_each(|&k| allowed[(t - t0) * nk + col_of[k]] = true);
+        for (i, keys) in per_query.iter().enumerate() {
+            for &k in keys {
+                let c = if k < s { raw_col[k - lo] } else { entry_col[k - s] };
+                allowed[i * nk + c] = true;
+            }
         }
         Tile { b, t0, t1, cols, allowed }
     }
