@@ -68,8 +68,8 @@ fn value(t: &Tensor) -> f64 {
 #[test]
 fn gradients_match_finite_differences() {
     let (m, batch, proj) = setup();
-    let grads_main = loss_of(&m, &batch, &proj, false).backward().unwrap();
-    let grads_aux = loss_of(&m, &batch, &proj, true).backward().unwrap();
+    let grads_main = m.backward(&loss_of(&m, &batch, &proj, false)).unwrap();
+    let grads_aux = m.backward(&loss_of(&m, &batch, &proj, true)).unwrap();
     let names = [
         "layers.0.hc_attn_fn",
         "layers.0.hc_attn_base",
@@ -140,7 +140,7 @@ fn gradients_match_finite_differences() {
 #[test]
 fn every_trainable_parameter_gets_a_gradient() {
     let (m, batch, proj) = setup();
-    let grads = loss(&m, &batch, &proj).backward().unwrap();
+    let grads = m.backward(&loss(&m, &batch, &proj)).unwrap();
     for (name, var) in m.vars() {
         // The router bias only steers selection; V4 updates it with the aux-loss-free
         // balancing rule, never by gradient.

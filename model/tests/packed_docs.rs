@@ -97,7 +97,7 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 
 /// Gradients of every parameter, by name.
 fn grads(m: &TrainModel, loss: &Tensor) -> BTreeMap<String, Vec<f64>> {
-    let g = loss.backward().unwrap();
+    let g = m.backward(loss).unwrap();
     m.vars().iter().filter_map(|(name, v)| g.get(v.as_tensor()).map(|t| (name.clone(), to_f64(t)))).collect()
 }
 

@@ -237,25 +237,21 @@ impl Optimizer {
 
     /// One update with learning-rate multiplier `lr_scale` (schedules). `params` and `grads`
     /// are name → flat f32 data; parameters without a gradient are left alone.
-    pub fn update(
+    pub fn update<G: AsRef<[f32]> + Sync>(
         &mut self,
         params: &mut BTreeMap<String, Vec<f32>>,
-        grads: &BTreeMap<String, Vec<f32>>,
+        grads: &BTreeMap<String, G>,
         lr_scale: f32,
     ) -> Result<StepStats> {
         self.step += 1;
         let t = self.step as i32;
         // Σ g² in f64, 64 Ki-value chunks summed in parallel (then in chunk order)
-        let trained: Vec<&Vec<f32>> = grads
+        let trained: Vec<&[f32]> = grads
             .iter()
             .filter(|(n, _)| self.params.get(*n).is_some_and(|p| p.group != Group::None))
-            .map(|(_, g)| g)
+            .map(|(_, g)| g.as_ref())
             .collect();
-        let partial: Vec<f64> = trained
-            .par_iter()
-            .flat_map_iter(|g| g.chunks(1 << 16))
-            .map(|c| c.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
-            .collect();
+        let partial: Vec<f64> = trained.par_iter().flat_map_iter(|g| g.chunks(1 << 16)).map(sum_of_squares).collect();
         let sq: f64 = partial.iter().sum();
         let norm = sq.sqrt() as f32;
         if !norm.is_finite() {
@@ -268,7 +264,7 @@ impl Optimizer {
         let mut ws: std::collections::HashMap<&String, &mut Vec<f32>> = params.iter_mut().collect();
         let mut jobs = Vec::new();
         for (name, st) in self.params.iter_mut() {
-            let (Some(g), Some(w)) = (grads.get(name), ws.remove(name)) else {
+            let (Some(g), Some(w)) = (grads.get(name).map(AsRef::as_ref), ws.remove(name)) else {
                 continue;
             };
             if g.len() != w.len() {
@@ -320,6 +316,19 @@ impl Optimizer {
     }
 }
 
+/// `Σ v²` in f64 over eight independent lanes (so it vectorises), lanes summed in order.
+fn sum_of_squares(c: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut it = c.chunks_exact(8);
+    for ch in &mut it {
+        for (l, &v) in lanes.iter_mut().zip(ch) {
+            *l += (v as f64) * (v as f64);
+        }
+    }
+    let tail: f64 = it.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// Warmup then cosine decay to `min_ratio` of the base rate.
 pub fn lr_schedule(step: u64, warmup: u64, total: u64, min_ratio: f32) -> f32 {
     let warm = if warmup > 0 { ((step + 1) as f32 / warmup as f32).min(1.0) } else { 1.0 };
@@ -362,6 +371,15 @@ mod tests {
         opt.update(&mut p, &g, 1.0).unwrap();
         for (a, b) in p["w"].iter().zip([1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]) {
             assert!((a - b * 0.95).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn sum_of_squares_is_the_plain_f64_sum() {
+        for n in [0usize, 1, 7, 8, 9, 1000, 1003] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let want: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum();
+            assert!((sum_of_squares(&v) - want).abs() <= 1e-12 * want.max(1.0), "n = {n}");
         }
     }
 

@@ -15,6 +15,7 @@ use model::train::{TrainModel, TrainOptions};
 use model::{Decisions, ModelWeights};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -67,18 +68,29 @@ impl Session {
     /// Apply the gradients of `grads` with learning-rate multiplier `lr_scale`.
     pub fn step(&mut self, grads: &GradStore, lr_scale: f32) -> Result<StepStats> {
         let mut params = BTreeMap::new();
-        let mut g = BTreeMap::new();
+        let mut trained = Vec::new();
         for (name, var) in self.model.vars() {
             if self.opt.params.get(name).is_none_or(|p| p.group == Group::None) {
                 continue;
             }
             if let Some(gt) = grads.get(var.as_tensor()) {
-                // (to_vec copies are cheap next to the update itself)
-                g.insert(name.clone(), gt.flatten_all()?.to_vec1::<f32>()?);
+                trained.push((name.clone(), gt.clone()));
                 params.insert(name.clone(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?);
             }
         }
+        // gradients are read where they live (a copy only for a non-contiguous one)
+        let reads: Vec<_> = trained.iter().map(|(name, t)| (name, t, t.storage_and_layout())).collect();
+        let mut g: BTreeMap<String, Cow<'_, [f32]>> = BTreeMap::new();
+        for (name, t, (storage, layout)) in &reads {
+            let data = match (&**storage, layout.contiguous_offsets()) {
+                (candle_core::Storage::Cpu(cpu), Some((a, b))) => Cow::Borrowed(&cpu.as_slice::<f32>()?[a..b]),
+                _ => Cow::Owned(t.flatten_all()?.to_vec1::<f32>()?),
+            };
+            g.insert((*name).clone(), data);
+        }
         let stats = model::train::prof::time("optimizer", || self.opt.update(&mut params, &g, lr_scale))?;
+        drop(g);
+        drop(reads);
         for (name, data) in params {
             let var = &self.model.vars()[&name];
             let shape = var.as_tensor().dims().to_vec();

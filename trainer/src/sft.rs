@@ -596,7 +596,7 @@ fn accumulate_gradients(
             return Err(TrainError::NonFinite(format!("SFT loss at step {}", session.counters.step)));
         }
         let scaled = (loss / cfg.grad_accum as f64)?;
-        let g = scaled.backward()?;
+        let g = session.model.backward(&scaled)?;
         grads = Some(match grads {
             None => g,
             Some(mut acc) => {
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(n_p, n_a);
         let (vp, va) = (lp.to_scalar::<f32>().unwrap(), la.to_scalar::<f32>().unwrap());
         let loss_diff = ((vp - va).abs() / (1.0 + va.abs())).max((nll_p - nll_a).abs() / (1.0 + nll_a.abs()));
-        let (gp, ga) = (lp.backward().unwrap(), la.backward().unwrap());
+        let (gp, ga) = (session.model.backward(&lp).unwrap(), session.model.backward(&la).unwrap());
         let mut worst = (0f32, String::new());
         for (name, var) in session.model.vars() {
             let (Some(a), Some(b)) = (gp.get(var.as_tensor()), ga.get(var.as_tensor())) else {

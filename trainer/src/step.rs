@@ -102,7 +102,7 @@ pub fn backward_and_step(
         Some(a) if indexer_coef > 0.0 => (loss + (a * indexer_coef as f64)?)?,
         _ => loss,
     };
-    let grads = total.backward()?;
+    let grads = session.model.backward(&total)?;
     before_step(session)?;
     let stats = session.step(&grads, lr)?;
     Ok((value, stats))

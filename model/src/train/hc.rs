@@ -60,12 +60,14 @@ impl HcCollapse {
         x.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
             let hr = &h[r * hc * d..(r + 1) * hc * d];
             let ar = &a[r * w..r * w + hc];
-            for (c, o) in out.iter_mut().enumerate() {
-                let mut s = ar[0] * hr[c];
-                for i in 1..hc {
-                    s = s + ar[i] * hr[i * d + c];
+            // stream by stream over the row (vectorises), each element summed in stream order
+            for (o, &hv) in out.iter_mut().zip(&hr[..d]) {
+                *o = ar[0] * hv;
+            }
+            for i in 1..hc {
+                for (o, &hv) in out.iter_mut().zip(&hr[i * d..(i + 1) * d]) {
+                    *o = *o + ar[i] * hv;
                 }
-                *o = s;
             }
         });
         x
@@ -82,7 +84,7 @@ impl HcCollapse {
                 for (o, &gv) in dhr[i * d..(i + 1) * d].iter_mut().zip(g) {
                     *o = ai * gv;
                 }
-                dar[i] = hr[i * d..(i + 1) * d].iter().zip(g).fold(T::zero(), |s, (&x, &y)| s + x * y);
+                dar[i] = T::dot(&hr[i * d..(i + 1) * d], g);
             }
         });
         (dh, da)
@@ -161,14 +163,17 @@ impl HcExpand {
             let fr = &f[r * d..(r + 1) * d];
             let s = &sp[r * w..(r + 1) * w];
             let (post, comb) = (&s[hc..2 * hc], &s[2 * hc..]);
+            // `post · f` first, then the streams in order, per element (vectorised over the row)
             for j in 0..hc {
                 let out = &mut yr[j * d..(j + 1) * d];
-                for (c, o) in out.iter_mut().enumerate() {
-                    let mut acc = post[j] * fr[c];
-                    for i in 0..hc {
-                        acc = acc + comb[i * hc + j] * hr[i * d + c];
+                for (o, &fv) in out.iter_mut().zip(fr) {
+                    *o = post[j] * fv;
+                }
+                for i in 0..hc {
+                    let cij = comb[i * hc + j];
+                    for (o, &hv) in out.iter_mut().zip(&hr[i * d..(i + 1) * d]) {
+                        *o = *o + cij * hv;
                     }
-                    *o = acc;
                 }
             }
         });
@@ -186,7 +191,6 @@ impl HcExpand {
         let mut dh = vec![T::zero(); n * hc * d];
         let mut df = vec![T::zero(); n * d];
         let mut ds = vec![T::zero(); n * w];
-        let dot = |a: &[T], b: &[T]| a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y);
         dh.par_chunks_mut(hc * d).zip(df.par_chunks_mut(d)).zip(ds.par_chunks_mut(w)).enumerate().for_each(
             |(r, ((dhr, dfr), dsr))| {
                 let hr = &h[r * hc * d..(r + 1) * hc * d];
@@ -196,12 +200,12 @@ impl HcExpand {
                 let (post, comb) = (&s[hc..2 * hc], &s[2 * hc..]);
                 for j in 0..hc {
                     let gj = &g[j * d..(j + 1) * d];
-                    dsr[hc + j] = dot(gj, fr);
+                    dsr[hc + j] = T::dot(gj, fr);
                     for (o, &gv) in dfr.iter_mut().zip(gj) {
                         *o = *o + post[j] * gv;
                     }
                     for i in 0..hc {
-                        dsr[2 * hc + i * hc + j] = dot(gj, &hr[i * d..(i + 1) * d]);
+                        dsr[2 * hc + i * hc + j] = T::dot(gj, &hr[i * d..(i + 1) * d]);
                         let cij = comb[i * hc + j];
                         for (o, &gv) in dhr[i * d..(i + 1) * d].iter_mut().zip(gj) {
                             *o = *o + cij * gv;

@@ -24,6 +24,7 @@ pub mod linear;
 pub mod moe;
 pub mod ops;
 pub mod prof;
+pub mod sink;
 
 use crate::config::{Config, LayerKind};
 use crate::engine::{Decisions, Numerics};
@@ -161,6 +162,8 @@ pub struct TrainModel {
     /// FP4 fake-quantised expert weights of the current parameter values (QAT); cleared by
     /// [`invalidate_cache`](Self::invalidate_cache) whenever a parameter changes.
     fq_cache: std::sync::Mutex<std::collections::HashMap<String, Tensor>>,
+    /// Expert weight gradients of the running backward (see [`sink`]).
+    sink: Arc<sink::GradSink>,
 }
 
 const NEG: f64 = -1e30;
@@ -190,6 +193,7 @@ impl TrainModel {
             tid2eid: w.tid2eid.clone(),
             trace: Default::default(),
             fq_cache: Default::default(),
+            sink: Default::default(),
         })
     }
 
@@ -312,6 +316,26 @@ impl TrainModel {
         let indexer_loss =
             if aux.is_empty() { None } else { Some((Tensor::stack(&aux, 0)?.sum_all()? / aux.len() as f64)?) };
         Ok(TrainOutput { hidden, lengths, indexer_loss, decisions })
+    }
+
+    /// Gradients of the scalar `loss` (computed from this model's forward) with respect to
+    /// every variable: candle's backprop plus the expert weight gradients the fused expert op
+    /// deposits in the model's [`sink`]. Use this rather than `loss.backward()`, which misses
+    /// the expert weights; a backward that bypassed it is reported by the next call.
+    pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        if !self.sink.is_empty() {
+            self.sink.clear();
+            return Err(ModelError::Input(
+                "expert weight gradients of an earlier backward were never collected: \
+                 call TrainModel::backward, not Tensor::backward, on the model's losses"
+                    .into(),
+            ));
+        }
+        let result = loss.backward().and_then(|mut g| self.sink.drain_into(&mut g).map(|_| g));
+        if result.is_err() {
+            self.sink.clear();
+        }
+        Ok(result?)
     }
 
     /// Forget derived copies of the weights (call after changing any parameter).
@@ -700,38 +724,50 @@ impl TrainModel {
         let wts = (sc.broadcast_div(&sc.sum_keepdim(1)?)? * cfg.route_scale as f64)?.flatten_all()?; // [N·k]
         let limit = cfg.swiglu_limit;
         let names: Vec<String> = (0..ne).map(|e| format!("{f}experts.{e}.")).collect();
-        let w = prof::time("expert_stack", || self.expert_stack(&names, self.options.qat_experts))?;
-        let mut y = prof::time("experts", || moe::experts(x, &wts, &w, moe::Experts::new(k, limit, Arc::new(sel))))?;
+        let w = prof::time("expert_weights", || self.expert_weights(&names, self.options.qat_experts))?;
+        let mut y = prof::time("experts", || moe::experts(x, &wts, moe::Experts::new(k, limit, Arc::new(sel), w)))?;
         if cfg.n_shared_experts > 0 {
-            let w = self.expert_stack(&[format!("{f}shared_experts.")], false)?;
+            let w = self.expert_weights(&[format!("{f}shared_experts.")], false)?;
             let ones = Tensor::ones(n, self.dtype, &self.device)?;
-            y = (y + moe::experts(x, &ones, &w, moe::Experts::new(1, limit, Arc::new(vec![0; n])))?)?;
+            y = (y + moe::experts(x, &ones, moe::Experts::new(1, limit, Arc::new(vec![0; n]), w))?)?;
         }
         Ok(y)
     }
 
-    /// Weights of the SwiGLU experts under the prefixes `names`, stacked for [`moe::experts`]
-    /// (`[E, 3·I·D]`). With `qat` the stack is FP4 fake-quantised (weight rows are whole
-    /// 32-blocks, so this equals quantising each matrix) and kept until
-    /// [`invalidate_cache`](Self::invalidate_cache): weights change only at optimizer steps,
-    /// so the micro-batches of one step share one quantisation and one stack.
-    fn expert_stack(&self, names: &[String], qat: bool) -> Result<Tensor> {
-        let key = format!("stack:{}", names.first().map_or("", |n| n.as_str()));
-        if qat {
-            if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-                return Ok(c);
-            }
-        }
-        let mut mats = Vec::with_capacity(names.len());
+    /// Weights of the SwiGLU experts under the prefixes `names` for [`moe::experts`], read in
+    /// place, their gradients going to the model's sink. With `qat` the op reads FP4
+    /// fake-quantised copies, kept until [`invalidate_cache`](Self::invalidate_cache): weights
+    /// change only at optimizer steps, so the micro-batches of one step share one quantisation;
+    /// the gradients go to the raw weights (straight-through).
+    fn expert_weights(&self, names: &[String], qat: bool) -> Result<moe::ExpertWeights> {
+        let mut targets = Vec::with_capacity(names.len());
+        let mut values = Vec::with_capacity(names.len());
         for p in names {
             let m = |n: &str| self.var(&format!("{p}{n}.weight")).cloned();
-            mats.push([m("w1")?, m("w3")?, m("w2")?]);
+            let t = [m("w1")?, m("w3")?, m("w2")?];
+            if qat {
+                let mut q = Vec::with_capacity(3);
+                for (name, w) in ["w1", "w3", "w2"].iter().zip(&t) {
+                    q.push(self.fake_quant_cached(&format!("{p}{name}.weight"), w)?);
+                }
+                values.push([q[0].clone(), q[1].clone(), q[2].clone()]);
+            }
+            targets.push(t);
         }
-        let stack = moe::stack_expert_weights(&mats)?;
         if !qat {
-            return Ok(stack);
+            values = targets.clone();
         }
-        let q = fake_quant(&stack, FakeQuant::Fp4)?;
+        Ok(moe::ExpertWeights { values, targets, sink: self.sink.clone() })
+    }
+
+    /// FP4 fake quantisation of the weight `name` (detached), cached until the next
+    /// [`invalidate_cache`](Self::invalidate_cache).
+    fn fake_quant_cached(&self, name: &str, w: &Tensor) -> Result<Tensor> {
+        let key = format!("fp4:{name}");
+        if let Some(c) = self.fq_cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let q = fake_quant(&w.detach(), FakeQuant::Fp4)?;
         if let Ok(mut c) = self.fq_cache.lock() {
             c.insert(key, q.clone());
         }

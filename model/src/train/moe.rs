@@ -2,12 +2,11 @@
 //! GEMMs (one candle node per layer instead of ~15 per expert).
 //!
 //! Slot `s = i·k + j` sends token row `i` of `x [N, D]` to expert `e = sel[s]` with routing
-//! weight `w_s`. Expert `e`'s matrices are one row of `W [E, 3·I·D]`: `W1_e [I, D]`, `W3_e [I, D]`,
-//! `W2_e [D, I]`, flattened one after the other. With the rows of expert `e` gathered into
-//! `X_e [m, D]` and `W13_e = [W1_e; W3_e]` `[2I, D]`:
+//! weight `w_s`. Expert `e` has `W1_e [I, D]`, `W3_e [I, D]` and `W2_e [D, I]`, read where they
+//! live (no stacked copy). With the rows of expert `e` gathered into `X_e [m, D]`:
 //!
 //! ```text
-//!   [G | U] = X_e · W13_eᵀ                          [m, 2I]
+//!   G = X_e · W1_eᵀ,  U = X_e · W3_eᵀ               [m, I]
 //!   g = min(G, L),  u = clamp(U, −L, L)              (no clamp when L = 0)
 //!   A = silu(g) ⊙ u,  Â = diag(w) · A                [m, I]
 //!   y_i = Σ over the slots s of token i, expert by expert in ascending order, of (Â · W2_eᵀ)[s]
@@ -22,9 +21,14 @@
 //!   dÂ = dO_e · W2_e,  dW2_e = dO_eᵀ · Â,  dw_s = Σ_c dÂ[s, c] · A[s, c],  dA = diag(w) · dÂ
 //!   dg = dA ⊙ u ⊙ silu'(g),           du = dA ⊙ silu(g)
 //!   dG = dg · [G < L],                dU = du · [−L < U < L]
-//!   dW13_e = [dG | dU]ᵀ · X_e,        dX_e = [dG | dU] · W13_e   (summed into the token rows)
+//!   dW1_e = dGᵀ · X_e,  dW3_e = dUᵀ · X_e,  dX_e = dG · W1_e + dU · W3_e  (summed into the token rows)
 //! ```
-//! with `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`. The forward keeps `[G | U]` for the backward.
+//! with `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`. The forward keeps `G` and `U` for the backward.
+//! The op's candle inputs are `x` and the routing weights; the weight gradients `dW*_e` go to
+//! a [`GradSink`] under the variables they belong to (every expert gets one, zero when it got
+//! no rows), which [`TrainModel::backward`](super::TrainModel::backward) joins to candle's.
+//! Under QAT the op reads FP4 fake-quantised copies and the gradients go to the raw weights
+//! (straight-through).
 //! Many experts run in parallel (rayon), each GEMM on one thread; a single expert (the shared
 //! one) runs its GEMMs on the whole pool. Checked against the per-expert candle graph and
 //! finite differences (tests below, `tests/grad_check.rs`).
@@ -32,8 +36,9 @@
 use super::fused::{with_values, Float};
 use super::hc::HcScalar;
 use super::ops::contiguous_slice;
+use super::sink::GradSink;
 use crate::kernels::{gemm, Mat};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -65,14 +70,33 @@ impl ExpertScalar for f64 {
     }
 }
 
-/// `[G | U]` of every slot in expert order, kept from the forward for the backward.
+/// `G` of every slot in expert order, then `U` likewise, kept from the forward for the backward.
 #[derive(Debug)]
 pub enum Saved {
     F32(Vec<f32>),
     F64(Vec<f64>),
 }
 
-/// One expert call: routing of every slot and the SwiGLU clamp.
+/// The expert matrices of one call and where their gradients go.
+#[derive(Debug, Clone)]
+pub struct ExpertWeights {
+    /// `[W1 [I, D], W3 [I, D], W2 [D, I]]` per expert, as the op reads them.
+    pub values: Vec<[Tensor; 3]>,
+    /// The variables the gradients of `values` belong to: the same tensors, or the raw
+    /// weights of fake-quantised `values` (straight-through).
+    pub targets: Vec<[Tensor; 3]>,
+    /// Where the backward deposits them.
+    pub sink: Arc<GradSink>,
+}
+
+impl ExpertWeights {
+    /// Weights read as they are, gradients to the same tensors.
+    pub fn plain(mats: Vec<[Tensor; 3]>, sink: Arc<GradSink>) -> Self {
+        ExpertWeights { targets: mats.clone(), values: mats, sink }
+    }
+}
+
+/// One expert call: routing of every slot, the SwiGLU clamp and the weights.
 #[derive(Debug, Clone)]
 pub struct Experts {
     /// Slots per token row (`k`; 1 for a shared expert).
@@ -81,6 +105,7 @@ pub struct Experts {
     pub limit: f32,
     /// Expert of each slot `[N·k]`.
     pub sel: Arc<Vec<u32>>,
+    pub weights: ExpertWeights,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
@@ -133,9 +158,39 @@ fn for_experts<I: Send>(items: Vec<I>, f: impl Fn(usize, bool, I) + Sync + Send)
     }
 }
 
+/// Shapes of one call.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    /// Token rows.
+    n: usize,
+    /// Model width.
+    d: usize,
+    experts: usize,
+    /// Expert inner width.
+    inter: usize,
+}
+
+/// Run `f` on the contiguous values of every tensor of `mats` (`[W1, W3, W2]` per expert),
+/// borrowed in place.
+fn with_mats<T: WithDType, R>(
+    mats: &[[Tensor; 3]],
+    f: impl FnOnce(&[[&[T]; 3]]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let guards: Vec<_> = mats.iter().flatten().map(|t| t.storage_and_layout()).collect();
+    let mut flat = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(cpu), Some((a, b))) => flat.push(&cpu.as_slice::<T>()?[a..b]),
+            _ => bail!("experts: weights must be contiguous CPU tensors"),
+        }
+    }
+    let per: Vec<[&[T]; 3]> = flat.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
+    f(&per)
+}
+
 impl Experts {
-    pub fn new(k: usize, limit: f32, sel: Arc<Vec<u32>>) -> Self {
-        Experts { k, limit, sel, saved: Arc::new(Mutex::new(None)) }
+    pub fn new(k: usize, limit: f32, sel: Arc<Vec<u32>>, weights: ExpertWeights) -> Self {
+        Experts { k, limit, sel, weights, saved: Arc::new(Mutex::new(None)) }
     }
 
     /// Clamped `(g, u)` of pre-activations `(G, U)` and whether each passes its gradient.
@@ -158,48 +213,63 @@ impl Experts {
         }
     }
 
-    /// Dimensions `(n, d, experts, inter)` from the operands' shapes.
-    fn dims(&self, x: &Layout, wts: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
+    /// Shapes from the operands, every expert's matrices and the routing checked.
+    fn dims(&self, x: &Layout, wts: &Layout) -> candle_core::Result<Dims> {
         let (n, d) = x.shape().dims2()?;
-        let (e, per) = w.shape().dims2()?;
-        let inter = if d == 0 { 0 } else { per / (3 * d) };
-        if d == 0 || per != 3 * inter * d || self.sel.len() != n * self.k || wts.shape().elem_count() != n * self.k {
+        let w = &self.weights;
+        let experts = w.values.len();
+        let inter = w.values.first().map_or(0, |m| m[0].dims().first().copied().unwrap_or(0));
+        let fits =
+            |m: &[Tensor; 3]| m[0].dims() == [inter, d] && m[1].dims() == [inter, d] && m[2].dims() == [d, inter];
+        if experts == 0
+            || w.targets.len() != experts
+            || !w.values.iter().all(fits)
+            || w.values.iter().zip(&w.targets).any(|(v, t)| v.iter().zip(t).any(|(a, b)| a.dims() != b.dims()))
+            || self.sel.len() != n * self.k
+            || wts.shape().elem_count() != n * self.k
+        {
             bail!(
-                "experts: shapes x {:?}, weights {:?}, w {:?} with {} slots of k = {} do not fit",
+                "experts: shapes x {:?}, weights {:?}, {} experts of {:?} with {} slots of k = {} do not fit",
                 x.dims(),
                 wts.dims(),
-                w.dims(),
+                experts,
+                w.values.first().map(|m| m.clone().map(|t| t.dims().to_vec())),
                 self.sel.len(),
                 self.k
             );
         }
-        if let Some(&bad) = self.sel.iter().find(|&&s| s as usize >= e) {
-            bail!("experts: slot routed to expert {bad} of {e}");
+        if let Some(&bad) = self.sel.iter().find(|&&s| s as usize >= experts) {
+            bail!("experts: slot routed to expert {bad} of {experts}");
         }
-        Ok((n, d, e, inter))
+        Ok(Dims { n, d, experts, inter })
     }
 
-    /// Forward: `y [N, D]`; keeps `[G | U]` (expert order) for the backward.
-    fn forward<T: ExpertScalar>(&self, x: &[T], wts: &[T], w: &[T], dims: (usize, usize, usize, usize)) -> Vec<T> {
-        let (n, d, ne, inter) = dims;
+    /// Forward: `y [N, D]`; keeps `G` and `U` (expert order) for the backward.
+    fn forward<T: ExpertScalar>(&self, x: &[T], wts: &[T], w: &[[&[T]; 3]], dims: Dims) -> Vec<T> {
+        let Dims { n, d, experts, inter } = dims;
         let k = self.k;
-        let g = Groups::new(&self.sel, ne);
-        let mut gu = vec![T::zero(); n * k * 2 * inter];
+        let g = Groups::new(&self.sel, experts);
+        let mut gu = vec![T::zero(); 2 * n * k * inter];
+        let (g_all, u_all) = gu.split_at_mut(n * k * inter);
         let mut sorted = vec![T::zero(); n * k * d];
-        let items: Vec<_> =
-            split_rows(&mut gu, &g, 2 * inter).into_iter().zip(split_rows(&mut sorted, &g, d)).collect();
-        for_experts(items, |e, par, (gu_e, out_e)| {
+        let items: Vec<_> = split_rows(g_all, &g, inter)
+            .into_iter()
+            .zip(split_rows(u_all, &g, inter))
+            .zip(split_rows(&mut sorted, &g, d))
+            .collect();
+        for_experts(items, |e, par, ((g_e, u_e), out_e)| {
             let slots = g.slots(e);
             let m = slots.len();
             if m == 0 {
                 return;
             }
-            let (w13e, w2e) = expert_mats(w, e, inter, d);
+            let [w1, w3, w2] = w[e];
             let xe = gather(x, slots, k, d);
-            gemm(Mat::new(&xe, m, d), Mat::new(w13e, 2 * inter, d).t(), gu_e, false, par);
-            let mut a = self.activation(gu_e, m, inter);
+            gemm(Mat::new(&xe, m, d), Mat::new(w1, inter, d).t(), g_e, false, par);
+            gemm(Mat::new(&xe, m, d), Mat::new(w3, inter, d).t(), u_e, false, par);
+            let mut a = self.activation(g_e, u_e);
             scale_rows(&mut a, slots, wts, inter);
-            gemm(Mat::new(&a, m, inter), Mat::new(w2e, d, inter).t(), out_e, false, par);
+            gemm(Mat::new(&a, m, inter), Mat::new(w2, d, inter).t(), out_e, false, par);
         });
         let mut y = vec![T::zero(); n * d];
         for (p, &s) in g.order.iter().enumerate() {
@@ -214,38 +284,39 @@ impl Experts {
         y
     }
 
-    /// `A = silu(g) ⊙ u` of `[G | U]` rows `[m, 2I]`.
-    fn activation<T: Float>(&self, gu: &[T], m: usize, inter: usize) -> Vec<T> {
-        let mut a = vec![T::zero(); m * inter];
-        for r in 0..m {
-            let row = &gu[r * 2 * inter..(r + 1) * 2 * inter];
-            for c in 0..inter {
-                let (g, u, _, _) = self.act(row[c], row[inter + c]);
-                a[r * inter + c] = silu(g) * u;
-            }
-        }
-        a
+    /// `A = silu(g) ⊙ u` of the rows of `G` and `U` (`[m, I]` each).
+    fn activation<T: Float>(&self, g: &[T], u: &[T]) -> Vec<T> {
+        g.iter()
+            .zip(u)
+            .map(|(&gv, &uv)| {
+                let (g, u, _, _) = self.act(gv, uv);
+                silu(g) * u
+            })
+            .collect()
     }
 
-    /// Backward: `(dx [N, D], dwts [N·k], dW [E, 3·I·D])`.
+    /// Backward: `(dx [N, D], dwts [N·k])`; `(dW1, dW3, dW2)` of every expert.
     #[allow(clippy::type_complexity)]
     fn backward<T: ExpertScalar>(
         &self,
         x: &[T],
         wts: &[T],
-        w: &[T],
+        w: &[[&[T]; 3]],
         dy: &[T],
         gu: &[T],
-        dims: (usize, usize, usize, usize),
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (n, d, ne, inter) = dims;
+        dims: Dims,
+    ) -> (Vec<T>, Vec<T>, Vec<[Vec<T>; 3]>) {
+        let Dims { n, d, experts, inter } = dims;
         let k = self.k;
-        let g = Groups::new(&self.sel, ne);
-        let mut dw = vec![T::zero(); ne * 3 * inter * d];
+        let g = Groups::new(&self.sel, experts);
+        let (g_all, u_all) = gu.split_at(n * k * inter);
+        let mut dw: Vec<[Vec<T>; 3]> = (0..experts)
+            .map(|_| [vec![T::zero(); inter * d], vec![T::zero(); inter * d], vec![T::zero(); d * inter]])
+            .collect();
         let mut dx_sorted = vec![T::zero(); n * k * d];
         let mut dwts_sorted = vec![T::zero(); n * k];
         let items: Vec<_> = dw
-            .chunks_mut(3 * inter * d)
+            .iter_mut()
             .zip(split_rows(&mut dx_sorted, &g, d))
             .zip(split_rows(&mut dwts_sorted, &g, 1))
             .map(|((a, b), c)| (a, b, c))
@@ -256,27 +327,30 @@ impl Experts {
             if m == 0 {
                 return;
             }
-            let gu_e = &gu[g.start[e] * 2 * inter..g.start[e + 1] * 2 * inter];
-            let (w13e, w2e) = expert_mats(w, e, inter, d);
-            let (dw13_e, dw2_e) = dw_e.split_at_mut(2 * inter * d);
+            let rows = g.start[e] * inter..g.start[e + 1] * inter;
+            let (g_e, u_e) = (&g_all[rows.clone()], &u_all[rows]);
+            let [w1, w3, w2] = w[e];
+            let [dw1, dw3, dw2] = dw_e;
             let xe = gather(x, slots, k, d);
             let doe = gather(dy, slots, k, d);
-            let a = self.activation(gu_e, m, inter);
+            let a = self.activation(g_e, u_e);
             let mut aw = a.clone();
             scale_rows(&mut aw, slots, wts, inter);
             // dW2_e [D, I] = dO_eᵀ · Â ; dÂ [m, I] = dO_e · W2_e
-            gemm(Mat::new(&doe, m, d).t(), Mat::new(&aw, m, inter), dw2_e, false, par);
+            gemm(Mat::new(&doe, m, d).t(), Mat::new(&aw, m, inter), dw2, false, par);
             let mut da = vec![T::zero(); m * inter];
-            gemm(Mat::new(&doe, m, d), Mat::new(w2e, d, inter), &mut da, false, par);
+            gemm(Mat::new(&doe, m, d), Mat::new(w2, d, inter), &mut da, false, par);
             for (r, out) in dwts_e.iter_mut().enumerate() {
                 let (dar, ar) = (&da[r * inter..(r + 1) * inter], &a[r * inter..(r + 1) * inter]);
                 *out = dar.iter().zip(ar).fold(T::zero(), |acc, (&p, &q)| acc + p * q);
             }
             scale_rows(&mut da, slots, wts, inter);
-            let dh = self.pre_activation_grad(gu_e, &da, m, inter);
-            // dW13_e [2I, D] = dHᵀ · X_e ; dX_e [m, D] = dH · W13_e
-            gemm(Mat::new(&dh, m, 2 * inter).t(), Mat::new(&xe, m, d), dw13_e, false, par);
-            gemm(Mat::new(&dh, m, 2 * inter), Mat::new(w13e, 2 * inter, d), dx_e, false, par);
+            let (dg, du) = self.pre_activation_grad(g_e, u_e, &da);
+            // dW1_e = dGᵀ · X_e, dW3_e = dUᵀ · X_e  [I, D] ; dX_e [m, D] = dG · W1_e + dU · W3_e
+            gemm(Mat::new(&dg, m, inter).t(), Mat::new(&xe, m, d), dw1, false, par);
+            gemm(Mat::new(&du, m, inter).t(), Mat::new(&xe, m, d), dw3, false, par);
+            gemm(Mat::new(&dg, m, inter), Mat::new(w1, inter, d), dx_e, false, par);
+            gemm(Mat::new(&du, m, inter), Mat::new(w3, inter, d), dx_e, true, par);
         });
         let mut dx = vec![T::zero(); n * d];
         let mut dwts = vec![T::zero(); n * k];
@@ -290,26 +364,32 @@ impl Experts {
         (dx, dwts, dw)
     }
 
-    /// `[dG | dU]` `[m, 2I]` from `dA` and the kept `[G | U]`.
-    fn pre_activation_grad<T: Float>(&self, gu: &[T], da: &[T], m: usize, inter: usize) -> Vec<T> {
+    /// `(dG, dU)` `[m, I]` each from `dA` and the kept `G`, `U`.
+    fn pre_activation_grad<T: Float>(&self, g: &[T], u: &[T], da: &[T]) -> (Vec<T>, Vec<T>) {
         let one = T::from_f32(1.0);
-        let mut dh = vec![T::zero(); m * 2 * inter];
-        for r in 0..m {
-            let row = &gu[r * 2 * inter..(r + 1) * 2 * inter];
-            let out = &mut dh[r * 2 * inter..(r + 1) * 2 * inter];
-            for c in 0..inter {
-                let (g, u, g_pass, u_pass) = self.act(row[c], row[inter + c]);
-                let s = sigmoid(g);
-                let dav = da[r * inter + c];
-                if g_pass {
-                    out[c] = dav * u * s * (one + g * (one - s));
-                }
-                if u_pass {
-                    out[inter + c] = dav * g * s;
-                }
+        let mut dg = vec![T::zero(); da.len()];
+        let mut du = vec![T::zero(); da.len()];
+        for i in 0..da.len() {
+            let (gv, uv, g_pass, u_pass) = self.act(g[i], u[i]);
+            let s = sigmoid(gv);
+            if g_pass {
+                dg[i] = da[i] * uv * s * (one + gv * (one - s));
+            }
+            if u_pass {
+                du[i] = da[i] * gv * s;
             }
         }
-        dh
+        (dg, du)
+    }
+
+    /// Deposit every expert's weight gradients (`dW` in the order of `targets`).
+    fn deposit<T: WithDType>(&self, dw: Vec<[Vec<T>; 3]>, dev: &candle_core::Device) -> candle_core::Result<()> {
+        for (grads, targets) in dw.into_iter().zip(&self.weights.targets) {
+            for (gv, t) in grads.into_iter().zip(targets) {
+                self.weights.sink.add(t, Tensor::from_vec(gv, t.dims(), dev)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -320,12 +400,6 @@ fn sigmoid<T: Float>(x: T) -> T {
 /// `x · σ(x)`, as candle's `silu` computes it (`x / (1 + e^{−x})`).
 fn silu<T: Float>(x: T) -> T {
     x / (T::from_f32(1.0) + (-x).exp())
-}
-
-/// `(W13_e [2I, D], W2_e [D, I])` of expert `e` in `W [E, 3·I·D]`.
-fn expert_mats<T>(w: &[T], e: usize, inter: usize, d: usize) -> (&[T], &[T]) {
-    let per = 3 * inter * d;
-    w[e * per..(e + 1) * per].split_at(2 * inter * d)
 }
 
 /// Row `r` of `a [m, width]` times the routing weight of slot `slots[r]`.
@@ -347,7 +421,7 @@ fn gather<T: Copy>(src: &[T], slots: &[usize], k: usize, d: usize) -> Vec<T> {
     out
 }
 
-impl CustomOp3 for Experts {
+impl CustomOp2 for Experts {
     fn name(&self) -> &'static str {
         "v4-experts"
     }
@@ -358,24 +432,16 @@ impl CustomOp3 for Experts {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = self.dims(l1, l2, l3)?;
-        let shape = Shape::from((dims.0, dims.1));
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => f32::wrap(self.forward(
-                contiguous_slice(x, l1, "experts")?,
-                contiguous_slice(a, l2, "experts")?,
-                contiguous_slice(b, l3, "experts")?,
-                dims,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => f64::wrap(self.forward(
-                contiguous_slice(x, l1, "experts")?,
-                contiguous_slice(a, l2, "experts")?,
-                contiguous_slice(b, l3, "experts")?,
-                dims,
-            )),
+        let dims = self.dims(l1, l2)?;
+        let shape = Shape::from((dims.n, dims.d));
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(a)) => f32::wrap(with_mats(&self.weights.values, |w| {
+                Ok(self.forward(contiguous_slice(x, l1, "experts")?, contiguous_slice(a, l2, "experts")?, w, dims))
+            })?),
+            (CpuStorage::F64(x), CpuStorage::F64(a)) => f64::wrap(with_mats(&self.weights.values, |w| {
+                Ok(self.forward(contiguous_slice(x, l1, "experts")?, contiguous_slice(a, l2, "experts")?, w, dims))
+            })?),
             _ => bail!("experts: f32 or f64 inputs of one dtype"),
         };
         Ok((out, shape))
@@ -385,50 +451,40 @@ impl CustomOp3 for Experts {
         &self,
         x: &Tensor,
         wts: &Tensor,
-        w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dims = self.dims(x.layout(), wts.layout(), w.layout())?;
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dims = self.dims(x.layout(), wts.layout())?;
         let dev = x.device();
         let saved = self.saved.lock().map_err(|_| candle_core::Error::Msg("experts: poisoned state".into()))?;
         let Some(saved) = saved.as_ref() else { bail!("experts: backward before forward") };
         macro_rules! run {
             ($t:ty) => {{
                 let Some(gu) = <$t>::saved(saved) else { bail!("experts: saved state of another dtype") };
-                let (dx, da, db) = with_values::<$t, _>(x, |xv| {
+                let (dx, da, dw) = with_values::<$t, _>(x, |xv| {
                     with_values(wts, |av| {
-                        with_values(w, |bv| with_values(grad, |gv| Ok(self.backward(xv, av, bv, gv, gu, dims))))
+                        with_mats(&self.weights.values, |w| {
+                            with_values(grad, |gv| Ok(self.backward(xv, av, w, gv, gu, dims)))
+                        })
                     })
                 })?;
-                (
-                    Tensor::from_vec(dx, x.dims(), dev)?,
-                    Tensor::from_vec(da, wts.dims(), dev)?,
-                    Tensor::from_vec(db, w.dims(), dev)?,
-                )
+                self.deposit(dw, dev)?;
+                (Tensor::from_vec(dx, x.dims(), dev)?, Tensor::from_vec(da, wts.dims(), dev)?)
             }};
         }
-        let (dx, da, db) = match x.dtype() {
+        let (dx, da) = match x.dtype() {
             candle_core::DType::F32 => run!(f32),
             candle_core::DType::F64 => run!(f64),
             d => bail!("experts: unsupported dtype {d:?}"),
         };
-        Ok((Some(dx), Some(da), Some(db)))
+        Ok((Some(dx), Some(da)))
     }
 }
 
 /// Apply the experts: `x [N, D]`, routing weights of the slots `wts [N·k]` (any shape of that
-/// size), `w [E, 3·I·D]` (see [`stack_expert_weights`]) → `y [N, D]`.
-pub fn experts(x: &Tensor, wts: &Tensor, w: &Tensor, op: Experts) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3(&wts.contiguous()?, &w.contiguous()?, op)
-}
-
-/// `W [E, 3·I·D]` of the experts' `(w1 [I, D], w3 [I, D], w2 [D, I])` (a candle `cat`, so
-/// gradients reach each matrix).
-pub fn stack_expert_weights(mats: &[[Tensor; 3]]) -> candle_core::Result<Tensor> {
-    let flat: Vec<Tensor> = mats.iter().flatten().map(|t| t.flatten_all()).collect::<candle_core::Result<_>>()?;
-    let per: usize = mats.first().map_or(0, |m| m.iter().map(|t| t.elem_count()).sum());
-    Tensor::cat(&flat, 0)?.reshape((mats.len(), per))
+/// size) → `y [N, D]`; the weights and the gradient sink come with `op`.
+pub fn experts(x: &Tensor, wts: &Tensor, op: Experts) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&wts.contiguous()?, op)
 }
 
 #[cfg(test)]
@@ -486,15 +542,18 @@ mod tests {
         let mats: Vec<[Tensor; 3]> = vars.iter().map(|v| v.clone().map(|v| v.as_tensor().clone())).collect();
         let proj = Tensor::from_vec(data(n * d, 5, 1.0), (n, d), &dev).unwrap();
         let want = reference(x.as_tensor(), wts.as_tensor(), &mats, &sel, k, limit);
-        let w = stack_expert_weights(&mats).unwrap();
-        let op = Experts::new(k, limit as f32, Arc::new(sel.clone()));
-        let got = experts(x.as_tensor(), wts.as_tensor(), &w, op).unwrap();
+        let sink = Arc::new(GradSink::default());
+        let op = Experts::new(k, limit as f32, Arc::new(sel.clone()), ExpertWeights::plain(mats.clone(), sink.clone()));
+        let got = experts(x.as_tensor(), wts.as_tensor(), op).unwrap();
         assert!(max_diff(&got, &want) < 1e-12, "forward differs by {}", max_diff(&got, &want));
         // the clamp is active somewhere (else its masks go untested)
         let g0 = x.as_tensor().matmul(&mats[0][0].t().unwrap()).unwrap().abs().unwrap();
         assert!(g0.flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap() > limit);
         let gw = (want * &proj).unwrap().sum_all().unwrap().backward().unwrap();
-        let gg = (got * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut gg = (got * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+        // the weight gradients come from the sink (every expert's, the idle one's too)
+        assert!(vars.iter().flatten().all(|v| gg.get(v.as_tensor()).is_none()));
+        sink.drain_into(&mut gg).unwrap();
         let all: Vec<&Var> = [&x, &wts].into_iter().chain(vars.iter().flatten()).collect();
         for v in all {
             let b = gg.get(v.as_tensor()).unwrap();
@@ -518,8 +577,8 @@ mod tests {
             .matmul(&w2.t().unwrap())
             .unwrap();
         let ones = Tensor::ones(n, DType::F64, &dev).unwrap();
-        let w = stack_expert_weights(&mats).unwrap();
-        let got = experts(&x, &ones, &w, Experts::new(1, 0.0, Arc::new(vec![0; n]))).unwrap();
+        let w = ExpertWeights::plain(mats.to_vec(), Arc::default());
+        let got = experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0; n]), w)).unwrap();
         assert!(max_diff(&got, &want) < 1e-12, "{}", max_diff(&got, &want));
     }
 
@@ -528,10 +587,14 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
         let ones = Tensor::ones(2, DType::F32, &dev).unwrap();
-        let w = Tensor::zeros((2, 3 * 3 * 4), DType::F32, &dev).unwrap();
-        assert!(experts(&x, &ones, &w, Experts::new(1, 0.0, Arc::new(vec![0, 2]))).is_err());
-        assert!(experts(&x, &ones, &w, Experts::new(2, 0.0, Arc::new(vec![0, 1]))).is_err());
-        let odd = Tensor::zeros((2, 35), DType::F32, &dev).unwrap();
-        assert!(experts(&x, &ones, &odd, Experts::new(1, 0.0, Arc::new(vec![0, 1]))).is_err());
+        let z = |r: usize, c: usize| Tensor::zeros((r, c), DType::F32, &dev).unwrap();
+        let two = ExpertWeights::plain(vec![[z(3, 4), z(3, 4), z(4, 3)]; 2], Arc::default());
+        assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 2]), two.clone())).is_err());
+        assert!(experts(&x, &ones, Experts::new(2, 0.0, Arc::new(vec![0, 1]), two.clone())).is_err());
+        assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 1]), two)).is_ok());
+        let odd = ExpertWeights::plain(vec![[z(3, 4), z(3, 4), z(4, 3)], [z(3, 4), z(2, 4), z(4, 3)]], Arc::default());
+        assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 1]), odd)).is_err());
+        let none = ExpertWeights::plain(vec![], Arc::default());
+        assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 0]), none)).is_err());
     }
 }

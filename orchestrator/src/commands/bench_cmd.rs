@@ -607,7 +607,7 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
             let loss = if accum > 1 { (loss / accum as f64)? } else { loss };
             fwd += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let g = loss.backward()?;
+            let g = sess.model.backward(&loss)?;
             grads = Some(accumulate(&sess, grads, g)?);
             bwd += t.elapsed().as_secs_f64();
         }
@@ -652,7 +652,7 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
             Some(x) => (loss + x)?,
             None => loss,
         };
-        let g = total.backward()?;
+        let g = sess.model.backward(&total)?;
         sess.step(&g, 1.0)?;
         grpo.push(t.elapsed().as_secs_f64());
     }

@@ -711,7 +711,7 @@ pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
         if let Some(aux) = out.indexer_loss {
             loss = (loss + aux)?;
         }
-        let _grads = loss.backward()?;
+        let _grads = model.backward(&loss)?;
         train.push(t.elapsed().as_secs_f64());
     }
     train.remove(0);
