@@ -112,6 +112,23 @@ impl Store {
                     }
                 }
             }
+            // block by block: one scale per 32 values, two codes per byte
+            Store::Fp4 { packed, scales } if k % mxfp4::BLOCK == 0 => {
+                let (bpr, spr) = (k / 2, k / mxfp4::BLOCK);
+                for (j, row) in (j0..j1).zip(dst.chunks_exact_mut(k)) {
+                    let p = &packed[j * bpr..(j + 1) * bpr];
+                    let s = &scales[j * spr..(j + 1) * spr];
+                    for ((blk, pb), &sc) in
+                        row.chunks_exact_mut(mxfp4::BLOCK).zip(p.chunks_exact(mxfp4::BLOCK / 2)).zip(s)
+                    {
+                        let scale = e8m0_to_f32(sc);
+                        for (pair, &b) in blk.chunks_exact_mut(2).zip(pb) {
+                            pair[0] = mxfp4::E2M1_LUT[(b & 0x0F) as usize] * scale;
+                            pair[1] = mxfp4::E2M1_LUT[(b >> 4) as usize] * scale;
+                        }
+                    }
+                }
+            }
             Store::Fp4 { packed, scales } => {
                 let (bpr, spr) = (k / 2, k / mxfp4::BLOCK);
                 for (j, row) in (j0..j1).zip(dst.chunks_exact_mut(k)) {

@@ -97,14 +97,24 @@ impl HcSplit {
         (pre, post, comb)
     }
 
-    /// Forward of one row; with `trace`, the Sinkhorn iterates (input of every normalisation).
-    fn row<T: Float>(&self, m: &[T], scale: &[T], base: &[T], out: &mut [T], trace: Option<&mut Vec<Vec<T>>>) {
+    /// Values in a Sinkhorn trace: the input of every normalisation, `(2·iters − 1)` of
+    /// `n × n`.
+    fn trace_len(&self) -> usize {
+        (2 * self.iters.max(1) - 1) * self.n * self.n
+    }
+
+    /// Forward of one row into `out [(2+n)·n]` (no allocation); with `trace`
+    /// (`trace_len()` values), the Sinkhorn iterates (input of every normalisation).
+    fn row<T: Float>(&self, m: &[T], scale: &[T], base: &[T], out: &mut [T], mut trace: Option<&mut [T]>) {
         let (n, eps) = (self.n, T::from_f32(self.eps));
         for i in 0..n {
             out[i] = sig(m[i] * scale[0] + base[i]) + eps;
             out[n + i] = T::from_f32(2.0) * sig(m[n + i] * scale[1] + base[n + i]);
         }
-        let mut c: Vec<T> = (0..n * n).map(|k| m[2 * n + k] * scale[2] + base[2 * n + k]).collect();
+        let c = &mut out[2 * n..(2 + n) * n];
+        for (k, v) in c.iter_mut().enumerate() {
+            *v = m[2 * n + k] * scale[2] + base[2 * n + k];
+        }
         for r in 0..n {
             let row = &mut c[r * n..(r + 1) * n];
             let mx = row.iter().fold(row[0], |a, &b| if b > a { b } else { a });
@@ -117,22 +127,22 @@ impl HcSplit {
                 *v = *v / z + eps;
             }
         }
-        let mut trace = trace;
+        let mut step = 0;
         let mut push = |c: &[T]| {
             if let Some(t) = trace.as_deref_mut() {
-                t.push(c.to_vec());
+                t[step * n * n..(step + 1) * n * n].copy_from_slice(c);
             }
+            step += 1;
         };
         // column normalisation, then (iters − 1) × (row, column)
-        push(&c);
-        col_norm(&mut c, n, eps);
+        push(c);
+        col_norm(c, n, eps);
         for _ in 1..self.iters {
-            push(&c);
-            row_norm(&mut c, n, eps);
-            push(&c);
-            col_norm(&mut c, n, eps);
+            push(c);
+            row_norm(c, n, eps);
+            push(c);
+            col_norm(c, n, eps);
         }
-        out[2 * n..].copy_from_slice(&c);
     }
 }
 
@@ -252,17 +262,17 @@ impl HcSplit {
         let (n, eps) = (self.n, T::from_f32(self.eps));
         let w = (2 + n) * n;
         let rows = m.len() / w;
-        let per_row: Vec<(Vec<T>, [T; 3], Vec<T>)> = (0..rows)
-            .into_par_iter()
-            .map(|r| {
+        // per row: dmixes into `dm`, and its `dscale` / `dbase` terms, summed in row order below
+        let mut dm = vec![T::zero(); rows * w];
+        let mut ds_rows = vec![T::zero(); rows * 3];
+        let mut db_rows = vec![T::zero(); rows * w];
+        let scratch = || (vec![T::zero(); w], vec![T::zero(); self.trace_len()], vec![T::zero(); n * n]);
+        dm.par_chunks_mut(w).zip(ds_rows.par_chunks_mut(3)).zip(db_rows.par_chunks_mut(w)).enumerate().for_each_init(
+            scratch,
+            |(out, trace, c0), (r, ((dm, ds), db))| {
                 let mr = &m[r * w..(r + 1) * w];
                 let gr = &g[r * w..(r + 1) * w];
-                let mut out = vec![T::zero(); w];
-                let mut trace = Vec::new();
-                self.row(mr, s, b, &mut out, Some(&mut trace));
-                let mut dm = vec![T::zero(); w];
-                let mut ds = [T::zero(); 3];
-                let mut db = vec![T::zero(); w];
+                self.row(mr, s, b, out, Some(trace));
                 for i in 0..n {
                     // pre = σ(z) + eps, post = 2σ(z)
                     let z0 = mr[i] * s[0] + b[i];
@@ -277,29 +287,28 @@ impl HcSplit {
                     db[n + i] = d1;
                 }
                 // Sinkhorn in reverse: trace = [C0, R1in, C1in, R2in, ...]; the last
-                // normalisation applied was a column one.
-                let mut d: Vec<T> = gr[2 * n..].to_vec();
-                for k in (0..trace.len()).rev() {
+                // normalisation applied was a column one. `d` lives in dm's comb part.
+                let d = &mut dm[2 * n..];
+                d.copy_from_slice(&gr[2 * n..]);
+                for k in (0..trace.len() / (n * n)).rev() {
                     let by_column = k == 0 || k % 2 == 0;
-                    norm_back(&trace[k], &mut d, n, eps, by_column);
+                    norm_back(&trace[k * n * n..(k + 1) * n * n], d, n, eps, by_column);
                 }
                 // softmax rows (+eps is a constant): dL = y (dy − Σ y dy)
-                let c0: Vec<T> = {
-                    let mut c: Vec<T> = (0..n * n).map(|k| mr[2 * n + k] * s[2] + b[2 * n + k]).collect();
-                    for rr in 0..n {
-                        let row = &mut c[rr * n..(rr + 1) * n];
-                        let mx = row.iter().fold(row[0], |a, &x| if x > a { x } else { a });
-                        let mut zz = T::zero();
-                        for v in row.iter_mut() {
-                            *v = (*v - mx).exp();
-                            zz = zz + *v;
-                        }
-                        for v in row.iter_mut() {
-                            *v = *v / zz;
-                        }
+                for (k, v) in c0.iter_mut().enumerate() {
+                    *v = mr[2 * n + k] * s[2] + b[2 * n + k];
+                }
+                for row in c0.chunks_mut(n) {
+                    let mx = row.iter().fold(row[0], |a, &x| if x > a { x } else { a });
+                    let mut zz = T::zero();
+                    for v in row.iter_mut() {
+                        *v = (*v - mx).exp();
+                        zz = zz + *v;
                     }
-                    c
-                };
+                    for v in row.iter_mut() {
+                        *v = *v / zz;
+                    }
+                }
                 for rr in 0..n {
                     let mut dot = T::zero();
                     for j in 0..n {
@@ -308,23 +317,20 @@ impl HcSplit {
                     for j in 0..n {
                         let k = rr * n + j;
                         let dl = c0[k] * (d[k] - dot);
-                        dm[2 * n + k] = dl * s[2];
+                        d[k] = dl * s[2];
                         ds[2] = ds[2] + dl * mr[2 * n + k];
                         db[2 * n + k] = dl;
                     }
                 }
-                (dm, ds, db)
-            })
-            .collect();
-        let mut dm = Vec::with_capacity(m.len());
+            },
+        );
         let mut ds = vec![T::zero(); 3];
         let mut db = vec![T::zero(); w];
-        for (a, sc, bb) in per_row {
-            dm.extend(a);
-            for i in 0..3 {
-                ds[i] = ds[i] + sc[i];
+        for (sr, br) in ds_rows.chunks(3).zip(db_rows.chunks(w)) {
+            for (x, &y) in ds.iter_mut().zip(sr) {
+                *x = *x + y;
             }
-            for (x, y) in db.iter_mut().zip(bb) {
+            for (x, &y) in db.iter_mut().zip(br) {
                 *x = *x + y;
             }
         }
