@@ -1,22 +1,31 @@
 //! Normalised Walsh–Hadamard rotation `y = x · H_n · n^-1/2` (Sylvester order), used on the
 //! Lightning Indexer's queries and keys before their FP4 fake quantisation.
 
-/// In-place fast Walsh–Hadamard transform of a power-of-two length vector, scaled by `n^-1/2`.
-pub fn rotate(x: &mut [f32]) {
+/// The unscaled butterflies of the fast Walsh–Hadamard transform, in place (power-of-two
+/// length). Stage `h` pairs `(j, j + h)` within blocks of `2h` as two contiguous halves, so
+/// the wider stages vectorise; every value sees the same additions in the same order as the
+/// textbook loop. Shared by the engine and the trainer's fused op, so both round alike.
+pub fn butterflies<T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>>(x: &mut [T]) {
     let n = x.len();
     debug_assert!(n.is_power_of_two());
     let mut h = 1;
     while h < n {
-        for i in (0..n).step_by(2 * h) {
-            for j in i..i + h {
-                let (a, b) = (x[j], x[j + h]);
-                x[j] = a + b;
-                x[j + h] = a - b;
+        for block in x.chunks_exact_mut(2 * h) {
+            let (lo, hi) = block.split_at_mut(h);
+            for (a, b) in lo.iter_mut().zip(hi.iter_mut()) {
+                let (p, q) = (*a, *b);
+                *a = p + q;
+                *b = p - q;
             }
         }
         h *= 2;
     }
-    let s = (n as f32).powf(-0.5);
+}
+
+/// In-place fast Walsh–Hadamard transform of a power-of-two length vector, scaled by `n^-1/2`.
+pub fn rotate(x: &mut [f32]) {
+    butterflies(x);
+    let s = (x.len() as f32).powf(-0.5);
     for v in x.iter_mut() {
         *v *= s;
     }

@@ -78,10 +78,12 @@ fn sft_then_grpo(seed: u64, grpo_steps: u64) -> (f64, f64, f64, f64) {
 
 /// One seed is one noisy draw: a 64-prompt greedy eval moves by several prompts when the
 /// float summation order changes (another CPU's GEMM kernels), and a single 30-step run can go
-/// down. The claim tested is the average over four fixed seeds on 256 eval prompts.
+/// down. The claim tested is the average over four fixed seeds on 256 eval prompts, after 45
+/// steps: at 30 the mean gain sat at the +0.01 bound, and a rounding-level change of the expert
+/// op (2026-12-07) moved it to +0.002 while the train reward still rose on every seed.
 #[test]
 fn grpo_raises_eval_accuracy() {
-    let runs: Vec<_> = (0..4).map(|seed| sft_then_grpo(seed, 30)).collect();
+    let runs: Vec<_> = (0..4).map(|seed| sft_then_grpo(seed, 45)).collect();
     let n = runs.len() as f64;
     let (before, after) = (runs.iter().map(|r| r.0).sum::<f64>() / n, runs.iter().map(|r| r.1).sum::<f64>() / n);
     let (r0, r1) = (runs.iter().map(|r| r.2).sum::<f64>() / n, runs.iter().map(|r| r.3).sum::<f64>() / n);

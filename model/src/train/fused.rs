@@ -643,17 +643,7 @@ fn fwht<T: Float>(x: &[T], n: usize) -> Vec<T> {
     let s = T::from_f32(1.0) / T::from_usize(n).sqrt();
     out.par_chunks_mut(n * 16).for_each(|block| {
         for v in block.chunks_mut(n) {
-            let mut h = 1;
-            while h < n {
-                for i in (0..n).step_by(2 * h) {
-                    for j in i..i + h {
-                        let (a, b) = (v[j], v[j + h]);
-                        v[j] = a + b;
-                        v[j + h] = a - b;
-                    }
-                }
-                h *= 2;
-            }
+            crate::hadamard::butterflies(v);
             for e in v.iter_mut() {
                 *e = *e * s;
             }
