@@ -23,8 +23,11 @@ pub mod hc;
 pub mod linear;
 pub mod moe;
 pub mod ops;
+pub mod pool;
 pub mod prof;
 pub mod sink;
+#[cfg(test)]
+mod test_data;
 
 use crate::config::{Config, LayerKind};
 use crate::engine::{Decisions, Numerics};
@@ -32,7 +35,7 @@ use crate::error::{ModelError, Result};
 use crate::rope::RopeFreqs;
 use crate::weights::{ModelWeights, Tensor32};
 use candle_core::{DType, Device, Tensor, Var};
-use ops::{fake_quant, sigmoid, softmax_dim, softmax_last, FakeQuant};
+use ops::{fake_quant, sigmoid, softmax_last, FakeQuant};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -417,28 +420,16 @@ impl TrainModel {
         if lay.is_empty() {
             return Ok(None);
         }
-        let (m, n) = (lay.ratio, lay.len());
-        let coff = if m == 4 { 2 } else { 1 };
-        let rows = Tensor::from_vec(lay.token_rows(), n * m, &self.device)?;
-        let c = self.linear(x, &format!("{prefix}wkv.weight"))?.index_select(&rows, 0)?.reshape((n, m, coff * d))?;
-        let z = self
-            .linear(x, &format!("{prefix}wgate.weight"))?
-            .index_select(&rows, 0)?
-            .reshape((n, m, coff * d))?
-            .broadcast_add(self.var(&format!("{prefix}ape"))?)?;
-        let (cand_c, cand_z) = if coff == 1 {
-            (c, z)
-        } else {
-            // row 0 of `[pad; blocks]` is the missing previous block of a document's first entry
-            let prev = Tensor::from_vec(lay.prev_rows(), n, &self.device)?;
-            let zeros = Tensor::zeros((1, m, d), self.dtype, &self.device)?;
-            let negs = Tensor::full(NEG as f32, (1, m, d), &self.device)?.to_dtype(self.dtype)?;
-            let prev_c = Tensor::cat(&[zeros, c.narrow(2, 0, d)?], 0)?.index_select(&prev, 0)?;
-            let prev_z = Tensor::cat(&[negs, z.narrow(2, 0, d)?], 0)?.index_select(&prev, 0)?;
-            (Tensor::cat(&[prev_c, c.narrow(2, d, d)?], 1)?, Tensor::cat(&[prev_z, z.narrow(2, d, d)?], 1)?)
+        let pooling = pool::Pool {
+            ratio: lay.ratio,
+            width: if lay.ratio == 4 { 2 } else { 1 },
+            dim: d,
+            first_row: Arc::new(lay.first_row.clone()),
+            prev: Arc::new(lay.prev.clone()),
         };
-        let p = softmax_dim(&cand_z, 1)?;
-        let entry = (p * cand_c)?.sum(1)?; // [n, d]
+        let c = self.linear(x, &format!("{prefix}wkv.weight"))?;
+        let z = self.linear(x, &format!("{prefix}wgate.weight"))?;
+        let entry = pool::pool(&c, &z, self.var(&format!("{prefix}ape"))?, pooling)?; // [n, d]
         let entry = self.norm(&entry, Some(&format!("{prefix}norm.weight")))?;
         let entry = fused::rope(&entry, freqs, &Arc::new(lay.pos.clone()), 1, false)?;
         let num = self.options.numerics;

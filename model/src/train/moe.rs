@@ -490,15 +490,8 @@ pub fn experts(x: &Tensor, wts: &Tensor, op: Experts) -> candle_core::Result<Ten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::test_data::{data, max_diff};
     use candle_core::{DType, Device, Var};
-
-    fn data(n: usize, seed: usize, amp: f64) -> Vec<f64> {
-        (0..n).map(|i| (((i * 7919 + seed * 104729) % 1009) as f64 / 1009.0 - 0.5) * 2.0 * amp).collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// The per-expert candle graph the op replaces.
     fn reference(x: &Tensor, wts: &Tensor, mats: &[[Tensor; 3]], sel: &[u32], k: usize, limit: f64) -> Tensor {
