@@ -15,7 +15,6 @@ use model::train::{TrainModel, TrainOptions};
 use model::{Decisions, ModelWeights};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -74,19 +73,19 @@ impl Session {
                 continue;
             }
             if let Some(gt) = grads.get(var.as_tensor()) {
-                trained.push((name.clone(), gt.clone()));
+                // gradients are read where they live; a non-contiguous one is copied first
+                let gt = if gt.is_contiguous() { gt.clone() } else { gt.contiguous()? };
+                trained.push((name.clone(), gt));
                 params.insert(name.clone(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?);
             }
         }
-        // gradients are read where they live (a copy only for a non-contiguous one)
-        let reads: Vec<_> = trained.iter().map(|(name, t)| (name, t, t.storage_and_layout())).collect();
-        let mut g: BTreeMap<String, Cow<'_, [f32]>> = BTreeMap::new();
-        for (name, t, (storage, layout)) in &reads {
-            let data = match (&**storage, layout.contiguous_offsets()) {
-                (candle_core::Storage::Cpu(cpu), Some((a, b))) => Cow::Borrowed(&cpu.as_slice::<f32>()?[a..b]),
-                _ => Cow::Owned(t.flatten_all()?.to_vec1::<f32>()?),
+        let reads: Vec<_> = trained.iter().map(|(name, t)| (name, t.storage_and_layout())).collect();
+        let mut g: BTreeMap<String, &[f32]> = BTreeMap::new();
+        for (name, (storage, layout)) in &reads {
+            let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&**storage, layout.contiguous_offsets()) else {
+                return Err(TrainError::Shape(format!("gradient of `{name}` is not a contiguous CPU tensor")));
             };
-            g.insert((*name).clone(), data);
+            g.insert((*name).clone(), &cpu.as_slice::<f32>()?[a..b]);
         }
         let stats = model::train::prof::time("optimizer", || self.opt.update(&mut params, &g, lr_scale))?;
         drop(g);

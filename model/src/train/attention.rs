@@ -229,6 +229,18 @@ impl SparseAttention {
         (0..self.seq).step_by(TILE).map(|t0| (t0, (t0 + TILE).min(self.seq)))
     }
 
+    /// Keys and values `[S + NE, hd]` of batch row `b`.
+    fn batch_keys<'a, T>(&self, kvc: &'a [T], b: usize) -> &'a [T] {
+        let w = (self.seq + self.entries) * self.head_dim;
+        &kvc[b * w..(b + 1) * w]
+    }
+
+    /// Zeroed gradients `(dq [S, H, hd], dkv [S + NE, hd], dsink [H])` of one batch row.
+    fn zero_grads<T: Real>(&self) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (s, h, hd, ne) = (self.seq, self.heads, self.head_dim, self.entries);
+        (vec![T::zero(); s * h * hd], vec![T::zero(); (s + ne) * hd], vec![T::zero(); h])
+    }
+
     /// Per-batch-row gradients `(dq, dkvc, dsink)` joined: rows one after the other, the
     /// sink's summed.
     fn join_batches<T: Real>(&self, per_b: Vec<(Vec<T>, Vec<T>, Vec<T>)>) -> (Vec<T>, Vec<T>, Vec<T>) {
@@ -250,15 +262,12 @@ impl SparseAttention {
     /// tile by tile: `dP = dO · K_tᵀ`, `dS = P ⊙ (dP − D) · scale`, `dQ_t = dS · K_t`,
     /// `dK_t = dSᵀ · Q_t + Pᵀ · dO`, scattered back to the tile's key rows.
     fn backward<T: Real + GemmScalar>(&self, q: &[T], kvc: &[T], sink: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (s, h, hd, ne) = (self.seq, self.heads, self.head_dim, self.entries);
+        let (s, h, hd) = (self.seq, self.heads, self.head_dim);
         let scale = T::from_f32(self.scale);
         let per_b: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..self.batch)
             .into_par_iter()
             .map(|b| {
-                let kv = &kvc[b * (s + ne) * hd..(b + 1) * (s + ne) * hd];
-                let mut dq = vec![T::zero(); s * h * hd];
-                let mut dkv = vec![T::zero(); (s + ne) * hd];
-                let mut dsink = vec![T::zero(); h];
+                let (kv, (mut dq, mut dkv, mut dsink)) = (self.batch_keys(kvc, b), self.zero_grads::<T>());
                 for (t0, t1) in self.tiles_of() {
                     let tile = self.tile(b, t0, t1);
                     let (p, kt, psink) = self.tile_probs(q, kv, sink, &tile);
@@ -320,15 +329,12 @@ impl SparseAttention {
     /// Gradients `(dq, dkvc, dsink)` key by key (the naive reference of [`Self::backward`]).
     #[cfg(test)]
     fn naive_backward<T: Real>(&self, q: &[T], kvc: &[T], sink: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (s, h, hd, ne) = (self.seq, self.heads, self.head_dim, self.entries);
+        let (s, h, hd) = (self.seq, self.heads, self.head_dim);
         let scale = T::from_f32(self.scale);
         let per_b: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..self.batch)
             .into_par_iter()
             .map(|b| {
-                let kv = &kvc[b * (s + ne) * hd..(b + 1) * (s + ne) * hd];
-                let mut dq = vec![T::zero(); s * h * hd];
-                let mut dkv = vec![T::zero(); (s + ne) * hd];
-                let mut dsink = vec![T::zero(); h];
+                let (kv, (mut dq, mut dkv, mut dsink)) = (self.batch_keys(kvc, b), self.zero_grads::<T>());
                 let mut keys = Vec::new();
                 let mut p = Vec::new();
                 let mut dp = Vec::new();

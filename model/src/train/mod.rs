@@ -736,17 +736,14 @@ impl TrainModel {
         for p in names {
             let m = |n: &str| self.var(&format!("{p}{n}.weight")).cloned();
             let t = [m("w1")?, m("w3")?, m("w2")?];
+            let mut v = t.clone();
             if qat {
-                let mut q = Vec::with_capacity(3);
-                for (name, w) in ["w1", "w3", "w2"].iter().zip(&t) {
-                    q.push(self.fake_quant_cached(&format!("{p}{name}.weight"), w)?);
+                for (vi, name) in v.iter_mut().zip(["w1", "w3", "w2"]) {
+                    *vi = self.fake_quant_cached(&format!("{p}{name}.weight"), vi)?;
                 }
-                values.push([q[0].clone(), q[1].clone(), q[2].clone()]);
             }
+            values.push(v);
             targets.push(t);
-        }
-        if !qat {
-            values = targets.clone();
         }
         Ok(moe::ExpertWeights { values, targets, sink: self.sink.clone() })
     }

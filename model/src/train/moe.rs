@@ -222,6 +222,8 @@ impl Experts {
         let fits =
             |m: &[Tensor; 3]| m[0].dims() == [inter, d] && m[1].dims() == [inter, d] && m[2].dims() == [d, inter];
         if experts == 0
+            || d == 0
+            || inter == 0
             || w.targets.len() != experts
             || !w.values.iter().all(fits)
             || w.values.iter().zip(&w.targets).any(|(v, t)| v.iter().zip(t).any(|(a, b)| a.dims() != b.dims()))
@@ -587,6 +589,8 @@ mod tests {
         assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 1]), two)).is_ok());
         let odd = ExpertWeights::plain(vec![[z(3, 4), z(3, 4), z(4, 3)], [z(3, 4), z(2, 4), z(4, 3)]], Arc::default());
         assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 1]), odd)).is_err());
+        let flat = ExpertWeights::plain(vec![[z(0, 4), z(0, 4), z(4, 0)]], Arc::default());
+        assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 0]), flat)).is_err());
         let none = ExpertWeights::plain(vec![], Arc::default());
         assert!(experts(&x, &ones, Experts::new(1, 0.0, Arc::new(vec![0, 0]), none)).is_err());
     }

@@ -72,7 +72,9 @@ impl Pool {
         let rows_fit = self.first_row.iter().all(|&r| r + m <= t)
             && (w == 1 || self.prev.len() == self.entries())
             && self.prev.iter().flatten().all(|&p| p < self.entries());
-        if !(w == 1 || w == 2)
+        if m == 0
+            || d == 0
+            || !(w == 1 || w == 2)
             || wd != w * d
             || z.shape().dims() != c.shape().dims()
             || a.shape().elem_count() != m * wd
@@ -337,5 +339,11 @@ mod tests {
         assert!(pool(&c, &c, &a, p(vec![0, 4], vec![None, Some(2)], 2)).is_err());
         assert!(pool(&c, &c, &a, p(vec![0, 4], vec![None], 2)).is_err());
         assert!(pool(&c, &c, &a, p(vec![0], vec![], 3)).is_err());
+        let empty = Tensor::zeros((8, 0), candle_core::DType::F32, &dev).unwrap();
+        let a0 = Tensor::zeros((4, 0), candle_core::DType::F32, &dev).unwrap();
+        let zero_dim = Pool { ratio: 4, width: 1, dim: 0, first_row: Arc::new(vec![0]), prev: Arc::new(vec![]) };
+        assert!(pool(&empty, &empty, &a0, zero_dim).is_err());
+        let zero_ratio = Pool { ratio: 0, width: 1, dim: 4, first_row: Arc::new(vec![0]), prev: Arc::new(vec![]) };
+        assert!(pool(&c, &c, &Tensor::zeros(0, candle_core::DType::F32, &dev).unwrap(), zero_ratio).is_err());
     }
 }
