@@ -19,6 +19,33 @@ pub const GEMM_MIN_ROWS: usize = 16;
 /// Work (multiply-adds) under which a call stays on the current thread.
 pub(crate) const PAR_MIN_WORK: usize = 1 << 17;
 
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's kernels single-threaded. For callers that are themselves one
+/// task of a parallel loop (the engine's experts): a nested parallel product would split
+/// small work into pieces that cost more to synchronise than to compute.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|c| c.replace(true)));
+    f()
+}
+
+/// Threads a kernel on this thread may use: the rayon pool's, or 1 inside [`serial`].
+pub(crate) fn threads() -> usize {
+    if SERIAL.with(|c| c.get()) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
 /// Byte → (low-nibble value, high-nibble value).
 fn pair_lut() -> &'static [[f32; 2]; 256] {
     static LUT: OnceLock<[[f32; 2]; 256]> = OnceLock::new();
@@ -108,6 +135,43 @@ mod x86 {
         }
         s
     }
+
+    /// `y += a·x`, a rounded product then a rounded sum per element (no fused multiply-add),
+    /// so it equals the scalar loop bit for bit.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_add_ps(_mm256_loadu_ps(py.add(i)), _mm256_mul_ps(va, _mm256_loadu_ps(px.add(i))));
+            _mm256_storeu_ps(py.add(i), v);
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) += a * *px.add(i);
+            i += 1;
+        }
+    }
+
+    /// [`axpy_avx2`] with 16 lanes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy_avx512(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let va = _mm512_set1_ps(a);
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_add_ps(_mm512_loadu_ps(py.add(i)), _mm512_mul_ps(va, _mm512_loadu_ps(px.add(i))));
+            _mm512_storeu_ps(py.add(i), v);
+            i += 16;
+        }
+        while i < n {
+            *py.add(i) += a * *px.add(i);
+            i += 1;
+        }
+    }
 }
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -128,6 +192,40 @@ fn dot_fn() -> DotFn {
         }
         dot_portable
     })
+}
+
+type AxpyFn = fn(&mut [f32], f32, &[f32]);
+
+fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(v, b)| *v += a * b);
+}
+
+fn axpy_fn() -> AxpyFn {
+    static F: OnceLock<AxpyFn> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected at run time.
+                return |y, a, x| unsafe { x86::axpy_avx512(y, a, x) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the feature was detected at run time.
+                return |y, a, x| unsafe { x86::axpy_avx2(y, a, x) };
+            }
+        }
+        axpy_portable
+    })
+}
+
+/// `y[i] += a · x[i]` over the common length, SIMD when available. Each element is a rounded
+/// product then a rounded sum, exactly as the scalar loop computes it, so swapping this in
+/// changes no result (the builds are not compiled for the host CPU, so plain loops only get
+/// SSE2).
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(y.len(), x.len());
+    axpy_fn()(y, a, x)
 }
 
 /// f32 dot product (SIMD when available).
@@ -223,8 +321,8 @@ pub fn gemm<T: GemmScalar>(a: Mat<T>, b: Mat<T>, out: &mut [T], accumulate: bool
     }
     let (ars, acs) = a.strides();
     let (brs, bcs) = b.strides();
-    let par = if parallel && m * n * k >= PAR_MIN_WORK && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    let par = if parallel && m * n * k >= PAR_MIN_WORK && threads() > 1 {
+        gemm::Parallelism::Rayon(threads())
     } else {
         gemm::Parallelism::None
     };
@@ -261,7 +359,7 @@ pub fn matmul_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &m
         return;
     }
     if rows >= GEMM_MIN_ROWS {
-        let threads = if rows * n * k >= PAR_MIN_WORK { rayon::current_num_threads() } else { 1 };
+        let threads = if rows * n * k >= PAR_MIN_WORK { threads() } else { 1 };
         let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         // SAFETY: shapes and strides describe the slices checked above (row-major x and out,
         // w read as its transpose).
@@ -487,8 +585,8 @@ pub(crate) fn by_output_blocks(
     kernel: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let mut tmp = vec![0f32; n * rows];
-    if parallel && n >= 64 {
-        let block = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+    if parallel && n >= 64 && threads() > 1 {
+        let block = n.div_ceil(threads() * 4).max(16);
         tmp.par_chunks_mut(block * rows).enumerate().for_each(|(bi, dst)| {
             let n0 = bi * block;
             kernel(n0, (n0 + block).min(n), dst);
@@ -543,6 +641,37 @@ mod tests {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!((x - y).abs() <= tol * (1.0 + y.abs()), "[{i}] {x} vs {y}");
         }
+    }
+
+    #[test]
+    fn axpy_equals_the_scalar_loop_bit_for_bit() {
+        for &n in &[0usize, 1, 7, 16, 31, 128, 259] {
+            let (x, y0) = (randv(n, 5), randv(n, 6));
+            let a = 0.37f32;
+            let mut want = y0.clone();
+            want.iter_mut().zip(&x).for_each(|(v, b)| *v += a * b);
+            let mut got = y0.clone();
+            axpy(&mut got, a, &x);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n {n}"
+            );
+            let mut portable = y0;
+            axpy_portable(&mut portable, a, &x);
+            assert_eq!(portable, want);
+        }
+    }
+
+    #[test]
+    fn serial_restores_the_thread_setting() {
+        let outer = threads();
+        let inner = serial(|| (threads(), serial(threads), threads()));
+        assert_eq!(inner, (1, 1, 1));
+        assert_eq!(threads(), outer);
+        let caught = std::panic::catch_unwind(|| serial(|| panic!("inside")));
+        assert!(caught.is_err());
+        assert_eq!(threads(), outer, "a panic inside serial must not leave the thread serial");
     }
 
     #[test]

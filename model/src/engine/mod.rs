@@ -31,6 +31,7 @@ use crate::hadamard;
 use crate::kernels;
 use crate::mapped::MappedCheckpoint;
 use crate::rope::{self, RopeFreqs};
+use crate::train::prof;
 use crate::weights::ModelWeights;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -133,6 +134,24 @@ struct Layer {
     ffn_norm: Vec<f32>,
     attn: Attention,
     moe: Moe,
+}
+
+/// A layer's indexer projections of the call's rows: queries `[n, ih·ihd]`, head weights
+/// `[n, ih]`, and its compressor's kv and gate inputs `[n, 2·ihd]`.
+type IndexerRows = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// What every row of one layer's attention reads (see [`Engine::attend_row`]).
+struct RowAttention<'a> {
+    li: usize,
+    layer: &'a Layer,
+    /// `[n, H·hd]` normalised, rotated queries.
+    q: &'a [f32],
+    /// `[n, hd]` this call's window keys (= values).
+    kv: &'a [f32],
+    /// Indexer queries `[n, ih·ihd]` and head weights `[n, ih]` (CSA layers).
+    idx: Option<(&'a [f32], &'a [f32])>,
+    rope_cs: &'a [(Vec<f32>, Vec<f32>)],
+    positions: &'a [usize],
 }
 
 /// One input row: a token of sequence `seq` (an index into the states slice).
@@ -467,19 +486,16 @@ impl Engine {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             // attention sub-block
-            let (mut x, post, comb) = self.hc_pre(&h, n, &layer.hc_attn);
-            for row in x.chunks_mut(d) {
-                rms_norm(row, Some(&layer.attn_norm), cfg.norm_eps);
-            }
-            let y = self.attention(li, layer, &x, rows, &positions, &mut seq_states)?;
-            hc_post(&mut h, &y, &post, &comb, n, hc, d);
+            let (mut x, post, comb) = prof::time("engine.hc_pre", || self.hc_pre(&h, n, &layer.hc_attn));
+            x.par_chunks_mut(d).for_each(|row| rms_norm(row, Some(&layer.attn_norm), cfg.norm_eps));
+            let y =
+                prof::time("engine.attention", || self.attention(li, layer, &x, rows, &positions, &mut seq_states))?;
+            prof::time("engine.hc_post", || hc_post(&mut h, &y, &post, &comb, n, hc, d));
             // MoE sub-block
-            let (mut x, post, comb) = self.hc_pre(&h, n, &layer.hc_ffn);
-            for row in x.chunks_mut(d) {
-                rms_norm(row, Some(&layer.ffn_norm), cfg.norm_eps);
-            }
-            let y = self.moe(li, layer, &x, rows, &positions, &mut seq_states);
-            hc_post(&mut h, &y, &post, &comb, n, hc, d);
+            let (mut x, post, comb) = prof::time("engine.hc_pre", || self.hc_pre(&h, n, &layer.hc_ffn));
+            x.par_chunks_mut(d).for_each(|row| rms_norm(row, Some(&layer.ffn_norm), cfg.norm_eps));
+            let y = prof::time("engine.moe", || self.moe(li, layer, &x, rows, &positions, &mut seq_states));
+            prof::time("engine.hc_post", || hc_post(&mut h, &y, &post, &comb, n, hc, d));
         }
         for (st, rs) in seq_states.iter_mut() {
             st.pos += rs.len();
@@ -514,19 +530,23 @@ impl Engine {
         let mut x = vec![0f32; n * d];
         let mut post = vec![0f32; n * hc];
         let mut comb = vec![0f32; n * hc * hc];
-        for i in 0..n {
-            let hi = &h[i * hc * d..(i + 1) * hc * d];
-            let r = 1.0 / (hi.iter().map(|v| v * v).sum::<f32>() / (hc * d) as f32 + cfg.norm_eps).sqrt();
-            let m: Vec<f32> = mixes[i * mix..(i + 1) * mix].iter().map(|v| v * r).collect();
-            let (pre, po, co) = hc_split(&m, &site.scale, &site.base, hc, cfg.hc_sinkhorn_iters, cfg.hc_eps);
-            let xi = &mut x[i * d..(i + 1) * d];
-            for s in 0..hc {
-                let stream = &hi[s * d..(s + 1) * d];
-                xi.iter_mut().zip(stream).for_each(|(a, b)| *a += pre[s] * b);
-            }
-            post[i * hc..(i + 1) * hc].copy_from_slice(&po);
-            comb[i * hc * hc..(i + 1) * hc * hc].copy_from_slice(&co);
-        }
+        x.par_chunks_mut(d)
+            .zip(post.par_chunks_mut(hc))
+            .zip(comb.par_chunks_mut(hc * hc))
+            .enumerate()
+            .with_min_len(8)
+            .for_each(|(i, ((xi, post_i), comb_i))| {
+                let hi = &h[i * hc * d..(i + 1) * hc * d];
+                let r = 1.0 / (hi.iter().map(|v| v * v).sum::<f32>() / (hc * d) as f32 + cfg.norm_eps).sqrt();
+                let m: Vec<f32> = mixes[i * mix..(i + 1) * mix].iter().map(|v| v * r).collect();
+                let (pre, po, co) = hc_split(&m, &site.scale, &site.base, hc, cfg.hc_sinkhorn_iters, cfg.hc_eps);
+                for s in 0..hc {
+                    let stream = &hi[s * d..(s + 1) * d];
+                    kernels::axpy(xi, pre[s], stream);
+                }
+                post_i.copy_from_slice(&po);
+                comb_i.copy_from_slice(&co);
+            });
         (x, post, comb)
     }
 
@@ -559,44 +579,39 @@ impl Engine {
         let (h, hd, rd) = (cfg.n_heads, cfg.head_dim, cfg.rope_head_dim);
         let at = &layer.attn;
         // Query path.
-        let mut qr = at.wq_a.forward(x, n, num);
-        for row in qr.chunks_mut(cfg.q_lora_rank) {
-            rms_norm(row, Some(&at.q_norm), cfg.norm_eps);
-        }
-        let mut q = at.wq_b.forward(&qr, n, num);
+        let mut qr = prof::time("engine.a.wq_a", || at.wq_a.forward(x, n, num));
+        qr.par_chunks_mut(cfg.q_lora_rank).for_each(|row| rms_norm(row, Some(&at.q_norm), cfg.norm_eps));
+        let mut q = prof::time("engine.a.wq_b", || at.wq_b.forward(&qr, n, num));
         // KV path.
-        let mut kv = at.wkv.forward(x, n, num);
-        for row in kv.chunks_mut(hd) {
-            rms_norm(row, Some(&at.kv_norm), cfg.norm_eps);
-        }
-        let rope_cs: Vec<(Vec<f32>, Vec<f32>)> = positions.iter().map(|&p| at.rope.cos_sin(p)).collect();
-        for i in 0..n {
-            let (c, s) = &rope_cs[i];
-            for head in q[i * h * hd..(i + 1) * h * hd].chunks_mut(hd) {
+        let mut kv = prof::time("engine.a.wkv", || at.wkv.forward(x, n, num));
+        let rope_cs: Vec<(Vec<f32>, Vec<f32>)> = positions.par_iter().map(|&p| at.rope.cos_sin(p)).collect();
+        q.par_chunks_mut(h * hd).zip(kv.par_chunks_mut(hd)).zip(&rope_cs).for_each(|((qi, k), (c, s))| {
+            for head in qi.chunks_mut(hd) {
                 rms_norm(head, None, cfg.norm_eps);
                 rope::apply(head, c, s, false);
             }
-            let k = &mut kv[i * hd..(i + 1) * hd];
+            rms_norm(k, Some(&at.kv_norm), cfg.norm_eps);
             rope::apply(k, c, s, false);
             if num.kv_fp8 {
                 fp8::fake_quant(&mut k[..hd - rd], 64);
             }
-        }
+        });
         // Compressor and indexer projections (batched).
-        let comp = at.compressor.as_ref().map(|c| (c.wkv.forward(x, n, num), c.wgate.forward(x, n, num)));
+        let comp = prof::time("engine.a.comp_proj", || {
+            at.compressor.as_ref().map(|c| (c.wkv.forward(x, n, num), c.wgate.forward(x, n, num)))
+        });
         let idx = at.indexer.as_ref().map(|ix| {
             let (ih, ihd) = (cfg.index_n_heads, cfg.index_head_dim);
-            let mut qi = ix.wq_b.forward(&qr, n, num);
-            for i in 0..n {
-                let (c, s) = &rope_cs[i];
-                for head in qi[i * ih * ihd..(i + 1) * ih * ihd].chunks_mut(ihd) {
+            let mut qi = prof::time("engine.a.idx_wq_b", || ix.wq_b.forward(&qr, n, num));
+            qi.par_chunks_mut(ih * ihd).zip(&rope_cs).for_each(|(row, (c, s))| {
+                for head in row.chunks_mut(ihd) {
                     rope::apply(head, c, s, false);
                     hadamard::rotate(head);
                     if num.indexer_fp4 {
                         mxfp4::fake_quant(head);
                     }
                 }
-            }
+            });
             let scale = (ihd as f32).powf(-0.5) * (ih as f32).powf(-0.5);
             let mut wts = ix.weights_proj.forward(x, n, num);
             wts.iter_mut().for_each(|v| *v *= scale);
@@ -604,112 +619,53 @@ impl Engine {
             let ig = ix.compressor.wgate.forward(x, n, num);
             (qi, wts, ikv, ig)
         });
-        // Stateful part, sequences in parallel.
-        let window = cfg.window_size;
-        let results: Vec<Vec<(usize, Vec<f32>)>> = seq_states
+        // Stateful part in three phases, so rows of one sequence (a prefill) run in parallel:
+        // (1) per sequence, in position order, the compressors pool their closed windows and
+        // each row notes how many compressed entries it sees (entries only grow); (2) every
+        // row attends, in parallel, reading window keys of this call from `kv` and older ones
+        // from the ring buffer, which is still as the call found it; (3) the ring buffer
+        // takes this call's keys. Each row's arithmetic is that of a row-by-row loop.
+        let visible: Vec<Vec<usize>> = seq_states
             .par_iter_mut()
             .map(|(st, rs)| {
-                let mut out = Vec::with_capacity(rs.len());
-                for &i in rs.iter() {
-                    let pos = positions[i];
-                    let ls = &mut st.layers[li];
-                    // window ring buffer
-                    let slot = pos % window;
-                    ls.window[slot * hd..(slot + 1) * hd].copy_from_slice(&kv[i * hd..(i + 1) * hd]);
-                    // compressors
-                    if let (Some(c), Some((ckv, cg))) = (&at.compressor, &comp) {
-                        let w = if layer.ratio == 4 { 2 * hd } else { hd };
-                        if let Some(entry) = ls
-                            .compressor
-                            .as_mut()
-                            .and_then(|cs| cs.push(pos, &ckv[i * w..(i + 1) * w], &cg[i * w..(i + 1) * w], &c.ape))
-                        {
-                            let e = self.finish_entry(entry, &c.norm, at, layer.ratio, pos, false);
-                            ls.entries.extend_from_slice(&e);
-                        }
-                    }
-                    if let (Some(ix), Some((_, _, ikv, ig))) = (&at.indexer, &idx) {
-                        let w = 2 * cfg.index_head_dim;
-                        if let Some(entry) = ls.index_compressor.as_mut().and_then(|cs| {
-                            cs.push(pos, &ikv[i * w..(i + 1) * w], &ig[i * w..(i + 1) * w], &ix.compressor.ape)
-                        }) {
-                            let e = self.finish_entry(entry, &ix.compressor.norm, at, 4, pos, true);
-                            ls.index_keys.extend_from_slice(&e);
-                        }
-                    }
-                    // which compressed entries this query attends
-                    let n_entries = ls.entries.len() / hd;
-                    let selected: Vec<usize> = match layer.kind {
-                        LayerKind::Window => vec![],
-                        LayerKind::Hca => (0..n_entries).collect(),
-                        LayerKind::Csa => {
-                            let forced = st.forced.as_ref().and_then(|f| f.topk.get(&(li, pos)).cloned());
-                            let sel = match forced {
-                                Some(s) => s.into_iter().filter(|&e| e < n_entries).collect(),
-                                None => {
-                                    let (qi, wts, _, _) = idx.as_ref().expect("CSA layer has an indexer");
-                                    self.index_select(
-                                        &qi[i * cfg.index_n_heads * cfg.index_head_dim
-                                            ..(i + 1) * cfg.index_n_heads * cfg.index_head_dim],
-                                        &wts[i * cfg.index_n_heads..(i + 1) * cfg.index_n_heads],
-                                        &st.layers[li].index_keys,
-                                        n_entries,
-                                    )
-                                }
-                            };
-                            if let Some(rec) = st.record.as_mut() {
-                                rec.topk.insert((li, pos), sel.clone());
-                            }
-                            sel
-                        }
-                    };
-                    let ls = &st.layers[li];
-                    let mut o = vec![0f32; h * hd];
-                    let start = (pos + 1).saturating_sub(window);
-                    let scale = (hd as f32).powf(-0.5);
-                    let mut scores = Vec::with_capacity(window + selected.len());
-                    for head in 0..h {
-                        let qh = &q[(i * h + head) * hd..(i * h + head + 1) * hd];
-                        scores.clear();
-                        for p in start..=pos {
-                            let s = p % window;
-                            scores.push(kernels::dot(qh, &ls.window[s * hd..(s + 1) * hd]) * scale);
-                        }
-                        for &e in &selected {
-                            scores.push(kernels::dot(qh, &ls.entries[e * hd..(e + 1) * hd]) * scale);
-                        }
-                        let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                        let mut z = 0f32;
-                        for s in scores.iter_mut() {
-                            *s = (*s - m).exp();
-                            z += *s;
-                        }
-                        z += (at.sink[head] - m).exp();
-                        let oh = &mut o[head * hd..(head + 1) * hd];
-                        let mut k = 0;
-                        for p in start..=pos {
-                            let s = p % window;
-                            let wgt = scores[k] / z;
-                            oh.iter_mut().zip(&ls.window[s * hd..(s + 1) * hd]).for_each(|(a, b)| *a += wgt * b);
-                            k += 1;
-                        }
-                        for &e in &selected {
-                            let wgt = scores[k] / z;
-                            oh.iter_mut().zip(&ls.entries[e * hd..(e + 1) * hd]).for_each(|(a, b)| *a += wgt * b);
-                            k += 1;
-                        }
-                        let (c, s) = &rope_cs[i];
-                        rope::apply(oh, c, s, true);
-                    }
-                    out.push((i, o));
-                }
-                out
+                rs.iter().map(|&i| self.push_compressed(li, layer, st, i, positions[i], &comp, &idx)).collect()
             })
             .collect();
+        let ctx = RowAttention {
+            li,
+            layer,
+            q: &q,
+            kv: &kv,
+            idx: idx.as_ref().map(|t| (&t.0[..], &t.1[..])),
+            rope_cs: &rope_cs,
+            positions,
+        };
+        let tasks: Vec<(usize, usize, usize)> = visible
+            .iter()
+            .enumerate()
+            .flat_map(|(si, v)| v.iter().enumerate().map(move |(r, &n_entries)| (si, r, n_entries)))
+            .collect();
+        let shared: &[(&mut DecodeState, &[usize])] = seq_states;
+        let attended: Vec<(Vec<f32>, Option<Vec<usize>>)> = prof::time("engine.attend", || {
+            tasks
+                .par_iter()
+                .with_min_len(4)
+                .map(|&(si, r, n_entries)| self.attend_row(&ctx, shared[si].0, shared[si].1, r, n_entries))
+                .collect()
+        });
         let mut o = vec![0f32; n * h * hd];
-        for group in results {
-            for (i, v) in group {
-                o[i * h * hd..(i + 1) * h * hd].copy_from_slice(&v);
+        for (&(si, r, _), (v, sel)) in tasks.iter().zip(attended) {
+            let i = seq_states[si].1[r];
+            o[i * h * hd..(i + 1) * h * hd].copy_from_slice(&v);
+            if let (Some(rec), Some(sel)) = (seq_states[si].0.record.as_mut(), sel) {
+                rec.topk.insert((li, positions[i]), sel);
+            }
+        }
+        for (st, rs) in seq_states.iter_mut() {
+            let ring = &mut st.layers[li].window;
+            for &i in rs.iter() {
+                let slot = positions[i] % cfg.window_size;
+                ring[slot * hd..(slot + 1) * hd].copy_from_slice(&kv[i * hd..(i + 1) * hd]);
             }
         }
         // Grouped low-rank output projection: per group g, [H·hd/g] → [o_lora].
@@ -720,13 +676,138 @@ impl Engine {
             let xg: Vec<f32> =
                 (0..n).flat_map(|i| o[i * h * hd + gi * gw..i * h * hd + (gi + 1) * gw].iter().copied()).collect();
             let mut yg = vec![0f32; n * lora];
-            at.wo_a.matmul_range(&xg, n, gi * lora, (gi + 1) * lora, &mut yg);
+            prof::time("engine.a.wo_a", || at.wo_a.matmul_range(&xg, n, gi * lora, (gi + 1) * lora, &mut yg));
             for i in 0..n {
                 oa[i * g * lora + gi * lora..i * g * lora + (gi + 1) * lora]
                     .copy_from_slice(&yg[i * lora..(i + 1) * lora]);
             }
         }
-        Ok(at.wo_b.forward(&oa, n, num))
+        Ok(prof::time("engine.a.wo_b", || at.wo_b.forward(&oa, n, num)))
+    }
+
+    /// Feed row `i` (at `pos`) to the layer's compressors, append any entry whose window it
+    /// closes, and return how many main-branch compressed entries the row may attend.
+    #[allow(clippy::too_many_arguments)]
+    fn push_compressed(
+        &self,
+        li: usize,
+        layer: &Layer,
+        st: &mut DecodeState,
+        i: usize,
+        pos: usize,
+        comp: &Option<(Vec<f32>, Vec<f32>)>,
+        idx: &Option<IndexerRows>,
+    ) -> usize {
+        let (cfg, at) = (&self.config, &layer.attn);
+        let hd = cfg.head_dim;
+        let ls = &mut st.layers[li];
+        if let (Some(c), Some((ckv, cg))) = (&at.compressor, comp) {
+            let w = if layer.ratio == 4 { 2 * hd } else { hd };
+            if let Some(entry) = ls
+                .compressor
+                .as_mut()
+                .and_then(|cs| cs.push(pos, &ckv[i * w..(i + 1) * w], &cg[i * w..(i + 1) * w], &c.ape))
+            {
+                let e = self.finish_entry(entry, &c.norm, at, layer.ratio, pos, false);
+                ls.entries.extend_from_slice(&e);
+            }
+        }
+        if let (Some(ix), Some((_, _, ikv, ig))) = (&at.indexer, idx) {
+            let w = 2 * cfg.index_head_dim;
+            if let Some(entry) = ls
+                .index_compressor
+                .as_mut()
+                .and_then(|cs| cs.push(pos, &ikv[i * w..(i + 1) * w], &ig[i * w..(i + 1) * w], &ix.compressor.ape))
+            {
+                let e = self.finish_entry(entry, &ix.compressor.norm, at, 4, pos, true);
+                ls.index_keys.extend_from_slice(&e);
+            }
+        }
+        ls.entries.len() / hd
+    }
+
+    /// Attention output `[H·hd]` of the `r`-th row of sequence state `st` (rows `rs`), which
+    /// sees the first `n_entries` compressed entries; also the indexer's choice when the
+    /// sequence records decisions.
+    fn attend_row(
+        &self,
+        ctx: &RowAttention,
+        st: &DecodeState,
+        rs: &[usize],
+        r: usize,
+        n_entries: usize,
+    ) -> (Vec<f32>, Option<Vec<usize>>) {
+        let cfg = &self.config;
+        let (h, hd, window) = (cfg.n_heads, cfg.head_dim, cfg.window_size);
+        let (li, at) = (ctx.li, &ctx.layer.attn);
+        let i = rs[r];
+        let pos = ctx.positions[i];
+        let ls = &st.layers[li];
+        let selected: Vec<usize> = match ctx.layer.kind {
+            LayerKind::Window => vec![],
+            LayerKind::Hca => (0..n_entries).collect(),
+            LayerKind::Csa => match st.forced.as_ref().and_then(|f| f.topk.get(&(li, pos)).cloned()) {
+                Some(s) => s.into_iter().filter(|&e| e < n_entries).collect(),
+                None => {
+                    let (qi, wts) = ctx.idx.expect("CSA layer has an indexer");
+                    let (ih, ihd) = (cfg.index_n_heads, cfg.index_head_dim);
+                    self.index_select(
+                        &qi[i * ih * ihd..(i + 1) * ih * ihd],
+                        &wts[i * ih..(i + 1) * ih],
+                        &ls.index_keys,
+                        n_entries,
+                    )
+                }
+            },
+        };
+        // Key of window position p: this call's rows from `kv`, older ones from the ring.
+        let first = ctx.positions[rs[0]];
+        let key = |p: usize| -> &[f32] {
+            if p >= first {
+                let j = rs[p - first];
+                &ctx.kv[j * hd..(j + 1) * hd]
+            } else {
+                let s = p % window;
+                &ls.window[s * hd..(s + 1) * hd]
+            }
+        };
+        let mut o = vec![0f32; h * hd];
+        let start = (pos + 1).saturating_sub(window);
+        let scale = (hd as f32).powf(-0.5);
+        let mut scores = Vec::with_capacity(window + selected.len());
+        for head in 0..h {
+            let qh = &ctx.q[(i * h + head) * hd..(i * h + head + 1) * hd];
+            scores.clear();
+            for p in start..=pos {
+                scores.push(kernels::dot(qh, key(p)) * scale);
+            }
+            for &e in &selected {
+                scores.push(kernels::dot(qh, &ls.entries[e * hd..(e + 1) * hd]) * scale);
+            }
+            let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut z = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - m).exp();
+                z += *s;
+            }
+            z += (at.sink[head] - m).exp();
+            let oh = &mut o[head * hd..(head + 1) * hd];
+            let mut k = 0;
+            for p in start..=pos {
+                let wgt = scores[k] / z;
+                kernels::axpy(oh, wgt, key(p));
+                k += 1;
+            }
+            for &e in &selected {
+                let wgt = scores[k] / z;
+                kernels::axpy(oh, wgt, &ls.entries[e * hd..(e + 1) * hd]);
+                k += 1;
+            }
+            let (c, s) = &ctx.rope_cs[i];
+            rope::apply(oh, c, s, true);
+        }
+        let record = (st.record.is_some() && ctx.layer.kind == LayerKind::Csa).then_some(selected);
+        (o, record)
     }
 
     /// Normalise, rotate and (optionally) fake-quantise a freshly pooled compressed entry.
@@ -843,16 +924,18 @@ impl Engine {
             }
         }
         let limit = cfg.swiglu_limit;
-        let outputs: Vec<(usize, Vec<f32>)> = assign
-            .par_iter()
-            .enumerate()
-            .filter(|(_, a)| !a.is_empty())
-            .map(|(e, a)| {
-                let xs: Vec<f32> = a.iter().flat_map(|(i, _)| x[i * d..(i + 1) * d].iter().copied()).collect();
-                let w: Vec<f32> = a.iter().map(|(_, w)| *w).collect();
-                (e, expert_forward(&moe.experts[e], &xs, a.len(), Some(&w), limit, num))
-            })
-            .collect();
+        let outputs: Vec<(usize, Vec<f32>)> = prof::time("engine.experts", || {
+            assign
+                .par_iter()
+                .enumerate()
+                .filter(|(_, a)| !a.is_empty())
+                .map(|(e, a)| {
+                    let xs: Vec<f32> = a.iter().flat_map(|(i, _)| x[i * d..(i + 1) * d].iter().copied()).collect();
+                    let w: Vec<f32> = a.iter().map(|(_, w)| *w).collect();
+                    (e, kernels::serial(|| expert_forward(&moe.experts[e], &xs, a.len(), Some(&w), limit, num)))
+                })
+                .collect()
+        });
         let mut y = vec![0f32; n * d];
         for (e, out) in outputs {
             for (r, (i, _)) in assign[e].iter().enumerate() {
@@ -860,7 +943,7 @@ impl Engine {
             }
         }
         if let Some(sh) = &moe.shared {
-            let out = expert_forward(sh, x, n, None, limit, num);
+            let out = prof::time("engine.shared_expert", || expert_forward(sh, x, n, None, limit, num));
             y.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
         }
         y
@@ -891,9 +974,8 @@ fn expert_forward(e: &Expert, x: &[f32], rows: usize, route_w: Option<&[f32]>, l
 
 /// `y_j = post_j · f + Σ_i comb[i, j] · x_i`, in place over the streams `h`.
 fn hc_post(h: &mut [f32], f: &[f32], post: &[f32], comb: &[f32], n: usize, hc: usize, d: usize) {
-    let mut new = vec![0f32; hc * d];
-    for i in 0..n {
-        let hi = &h[i * hc * d..(i + 1) * hc * d];
+    h[..n * hc * d].par_chunks_mut(hc * d).enumerate().with_min_len(8).for_each(|(i, hi)| {
+        let mut new = vec![0f32; hc * d];
         let fi = &f[i * d..(i + 1) * d];
         for j in 0..hc {
             let nj = &mut new[j * d..(j + 1) * d];
@@ -901,9 +983,9 @@ fn hc_post(h: &mut [f32], f: &[f32], post: &[f32], comb: &[f32], n: usize, hc: u
             nj.iter_mut().zip(fi).for_each(|(a, b)| *a = pj * b);
             for s in 0..hc {
                 let c = comb[i * hc * hc + s * hc + j];
-                nj.iter_mut().zip(&hi[s * d..(s + 1) * d]).for_each(|(a, b)| *a += c * b);
+                kernels::axpy(nj, c, &hi[s * d..(s + 1) * d]);
             }
         }
-        h[i * hc * d..(i + 1) * hc * d].copy_from_slice(&new);
-    }
+        hi.copy_from_slice(&new);
+    });
 }

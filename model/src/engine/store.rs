@@ -267,7 +267,7 @@ fn matmul_decoded(w: &Store, x: &[f32], rows: usize, k: usize, j0: usize, j1: us
     if rows == 0 || n == 0 {
         return;
     }
-    let parallel = rows * n * k >= kernels::PAR_MIN_WORK && rayon::current_num_threads() > 1;
+    let parallel = rows * n * k >= kernels::PAR_MIN_WORK && kernels::threads() > 1;
     if rows >= kernels::GEMM_MIN_ROWS {
         let tile = |t: usize| {
             let (a, b) = (j0 + t * TILE, (j0 + (t + 1) * TILE).min(j1));

@@ -1,4 +1,5 @@
-//! Opt-in section timing of the training forward (`V4POST_PROFILE=1`), for finding hot spots.
+//! Opt-in section timing of the training forward and the engine (`V4POST_PROFILE=1`), for
+//! finding hot spots.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};

@@ -694,6 +694,11 @@ pub fn bench_forward(a: &BenchModelArgs) -> Result<()> {
         prefill.push(t.elapsed().as_secs_f64());
     }
     prefill.remove(0); // warm-up
+    if std::env::var("V4POST_PROFILE").is_ok() {
+        for (name, d, n) in model::train::prof::take() {
+            eprintln!("{name:>20}: {:>8.1} ms over {n} calls ({} prefills)", d.as_secs_f64() * 1e3, reps + 1);
+        }
+    }
     let model = TrainModel::from_weights(&w, DType::F32, TrainOptions::default())?;
     let batch: Vec<SeqInput> = (0..4).map(|b| SeqInput::new(bench_tokens(128, cfg.vocab_size, b + 2))).collect();
     let mut train = Vec::new();
