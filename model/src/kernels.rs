@@ -136,6 +136,65 @@ mod x86 {
         s
     }
 
+    /// Four [`dot_avx2`]s of `a` with `b[0..4]`, interleaved for instruction-level
+    /// parallelism; each result is computed exactly as `dot_avx2` computes it.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+        let n = a.len();
+        let pa = a.as_ptr();
+        let pb = b.map(|v| v.as_ptr());
+        let mut acc0 = [_mm256_setzero_ps(); 4];
+        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            let (x0, x1) = (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pa.add(i + 8)));
+            for j in 0..4 {
+                acc0[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb[j].add(i)), acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pb[j].add(i + 8)), acc1[j]);
+            }
+            i += 16;
+        }
+        let mut out = [0f32; 4];
+        for j in 0..4 {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0[j], acc1[j]));
+            let mut s: f32 = lanes.iter().sum();
+            for t in i..n {
+                s += *pa.add(t) * *pb[j].add(t);
+            }
+            out[j] = s;
+        }
+        out
+    }
+
+    /// Four [`dot_avx512`]s, as [`dot4_avx2`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot4_avx512(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+        let n = a.len();
+        let pa = a.as_ptr();
+        let pb = b.map(|v| v.as_ptr());
+        let mut acc0 = [_mm512_setzero_ps(); 4];
+        let mut acc1 = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            let (x0, x1) = (_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pa.add(i + 16)));
+            for j in 0..4 {
+                acc0[j] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(pb[j].add(i)), acc0[j]);
+                acc1[j] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(pb[j].add(i + 16)), acc1[j]);
+            }
+            i += 32;
+        }
+        let mut out = [0f32; 4];
+        for j in 0..4 {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j]));
+            for t in i..n {
+                s += *pa.add(t) * *pb[j].add(t);
+            }
+            out[j] = s;
+        }
+        out
+    }
+
     /// `y += a·x`, a rounded product then a rounded sum per element (no fused multiply-add),
     /// so it equals the scalar loop bit for bit.
     #[target_feature(enable = "avx2")]
@@ -226,6 +285,47 @@ fn axpy_fn() -> AxpyFn {
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     debug_assert_eq!(y.len(), x.len());
     axpy_fn()(y, a, x)
+}
+
+type Dot4Fn = fn(&[f32], [&[f32]; 4]) -> [f32; 4];
+
+fn dot4_fn() -> Dot4Fn {
+    static F: OnceLock<Dot4Fn> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected at run time.
+                return |a, b| unsafe { x86::dot4_avx512(a, b) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected at run time.
+                return |a, b| unsafe { x86::dot4_avx2(a, b) };
+            }
+        }
+        |a, b| b.map(|v| dot_portable(a, v))
+    })
+}
+
+/// `[dot(a, b[0]), …, dot(a, b[3])]`, each equal bit for bit to [`dot`] (same instruction set,
+/// same order of operations), computed together so the four chains overlap.
+#[inline]
+pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    debug_assert!(b.iter().all(|v| v.len() == a.len()));
+    dot4_fn()(a, b)
+}
+
+/// `out[j] = dot(a, b(j))` for `j < out.len()`, four at a time through [`dot4`].
+pub fn dots<'a>(a: &[f32], b: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+    let n = out.len();
+    let mut j = 0;
+    while j + 4 <= n {
+        out[j..j + 4].copy_from_slice(&dot4(a, [b(j), b(j + 1), b(j + 2), b(j + 3)]));
+        j += 4;
+    }
+    for (t, o) in out.iter_mut().enumerate().skip(j) {
+        *o = dot(a, b(t));
+    }
 }
 
 /// f32 dot product (SIMD when available).
@@ -660,6 +760,20 @@ mod tests {
             let mut portable = y0;
             axpy_portable(&mut portable, a, &x);
             assert_eq!(portable, want);
+        }
+    }
+
+    #[test]
+    fn dot4_and_dots_equal_dot_bit_for_bit() {
+        for &n in &[1usize, 15, 16, 31, 32, 33, 128, 200] {
+            let a = randv(n, 11);
+            let b: Vec<Vec<f32>> = (0..7).map(|j| randv(n, 20 + j)).collect();
+            let want: Vec<u32> = b.iter().map(|v| dot(&a, v).to_bits()).collect();
+            let four = dot4(&a, [&b[0], &b[1], &b[2], &b[3]]);
+            assert_eq!(four.map(f32::to_bits).to_vec(), want[..4].to_vec(), "n {n}");
+            let mut out = vec![0f32; 7];
+            dots(&a, |j| &b[j], &mut out);
+            assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want, "n {n}");
         }
     }
 

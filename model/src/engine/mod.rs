@@ -777,13 +777,12 @@ impl Engine {
         let mut scores = Vec::with_capacity(window + selected.len());
         for head in 0..h {
             let qh = &ctx.q[(i * h + head) * hd..(i * h + head + 1) * hd];
+            let nw = pos + 1 - start;
             scores.clear();
-            for p in start..=pos {
-                scores.push(kernels::dot(qh, key(p)) * scale);
-            }
-            for &e in &selected {
-                scores.push(kernels::dot(qh, &ls.entries[e * hd..(e + 1) * hd]) * scale);
-            }
+            scores.resize(nw + selected.len(), 0.0);
+            kernels::dots(qh, |t| key(start + t), &mut scores[..nw]);
+            kernels::dots(qh, |t| &ls.entries[selected[t] * hd..(selected[t] + 1) * hd], &mut scores[nw..]);
+            scores.iter_mut().for_each(|s| *s *= scale);
             let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut z = 0f32;
             for s in scores.iter_mut() {
@@ -841,12 +840,12 @@ impl Engine {
     fn index_select(&self, qi: &[f32], wts: &[f32], keys: &[f32], n_entries: usize) -> Vec<usize> {
         let cfg = &self.config;
         let ihd = cfg.index_head_dim;
+        let mut per_head = vec![0f32; cfg.index_n_heads];
         let mut scored: Vec<(f32, usize)> = (0..n_entries)
             .map(|s| {
                 let k = &keys[s * ihd..(s + 1) * ihd];
-                let v: f32 = (0..cfg.index_n_heads)
-                    .map(|hh| kernels::dot(&qi[hh * ihd..(hh + 1) * ihd], k).max(0.0) * wts[hh])
-                    .sum();
+                kernels::dots(k, |hh| &qi[hh * ihd..(hh + 1) * ihd], &mut per_head);
+                let v: f32 = per_head.iter().zip(wts).map(|(d, w)| d.max(0.0) * w).sum();
                 (v, s)
             })
             .collect();
@@ -924,7 +923,8 @@ impl Engine {
             }
         }
         let limit = cfg.swiglu_limit;
-        let outputs: Vec<(usize, Vec<f32>)> = prof::time("engine.experts", || {
+        // Routed experts in parallel (each product single-threaded), beside the shared expert.
+        let routed = || -> Vec<(usize, Vec<f32>)> {
             assign
                 .par_iter()
                 .enumerate()
@@ -935,15 +935,17 @@ impl Engine {
                     (e, kernels::serial(|| expert_forward(&moe.experts[e], &xs, a.len(), Some(&w), limit, num)))
                 })
                 .collect()
-        });
+        };
+        let shared = || moe.shared.as_ref().map(|sh| expert_forward(sh, x, n, None, limit, num));
+        let (outputs, shared) = prof::time("engine.experts", || rayon::join(routed, shared));
+        // Sum in expert order, then the shared expert.
         let mut y = vec![0f32; n * d];
         for (e, out) in outputs {
             for (r, (i, _)) in assign[e].iter().enumerate() {
                 y[i * d..(i + 1) * d].iter_mut().zip(&out[r * d..(r + 1) * d]).for_each(|(a, b)| *a += b);
             }
         }
-        if let Some(sh) = &moe.shared {
-            let out = prof::time("engine.shared_expert", || expert_forward(sh, x, n, None, limit, num));
+        if let Some(out) = shared {
             y.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
         }
         y
