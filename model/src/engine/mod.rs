@@ -625,12 +625,14 @@ impl Engine {
         // row attends, in parallel, reading window keys of this call from `kv` and older ones
         // from the ring buffer, which is still as the call found it; (3) the ring buffer
         // takes this call's keys. Each row's arithmetic is that of a row-by-row loop.
-        let visible: Vec<Vec<usize>> = seq_states
-            .par_iter_mut()
-            .map(|(st, rs)| {
-                rs.iter().map(|&i| self.push_compressed(li, layer, st, i, positions[i], &comp, &idx)).collect()
-            })
-            .collect();
+        let visible: Vec<Vec<usize>> = prof::time("engine.compress", || {
+            seq_states
+                .par_iter_mut()
+                .map(|(st, rs)| {
+                    rs.iter().map(|&i| self.push_compressed(li, layer, st, i, positions[i], &comp, &idx)).collect()
+                })
+                .collect()
+        });
         let ctx = RowAttention {
             li,
             layer,
