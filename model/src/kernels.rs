@@ -777,6 +777,41 @@ mod tests {
         }
     }
 
+    /// Every instruction-set variant this CPU can run, not only the one dispatch picks (so an
+    /// AVX-512 machine also checks the AVX2 code that AVX2-only machines run).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_simd_variant_equals_its_reference() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for &n in &[1usize, 15, 16, 17, 31, 32, 33, 128, 200] {
+            let a = randv(n, 31);
+            let b: Vec<Vec<f32>> = (0..4).map(|j| randv(n, 40 + j)).collect();
+            let b4 = [&b[0][..], &b[1][..], &b[2][..], &b[3][..]];
+            let mut want_axpy = b[0].clone();
+            axpy_portable(&mut want_axpy, -1.25, &a);
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected above.
+                unsafe {
+                    let one: Vec<f32> = b4.iter().map(|v| x86::dot_avx2(&a, v)).collect();
+                    assert_eq!(bits(&x86::dot4_avx2(&a, b4)), bits(&one), "dot4_avx2, n {n}");
+                    let mut y = b[0].clone();
+                    x86::axpy_avx2(&mut y, -1.25, &a);
+                    assert_eq!(bits(&y), bits(&want_axpy), "axpy_avx2, n {n}");
+                }
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected above.
+                unsafe {
+                    let one: Vec<f32> = b4.iter().map(|v| x86::dot_avx512(&a, v)).collect();
+                    assert_eq!(bits(&x86::dot4_avx512(&a, b4)), bits(&one), "dot4_avx512, n {n}");
+                    let mut y = b[0].clone();
+                    x86::axpy_avx512(&mut y, -1.25, &a);
+                    assert_eq!(bits(&y), bits(&want_axpy), "axpy_avx512, n {n}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn serial_restores_the_thread_setting() {
         let outer = threads();
