@@ -283,7 +283,7 @@ fn axpy_fn() -> AxpyFn {
 /// SSE2).
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    debug_assert_eq!(y.len(), x.len());
+    assert_eq!(y.len(), x.len(), "axpy: lengths differ");
     axpy_fn()(y, a, x)
 }
 
@@ -311,7 +311,7 @@ fn dot4_fn() -> Dot4Fn {
 /// same order of operations), computed together so the four chains overlap.
 #[inline]
 pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-    debug_assert!(b.iter().all(|v| v.len() == a.len()));
+    assert!(b.iter().all(|v| v.len() == a.len()), "dot4: lengths differ");
     dot4_fn()(a, b)
 }
 
@@ -331,7 +331,7 @@ pub fn dots<'a>(a: &[f32], b: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
 /// f32 dot product (SIMD when available).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
     dot_fn()(a, b)
 }
 
