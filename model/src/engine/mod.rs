@@ -978,8 +978,8 @@ fn expert_forward(e: &Expert, x: &[f32], rows: usize, route_w: Option<&[f32]>, l
 
 /// `y_j = post_j · f + Σ_i comb[i, j] · x_i`, in place over the streams `h`.
 fn hc_post(h: &mut [f32], f: &[f32], post: &[f32], comb: &[f32], n: usize, hc: usize, d: usize) {
-    h[..n * hc * d].par_chunks_mut(hc * d).enumerate().with_min_len(8).for_each(|(i, hi)| {
-        let mut new = vec![0f32; hc * d];
+    let scratch = || vec![0f32; hc * d];
+    h[..n * hc * d].par_chunks_mut(hc * d).enumerate().with_min_len(8).for_each_init(scratch, |new, (i, hi)| {
         let fi = &f[i * d..(i + 1) * d];
         for j in 0..hc {
             let nj = &mut new[j * d..(j + 1) * d];
@@ -990,6 +990,6 @@ fn hc_post(h: &mut [f32], f: &[f32], post: &[f32], comb: &[f32], n: usize, hc: u
                 kernels::axpy(nj, c, &hi[s * d..(s + 1) * d]);
             }
         }
-        hi.copy_from_slice(&new);
+        hi.copy_from_slice(new);
     });
 }
